@@ -1,0 +1,31 @@
+# Two entry points, as the README says: `make demo` (train, evaluate, export, serve) and `make test`.
+# Both create .venv from scratch when it is missing or setup.cfg changed.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export KERAS_BACKEND := tensorflow
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+# The offline default: the shared Omniglot copy beside the repository, when it exists.
+OMNIGLOT_SOURCE_DIR ?= $(abspath ../shared/data/omniglot)
+
+.PHONY: venv demo test test-fast bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m keras_meta.demo --model_dir=runs/demo --omniglot_source_dir=$(OMNIGLOT_SOURCE_DIR)
+
+test: venv
+	$(PY) -m pytest tests -q
+
+test-fast: venv
+	$(PY) -m pytest tests -q -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,88 @@
+"""The inner loop: adapt parameters to a support set, as a pure function of tensors.
+
+`adapt` never assigns a variable. Differentiating its result with an outer `tf.GradientTape`
+gives the exact higher-order meta-gradient: the inner `tape.gradient` calls are recorded by the
+outer tape, so the Hessian-vector terms of MAML appear automatically. With `first_order=True`
+the inner gradients are treated as constants (`tf.stop_gradient`), which drops those terms.
+"""
+
+import tensorflow as tf
+
+from keras_meta import functional
+from keras_meta.step_context import inner_step
+from keras_meta.update_rules import SGDRule
+
+
+def scalar_loss(loss_fn, y_true, y_pred):
+    """`loss_fn(y_true, y_pred)` reduced to a scalar mean (Keras loss objects or functions)."""
+    value = loss_fn(y_true, y_pred)
+    if value.shape.rank != 0:
+        value = tf.reduce_mean(value)
+    return value
+
+
+def _check_steps(inner_steps):
+    if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 0:
+        raise ValueError(
+            f"inner_steps must be a non-negative Python int; got {inner_steps!r}."
+        )
+
+
+def adapt(
+    model,
+    params,
+    support_x,
+    support_y,
+    *,
+    loss_fn,
+    inner_lr=None,
+    inner_steps=1,
+    first_order=False,
+    update_rule=None,
+    training=True,
+    state=None,
+    return_trajectory=False,
+):
+    """Adapts `params` to one support set with `inner_steps` steps of an update rule.
+
+    Args:
+        model: a built Keras model, used only through `functional_call`.
+        params: list of tensors, one per trainable variable of `model` (e.g. `get_params`).
+        support_x, support_y: the support set of one task.
+        loss_fn: `loss_fn(y_true, y_pred)`, reduced to its mean.
+        inner_lr: learning rate for the default SGD rule: a scalar, one per variable, or one
+            list per step (see `SGDRule`). Ignored when `update_rule` is given.
+        inner_steps: number of inner steps (a Python int >= 0; 0 returns `params`).
+        first_order: hold the inner gradients constant (first-order MAML).
+        update_rule: an object with `init_state(params)` and
+            `apply(grads, params, state, step=, loss=)`, e.g. a trained `LSTMOptimizer`.
+        training: the `training` flag of the model calls (batch-norm statistics, dropout).
+        state: non-trainable model state for the calls (defaults to the model's own).
+        return_trajectory: also return the list of parameters after each step.
+
+    Returns:
+        The adapted parameters, or `(adapted, trajectory)` where `trajectory[i]` holds the
+        parameters after step `i + 1`.
+    """
+    _check_steps(inner_steps)
+    if update_rule is None:
+        if inner_lr is None:
+            raise ValueError("adapt needs `inner_lr` (or an `update_rule`).")
+        update_rule = SGDRule(inner_lr)
+    params = list(params)
+    rule_state = update_rule.init_state(params)
+    trajectory = []
+    for step in range(inner_steps):
+        with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
+            tape.watch(params)
+            pred = functional.functional_call(model, params, support_x, training=training,
+                                              state=state)
+            loss = scalar_loss(loss_fn, support_y, pred)
+        grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if first_order:
+            grads = [tf.stop_gradient(g) for g in grads]
+            loss = tf.stop_gradient(loss)
+        params, rule_state = update_rule.apply(grads, params, rule_state, step=step, loss=loss)
+        params = list(params)
+        trajectory.append(params)
+    return (params, trajectory) if return_trajectory else params

@@ -1,0 +1,290 @@
+"""`MAML`: a Keras model that meta-learns the initialisation of a base model."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta import functional
+from keras_meta.data.episode import Episode, as_episode
+from keras_meta.inner_loop import adapt as adapt_params
+from keras_meta.inner_loop import scalar_loss
+from keras_meta.update_rules import SGDRule
+
+_LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class MAML(keras.Model):
+    """Model-Agnostic Meta-Learning (Finn et al. 2017) around any Keras model.
+
+    `fit()` on a dataset of meta-batches of `Episode`s meta-trains the base model's
+    initialisation with the exact second-order meta-gradient (nested `tf.GradientTape`s, no
+    variable assignment in the inner loop). `evaluate()` reports the post-adaptation query loss
+    and the compiled metrics.
+
+    Args:
+        model: the base `keras.Model`, built (give it a `keras.Input`).
+        inner_lr: inner SGD learning rate (initial value when it is learned).
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps in `evaluate`, `adapt` and `adapt_and_predict`
+            (defaults to `inner_steps`).
+        first_order: first-order MAML (inner gradients held constant). Off by default.
+        learn_inner_lr: `None` (fixed), `"per_variable"` (one learned rate per variable),
+            `"per_step"` (one per variable and step, as MAML++), or `"per_coordinate"`
+            (Meta-SGD: a rate tensor of each variable's shape).
+        multi_step_loss_weights: `None` to use only the final query loss, or one weight per
+            inner step: the meta-loss is the weighted sum of the query losses after each step
+            (MAML++'s multi-step loss).
+        update_rule: optional learned inner update rule (e.g. `LSTMOptimizer`) used instead of
+            SGD; its weights are meta-trained with the initialisation.
+        loss: the task loss (also accepted by `compile(loss=...)`).
+        jit_compile: compile the train step with XLA.
+
+    Example:
+
+    >>> base = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, "relu"),
+    ...                          keras.layers.Dense(1)])
+    >>> maml = MAML(base, inner_lr=0.01, inner_steps=1, loss="mse")
+    >>> maml.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> maml.fit(sinusoid_episodes(num_shots=10, meta_batch_size=25), steps_per_epoch=100)
+    """
+
+    def __init__(
+        self,
+        model,
+        inner_lr=0.01,
+        inner_steps=1,
+        eval_inner_steps=None,
+        first_order=False,
+        learn_inner_lr=None,
+        multi_step_loss_weights=None,
+        update_rule=None,
+        loss=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"MAML wraps a keras.Model; got {type(model).__name__}.")
+        if not model.built:
+            raise ValueError(
+                f"The base model {model.name!r} is not built; give it a keras.Input or call it "
+                "on a batch before wrapping it in MAML."
+            )
+        for name, value in (("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be an int >= 0; got {value!r}.")
+        if not float(inner_lr) >= 0:
+            raise ValueError(f"inner_lr must be >= 0; got {inner_lr!r}.")
+        if learn_inner_lr not in _LR_MODES:
+            raise ValueError(f"learn_inner_lr must be one of {_LR_MODES}; got {learn_inner_lr!r}.")
+        if multi_step_loss_weights is not None:
+            multi_step_loss_weights = [float(w) for w in multi_step_loss_weights]
+            if len(multi_step_loss_weights) != inner_steps:
+                raise ValueError(
+                    f"multi_step_loss_weights needs one weight per inner step ({inner_steps}); "
+                    f"got {len(multi_step_loss_weights)}."
+                )
+        self.model = model
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.first_order = bool(first_order)
+        self.learn_inner_lr = learn_inner_lr
+        self.multi_step_loss_weights = multi_step_loss_weights
+        self.update_rule = update_rule
+        self.task_loss = keras.losses.get(loss) if loss is not None else None
+        self.inner_lrs = self._make_learning_rates()
+        self.meta_loss_tracker = keras.metrics.Mean(name="loss")
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _make_learning_rates(self):
+        if self.learn_inner_lr is None:
+            return None
+        variables = self.model.trainable_variables
+        num_steps = max(self.inner_steps, self.eval_inner_steps)
+
+        def make(name, shape):
+            return self.add_weight(
+                shape=shape, name=name, initializer=keras.initializers.Constant(self.inner_lr),
+                trainable=True,
+            )
+
+        if self.learn_inner_lr == "per_variable":
+            return [make(f"inner_lr_{i}", ()) for i in range(len(variables))]
+        if self.learn_inner_lr == "per_coordinate":
+            return [make(f"inner_lr_{i}", tuple(v.shape)) for i, v in enumerate(variables)]
+        return [[make(f"inner_lr_s{s}_{i}", ()) for i in range(len(variables))]
+                for s in range(num_steps)]
+
+    def _learning_rate(self):
+        if self.inner_lrs is None:
+            return self.inner_lr
+        if self.learn_inner_lr == "per_step":
+            return [[tf.identity(v.value) for v in step] for step in self.inner_lrs]
+        return [tf.identity(v.value) for v in self.inner_lrs]
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False, **kwargs):
+        """Sets the outer optimizer, the task loss (if not given to the constructor) and metrics."""
+        if loss is not None:
+            self.task_loss = keras.losses.get(loss)
+        if self.task_loss is None:
+            raise ValueError(
+                "MAML needs a task loss: pass `loss=` to MAML(...) or to compile(...)."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
+
+    def call(self, inputs, training=False):
+        """The base model at the meta-learned initialisation (no adaptation)."""
+        return self.model(inputs, training=training)
+
+    # -- the meta-objective ---------------------------------------------------------------------
+
+    def _adapt(self, params, support_x, support_y, steps, first_order, trajectory=False):
+        return adapt_params(
+            self.model, params, support_x, support_y, loss_fn=self.task_loss,
+            inner_lr=self._learning_rate(), inner_steps=steps, first_order=first_order,
+            update_rule=self.update_rule, training=True, return_trajectory=trajectory,
+        )
+
+    def task_query_loss(self, params, episode, *, steps, first_order):
+        """Query loss of one (unbatched) task after adaptation, and the query predictions."""
+        weights = self.multi_step_loss_weights if steps == self.inner_steps else None
+        if weights is None or steps == 0:
+            adapted = self._adapt(params, episode.support_x, episode.support_y, steps, first_order)
+            pred = functional.functional_call(self.model, adapted, episode.query_x, training=True)
+            return scalar_loss(self.task_loss, episode.query_y, pred), pred
+        _, trajectory = self._adapt(
+            params, episode.support_x, episode.support_y, steps, first_order, trajectory=True)
+        total = 0.0
+        for w, step_params in zip(weights, trajectory):
+            pred = functional.functional_call(self.model, step_params, episode.query_x,
+                                              training=True)
+            total += w * scalar_loss(self.task_loss, episode.query_y, pred)
+        return total, pred
+
+    def meta_batch_losses(self, episodes, *, steps=None, first_order=None):
+        """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
+
+        `episodes` is a batched `Episode` whose meta-batch size is static (batch the dataset
+        with `drop_remainder=True`), so that the task loop unrolls in the graph.
+        """
+        self._check_ready()
+        episodes = as_episode(episodes)
+        steps = self.inner_steps if steps is None else steps
+        first_order = self.first_order if first_order is None else first_order
+        meta_batch = episodes.support_x.shape[0]
+        if meta_batch is None:
+            raise ValueError(
+                "MAML needs a static meta-batch size: batch the episode dataset with "
+                "`drop_remainder=True` (got support_x with shape "
+                f"{episodes.support_x.shape})."
+            )
+        params = functional.get_params(self.model)
+        losses, preds = [], []
+        for t in range(meta_batch):
+            task = Episode(*(x[t] for x in episodes))
+            loss, pred = self.task_query_loss(params, task, steps=steps, first_order=first_order)
+            losses.append(loss)
+            preds.append(pred)
+        return tf.stack(losses), tf.stack(preds)
+
+    # -- Keras hooks ----------------------------------------------------------------------------
+
+    def train_step(self, data):
+        episodes = as_episode(data)
+        with tf.GradientTape() as tape:
+            losses, preds = self.meta_batch_losses(episodes)
+            meta_loss = tf.reduce_mean(losses)
+        variables = self.trainable_variables
+        grads = tape.gradient(meta_loss, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._record(meta_loss, episodes.query_y, preds)
+
+    def test_step(self, data):
+        episodes = as_episode(data)
+        losses, preds = self.meta_batch_losses(
+            episodes, steps=self.eval_inner_steps, first_order=True)
+        return self._record(tf.reduce_mean(losses), episodes.query_y, preds)
+
+    def _record(self, meta_loss, query_y, preds):
+        self.meta_loss_tracker.update_state(meta_loss)
+        results = {"loss": self.meta_loss_tracker.result()}
+        if self.compiled_metrics is not None or getattr(self, "_compile_metrics", None):
+            compile_metrics = getattr(self, "_compile_metrics", None)
+            if compile_metrics is not None:
+                compile_metrics.update_state(query_y, preds)
+                results.update(compile_metrics.result())
+        return results
+
+    @property
+    def metrics(self):
+        metrics = [self.meta_loss_tracker]
+        compile_metrics = getattr(self, "_compile_metrics", None)
+        if compile_metrics is not None:
+            metrics.append(compile_metrics)
+        return metrics
+
+    def _check_ready(self):
+        if self.task_loss is None:
+            raise ValueError("MAML has no task loss: pass `loss=` to MAML(...) or compile(...).")
+
+    # -- adaptation for users -------------------------------------------------------------------
+
+    def adapt_params(self, support_x, support_y, steps=None):
+        """Adapted parameter tensors for one support set (no variable is assigned)."""
+        self._check_ready()
+        steps = self.eval_inner_steps if steps is None else steps
+        support_x = tf.convert_to_tensor(support_x)
+        support_y = tf.convert_to_tensor(support_y)
+        params = functional.get_params(self.model)
+        return self._adapt(params, support_x, support_y, steps, first_order=True)
+
+    def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
+        """Adapts on one support set and returns the predictions for `query_x`."""
+        adapted = self.adapt_params(support_x, support_y, steps)
+        return functional.functional_call(
+            self.model, adapted, tf.convert_to_tensor(query_x), training=True)
+
+    def adapt(self, support_x, support_y, steps=None):
+        """Returns a new ordinary `keras.Model`: the base model with the adapted weights.
+
+        The meta-learned model is untouched. The copy is a plain Keras model, usable with
+        `predict`, `save` and export.
+        """
+        adapted = self.adapt_params(support_x, support_y, steps)
+        clone = keras.models.clone_model(self.model)
+        if not clone.built:
+            clone.build(self.model.input_shape if hasattr(self.model, "input_shape") else None)
+        clone.set_weights([v.numpy() for v in self.model.weights])
+        functional.assign_params(clone, adapted)
+        return clone
+
+    # -- serialization --------------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model=keras.saving.serialize_keras_object(self.model),
+            inner_lr=self.inner_lr,
+            inner_steps=self.inner_steps,
+            eval_inner_steps=self.eval_inner_steps,
+            first_order=self.first_order,
+            learn_inner_lr=self.learn_inner_lr,
+            multi_step_loss_weights=self.multi_step_loss_weights,
+            update_rule=(keras.saving.serialize_keras_object(self.update_rule)
+                         if self.update_rule is not None else None),
+            loss=(keras.saving.serialize_keras_object(self.task_loss)
+                  if self.task_loss is not None else None),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        if config.get("update_rule") is not None:
+            config["update_rule"] = keras.saving.deserialize_keras_object(config["update_rule"])
+        if config.get("loss") is not None:
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
