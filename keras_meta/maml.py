@@ -8,6 +8,7 @@ from keras_meta import functional
 from keras_meta.data.episode import Episode, as_episode
 from keras_meta.inner_loop import adapt as adapt_params
 from keras_meta.inner_loop import scalar_loss
+from keras_meta.step_context import inner_step
 from keras_meta.update_rules import SGDRule
 
 _LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
@@ -152,16 +153,20 @@ class MAML(keras.Model):
         weights = self.multi_step_loss_weights if steps == self.inner_steps else None
         if weights is None or steps == 0:
             adapted = self._adapt(params, episode.support_x, episode.support_y, steps, first_order)
-            pred = functional.functional_call(self.model, adapted, episode.query_x, training=True)
+            pred = self._query_call(adapted, episode.query_x, steps)
             return scalar_loss(self.task_loss, episode.query_y, pred), pred
         _, trajectory = self._adapt(
             params, episode.support_x, episode.support_y, steps, first_order, trajectory=True)
         total = 0.0
-        for w, step_params in zip(weights, trajectory):
-            pred = functional.functional_call(self.model, step_params, episode.query_x,
-                                              training=True)
+        for step, (w, step_params) in enumerate(zip(weights, trajectory), start=1):
+            pred = self._query_call(step_params, episode.query_x, step)
             total += w * scalar_loss(self.task_loss, episode.query_y, pred)
         return total, pred
+
+    def _query_call(self, params, query_x, steps_taken):
+        # Per-step layers (MAML++ batch norm) use the slot after the last step taken.
+        with inner_step(steps_taken):
+            return functional.functional_call(self.model, params, query_x, training=True)
 
     def meta_batch_losses(self, episodes, *, steps=None, first_order=None):
         """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
@@ -191,14 +196,29 @@ class MAML(keras.Model):
 
     # -- Keras hooks ----------------------------------------------------------------------------
 
-    def train_step(self, data):
-        episodes = as_episode(data)
+    def meta_gradients(self, episodes):
+        """The mean post-adaptation query loss of a meta-batch and its gradient.
+
+        Returns `(meta_loss, grads, query_preds)`, `grads` aligned with
+        `self.trainable_variables` (the base model's and any learned inner rates or rule).
+        """
+        episodes = as_episode(episodes)
         with tf.GradientTape() as tape:
             losses, preds = self.meta_batch_losses(episodes)
             meta_loss = tf.reduce_mean(losses)
-        variables = self.trainable_variables
-        grads = tape.gradient(meta_loss, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        grads = tape.gradient(meta_loss, self.trainable_variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return meta_loss, grads, preds
+
+    def meta_train_step(self, episodes):
+        """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`."""
+        meta_loss, grads, preds = self.meta_gradients(episodes)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return meta_loss, preds
+
+    def train_step(self, data):
+        episodes = as_episode(data)
+        meta_loss, preds = self.meta_train_step(episodes)
         return self._record(meta_loss, episodes.query_y, preds)
 
     def test_step(self, data):
@@ -210,11 +230,10 @@ class MAML(keras.Model):
     def _record(self, meta_loss, query_y, preds):
         self.meta_loss_tracker.update_state(meta_loss)
         results = {"loss": self.meta_loss_tracker.result()}
-        if self.compiled_metrics is not None or getattr(self, "_compile_metrics", None):
-            compile_metrics = getattr(self, "_compile_metrics", None)
-            if compile_metrics is not None:
-                compile_metrics.update_state(query_y, preds)
-                results.update(compile_metrics.result())
+        compile_metrics = getattr(self, "_compile_metrics", None)
+        if compile_metrics is not None:
+            compile_metrics.update_state(query_y, preds)
+            results.update(compile_metrics.result())
         return results
 
     @property
@@ -242,9 +261,9 @@ class MAML(keras.Model):
 
     def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
         """Adapts on one support set and returns the predictions for `query_x`."""
+        steps = self.eval_inner_steps if steps is None else steps
         adapted = self.adapt_params(support_x, support_y, steps)
-        return functional.functional_call(
-            self.model, adapted, tf.convert_to_tensor(query_x), training=True)
+        return self._query_call(adapted, tf.convert_to_tensor(query_x), steps)
 
     def adapt(self, support_x, support_y, steps=None):
         """Returns a new ordinary `keras.Model`: the base model with the adapted weights.

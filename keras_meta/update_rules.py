@@ -55,7 +55,15 @@ class SGDRule:
     def apply(self, grads, params, state, *, step, loss=None):
         n = len(params)
         new_params = [
-            p - tf.cast(self.rate(step, i, n), p.dtype) * g
+            p - _as_dtype(self.rate(step, i, n), p.dtype) * g
             for i, (p, g) in enumerate(zip(params, grads))
         ]
         return new_params, state
+
+
+def _as_dtype(value, dtype):
+    # A Python float goes straight to `dtype`: tf.cast would round it through float32 first,
+    # which shows up as a 1e-8 relative error in float64 meta-gradients.
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype=dtype)
+    return tf.cast(value, dtype)

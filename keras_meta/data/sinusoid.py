@@ -53,7 +53,8 @@ def sample_sinusoid_task(seed, num_shots, num_queries, config=SinusoidConfig(),
 
 
 def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed=0,
-                      num_episodes=None, config=SinusoidConfig(), dtype=tf.float32):
+                      num_episodes=None, start_index=0, config=SinusoidConfig(),
+                      dtype=tf.float32):
     """A `tf.data.Dataset` of sinusoid `Episode`s.
 
     Args:
@@ -62,6 +63,8 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
         meta_batch_size: if given, episodes are batched (with `drop_remainder=True`).
         seed: integer seed; the same seed gives the same episodes.
         num_episodes: finite number of episodes, or `None` for an endless stream.
+        start_index: index of the first episode; resuming at `step * meta_batch_size` continues
+            a stream exactly where it stopped.
         config: a `SinusoidConfig`.
 
     Example:
@@ -77,7 +80,10 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
     if meta_batch_size is not None and (not isinstance(meta_batch_size, int)
                                         or meta_batch_size < 1):
         raise ValueError(f"meta_batch_size must be a positive int or None; got {meta_batch_size!r}.")
-    indices = tf.data.Dataset.range(num_episodes if num_episodes is not None else 2**62)
+    if not isinstance(start_index, int) or start_index < 0:
+        raise ValueError(f"start_index must be an int >= 0; got {start_index!r}.")
+    stop = start_index + num_episodes if num_episodes is not None else 2**62
+    indices = tf.data.Dataset.range(start_index, stop, name="episode_index")
 
     def make(index):
         episode_seed = tf.stack([tf.cast(seed, tf.int64), index])

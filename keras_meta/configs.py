@@ -1,0 +1,192 @@
+"""Typed configuration of a MAML meta-training run, and the papers' settings as named presets."""
+
+import dataclasses
+import json
+from typing import Optional
+
+TASKS = ("sinusoid", "omniglot")
+BATCH_NORM_MODES = ("transductive", "per_step", "none")
+LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
+OMNIGLOT_PROTOCOLS = ("maml", "background_evaluation")
+
+# Fields that shape the variables: a checkpoint cannot be resumed if they change.
+ARCHITECTURE_FIELDS = ("task", "num_ways", "batch_norm", "learn_inner_lr", "inner_steps",
+                       "eval_inner_steps", "image_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLTrainConfig:
+    """Everything that defines a MAML meta-training run (the trainer's flags map onto it).
+
+    Args:
+        task: "sinusoid" or "omniglot".
+        inner_lr: inner SGD step size alpha.
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps at evaluation; the first is the headline figure, the
+            others are also reported (sinusoid: 1, 5, 10).
+        first_order: first-order MAML (default: exact second order).
+        learn_inner_lr: None, "per_variable", "per_step" (MAML++) or "per_coordinate" (Meta-SGD).
+        multi_step_loss: MAML++ multi-step loss (query loss after every inner step, equal weights).
+        meta_batch_size: tasks per outer step.
+        meta_lr: outer Adam learning rate beta.
+        num_iterations: outer steps.
+        num_ways: classes per episode (classification).
+        num_shots: support examples per class (sinusoid: support points).
+        num_queries: query examples per class (sinusoid: query points).
+        eval_num_shots / eval_num_queries: the same at evaluation (default: as in training).
+        batch_norm: "transductive", "per_step" or "none" (classification backbone).
+        image_size: side of the square images fed to the backbone.
+        omniglot_protocol: "maml" (1100/100/423 character split) or "background_evaluation".
+        omniglot_source_dir: local directory with the Omniglot zips and TFDS checksums
+            (offline); `None` uses the shared copy when present, else `tfds.load` online.
+        data_dir: where TFDS data is prepared (default: TFDS's own).
+        eval_every: validate every N iterations (0: never); the best checkpoint is kept.
+        num_val_tasks: validation tasks.
+        num_eval_tasks: final test tasks (the MAML protocol: 600).
+        checkpoint_every: save a checkpoint every N iterations.
+        log_every: print a progress line and write summaries every N iterations.
+        seed: seeds the initialisation and every episode stream.
+        jit_compile: XLA-compile the meta-train step.
+    """
+
+    task: str = "sinusoid"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_inner_steps: tuple = (1, 5, 10)
+    first_order: bool = False
+    learn_inner_lr: Optional[str] = None
+    multi_step_loss: bool = False
+    meta_batch_size: int = 25
+    meta_lr: float = 1e-3
+    num_iterations: int = 70000
+    num_ways: int = 1
+    num_shots: int = 10
+    num_queries: int = 10
+    eval_num_shots: Optional[int] = 5
+    eval_num_queries: Optional[int] = 100
+    batch_norm: str = "transductive"
+    image_size: int = 28
+    omniglot_protocol: str = "maml"
+    omniglot_source_dir: Optional[str] = None
+    data_dir: Optional[str] = None
+    eval_every: int = 5000
+    num_val_tasks: int = 100
+    num_eval_tasks: int = 600
+    checkpoint_every: int = 1000
+    log_every: int = 500
+    seed: int = 0
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.eval_inner_steps, int):
+            object.__setattr__(self, "eval_inner_steps", (self.eval_inner_steps,))
+        else:
+            object.__setattr__(self, "eval_inner_steps", tuple(self.eval_inner_steps))
+        self.validate()
+
+    def validate(self):
+        """Raises `ValueError` naming the field, the value and what is allowed."""
+        def bad(name, allowed):
+            raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {allowed}.")
+
+        if self.task not in TASKS:
+            bad("task", f"one of {TASKS}")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            bad("batch_norm", f"one of {BATCH_NORM_MODES}")
+        if self.learn_inner_lr not in LR_MODES:
+            bad("learn_inner_lr", f"one of {LR_MODES}")
+        if self.omniglot_protocol not in OMNIGLOT_PROTOCOLS:
+            bad("omniglot_protocol", f"one of {OMNIGLOT_PROTOCOLS}")
+        for name in ("inner_steps",):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        if not self.eval_inner_steps or any(not _is_int(s) or s < 0 for s in self.eval_inner_steps):
+            bad("eval_inner_steps", "a non-empty list of integers >= 0")
+        for name in ("meta_batch_size", "num_iterations", "num_ways", "num_shots", "num_queries",
+                     "num_val_tasks", "num_eval_tasks", "checkpoint_every", "log_every",
+                     "image_size"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        for name in ("eval_num_shots", "eval_num_queries"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                bad(name, "an integer >= 1 or None")
+        if not _is_int(self.eval_every) or self.eval_every < 0:
+            bad("eval_every", "an integer >= 0 (0 disables validation)")
+        if not self.inner_lr >= 0:
+            bad("inner_lr", "a number >= 0")
+        if not self.meta_lr > 0:
+            bad("meta_lr", "a number > 0")
+        if self.task == "omniglot" and self.num_ways < 2:
+            bad("num_ways", "an integer >= 2 for classification")
+
+    @property
+    def classification(self):
+        return self.task != "sinusoid"
+
+    @property
+    def shots_at_eval(self):
+        return self.eval_num_shots or self.num_shots
+
+    @property
+    def queries_at_eval(self):
+        return self.eval_num_queries or self.num_queries
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown MAMLTrainConfig fields {unknown}; known: {sorted(known)}.")
+        return cls(**values)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+PRESETS = {
+    # Finn et al. 2017, section 5.1: K=10, alpha 0.01, 1 step, 25 tasks, Adam 1e-3, 70k
+    # iterations; evaluated 5-shot after 1, 5 and 10 steps.
+    "sinusoid": MAMLTrainConfig(),
+    # Section 5.2 / appendix A.1 (Omniglot): 5-way uses 1 step of alpha 0.4 (3 at test) and
+    # meta-batch 32; 20-way 5 steps of alpha 0.1 and meta-batch 16; 60k iterations.
+    "omniglot_5way_1shot": MAMLTrainConfig(
+        task="omniglot", num_ways=5, num_shots=1, num_queries=15, eval_num_shots=None,
+        eval_num_queries=None, inner_lr=0.4, inner_steps=1, eval_inner_steps=(3,),
+        meta_batch_size=32, num_iterations=60000, eval_every=1000, checkpoint_every=250,
+        log_every=50),
+    "omniglot_5way_5shot": MAMLTrainConfig(
+        task="omniglot", num_ways=5, num_shots=5, num_queries=15, eval_num_shots=None,
+        eval_num_queries=None, inner_lr=0.4, inner_steps=1, eval_inner_steps=(3,),
+        meta_batch_size=32, num_iterations=60000, eval_every=1000, checkpoint_every=250,
+        log_every=50),
+    "omniglot_20way_1shot": MAMLTrainConfig(
+        task="omniglot", num_ways=20, num_shots=1, num_queries=5, eval_num_shots=None,
+        eval_num_queries=None, inner_lr=0.1, inner_steps=5, eval_inner_steps=(5,),
+        meta_batch_size=16, num_iterations=60000, eval_every=1000, checkpoint_every=250,
+        log_every=50),
+    "omniglot_20way_5shot": MAMLTrainConfig(
+        task="omniglot", num_ways=20, num_shots=5, num_queries=5, eval_num_shots=None,
+        eval_num_queries=None, inner_lr=0.1, inner_steps=5, eval_inner_steps=(5,),
+        meta_batch_size=16, num_iterations=60000, eval_every=1000, checkpoint_every=250,
+        log_every=50),
+}
+
+DEFAULT_PRESET_FOR_TASK = {"sinusoid": "sinusoid", "omniglot": "omniglot_5way_1shot"}
+
+
+def get_preset(name):
+    """A named preset (`PRESETS`); raises a `ValueError` listing the names for an unknown one."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}.")
+    return PRESETS[name]

@@ -1,0 +1,265 @@
+"""The meta-training loop behind `trainers/train_maml.py`: config -> checkpoints -> eval JSON.
+
+A custom loop rather than `fit()`, because it must (1) resume exactly, data included, after a
+kill, (2) refuse to checkpoint a NaN model, and (3) keep the best checkpoint by validation.
+Episode streams are pure functions of (seed, episode index), so resuming at step `s` restarts
+the stream at episode `s * meta_batch_size` instead of serialising iterator buffers.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.configs import ARCHITECTURE_FIELDS, MAMLTrainConfig
+from keras_meta.data.sinusoid import sinusoid_episodes
+from keras_meta.evaluation import TaskEvaluator
+from keras_meta.maml import MAML
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "eval_results.json"
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """What a task family contributes to a run: a model, a loss, and three episode streams."""
+
+    model: keras.Model
+    loss: object
+    classification: bool
+    train_dataset: callable  # start_index -> batched endless dataset
+    val_dataset: callable  # () -> batched finite dataset
+    test_dataset: callable  # () -> batched finite dataset
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+
+def sinusoid_model(hidden=(40, 40), name="sinusoid_mlp"):
+    """The MAML paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU."""
+    inputs = keras.Input((1,), name="x")
+    h = inputs
+    for i, units in enumerate(hidden):
+        h = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
+    return keras.Model(inputs, keras.layers.Dense(1, name="head")(h), name=name)
+
+
+def _eval_batch(config, num_tasks):
+    # A divisor of num_tasks keeps every task; at most 25 per traced call.
+    for b in range(min(25, num_tasks), 0, -1):
+        if num_tasks % b == 0:
+            return b
+    return 1
+
+
+def build_sinusoid_task(config):
+    def train(start_index):
+        return sinusoid_episodes(config.num_shots, config.num_queries, config.meta_batch_size,
+                                 seed=config.seed, start_index=start_index)
+
+    def finite(seed_offset, num_tasks):
+        return lambda: sinusoid_episodes(
+            config.shots_at_eval, config.queries_at_eval, _eval_batch(config, num_tasks),
+            seed=config.seed + seed_offset, num_episodes=num_tasks)
+
+    return TaskSpec(sinusoid_model(), keras.losses.MeanSquaredError(), False, train,
+                    finite(1_000_003, config.num_val_tasks), finite(2_000_003, config.num_eval_tasks))
+
+
+TASK_BUILDERS = {"sinusoid": build_sinusoid_task}
+
+
+def build_task(config):
+    """The `TaskSpec` of `config.task`."""
+    if config.task not in TASK_BUILDERS:
+        raise ValueError(f"Unknown task {config.task!r}; expected one of {sorted(TASK_BUILDERS)}.")
+    return TASK_BUILDERS[config.task](config)
+
+
+def build_maml(config, model, loss):
+    weights = [1.0 / config.inner_steps] * config.inner_steps if (
+        config.multi_step_loss and config.inner_steps > 0) else None
+    maml = MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
+                eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
+                learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights, loss=loss)
+    maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)
+    maml.optimizer.build(maml.trainable_variables)
+    return maml
+
+
+def _check_resumable(config, model_dir):
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = json.loads(config.to_json())
+    changed = {k: (saved.get(k), current[k]) for k in ARCHITECTURE_FIELDS
+               if saved.get(k) != current[k]}
+    if changed:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"{model_dir} holds a run whose variables have another shape ({details}). "
+            "Use a new model_dir, or the saved settings to resume.")
+
+
+def _all_finite(variables):
+    return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables)
+
+
+class _Progress:
+    """One line every `every` iterations: iteration, loss, iterations/s and ETA."""
+
+    def __init__(self, total, every, start, printer=print):
+        self.total, self.every, self.printer = total, every, printer
+        self.mark_step, self.mark_time = start, time.perf_counter()
+
+    def maybe_print(self, step, loss, extra=""):
+        if step % self.every and step != self.total:
+            return None
+        now = time.perf_counter()
+        rate = (step - self.mark_step) / max(now - self.mark_time, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("inf")
+        self.printer(f"[train] iter {step}/{self.total}  meta_loss {loss:.4f}  "
+                     f"{rate:.1f} it/s  eta {_fmt_seconds(eta)}{extra}", flush=True)
+        self.mark_step, self.mark_time = step, now
+        return rate
+
+
+def _fmt_seconds(s):
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _headline(summary, classification):
+    steps = next(iter(summary))
+    return summary[steps]["accuracy" if classification else "loss"]["mean"]
+
+
+def train(config, model_dir, *, verbose=True):
+    """Meta-trains MAML as `config` says, in `model_dir`; resumes if a checkpoint is there.
+
+    Writes `config.json`, checkpoints under `checkpoints/` (latest) and `best/` (by
+    validation), TensorBoard summaries under `logs/`, and the final test summary to
+    `eval_results.json`. Raises `FloatingPointError` on a NaN/Inf meta-loss without
+    checkpointing the diverged model.
+
+    Returns:
+        The dict written to `eval_results.json`.
+    """
+    if not isinstance(config, MAMLTrainConfig):
+        raise TypeError(f"train() needs a MAMLTrainConfig; got {type(config).__name__}.")
+    printer = print if verbose else (lambda *a, **k: None)
+    os.makedirs(model_dir, exist_ok=True)
+    _check_resumable(config, model_dir)
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    task = build_task(config)
+    maml = build_maml(config, task.model, task.loss)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    best_metric = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_metric")
+    train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    checkpoint = tf.train.Checkpoint(model=maml, optimizer=maml.optimizer, step=step,
+                                     best_metric=best_metric, train_seconds=train_seconds)
+    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                        max_to_keep=3)
+    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+    if latest.latest_checkpoint:
+        checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+        printer(f"[train] resumed from {latest.latest_checkpoint} at iteration {int(step)}",
+                flush=True)
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
+    train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
+    evaluator = TaskEvaluator(maml, classification=task.classification)
+    higher_is_better = task.classification
+    metric_name = "accuracy" if task.classification else "mse"
+
+    start = int(step)
+    progress = _Progress(config.num_iterations, config.log_every, start, printer)
+    dataset = task.train_dataset(start * config.meta_batch_size)
+    loop_start = time.perf_counter()
+    timed_from = None
+    last_loss = float("nan")
+    with writer.as_default():
+        for episodes in dataset:
+            if int(step) >= config.num_iterations:
+                break
+            loss, _ = train_step(episodes)
+            last_loss = float(loss)
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(
+                    f"The meta-loss is {last_loss} at iteration {int(step) + 1}. Training "
+                    f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "
+                    "is kept. Lower inner_lr or meta_lr.")
+            step.assign_add(1)
+            s = int(step)
+            if timed_from is None:
+                # The first step traces the graph: time the steady state from here on.
+                timed_from = (s, time.perf_counter())
+            if s % config.log_every == 0 or s == config.num_iterations:
+                rate = progress.maybe_print(s, last_loss)
+                tf.summary.scalar("train/meta_loss", last_loss, step=s)
+                if rate:
+                    tf.summary.scalar("train/iterations_per_second", rate, step=s)
+            if config.eval_every and (s % config.eval_every == 0 or s == config.num_iterations):
+                summary = evaluator.evaluate(task.val_dataset(), config.num_val_tasks,
+                                             config.eval_inner_steps[0])
+                value = _headline(summary, task.classification)
+                tf.summary.scalar(f"val/{metric_name}", value, step=s)
+                improved = (math.isnan(float(best_metric)) or
+                            (value > float(best_metric) if higher_is_better
+                             else value < float(best_metric)))
+                printer(f"[val] iter {s}  {metric_name} {value:.4f}"
+                        + ("  (best)" if improved else ""), flush=True)
+                if improved and _all_finite(maml.trainable_variables):
+                    best_metric.assign(value)
+                    best.save(checkpoint_number=s)
+            if s % config.checkpoint_every == 0 or s == config.num_iterations:
+                now = time.perf_counter()
+                train_seconds.assign_add(now - loop_start)
+                loop_start = now
+                if _all_finite(maml.trainable_variables):
+                    latest.save(checkpoint_number=s)
+        writer.flush()
+    train_seconds.assign_add(time.perf_counter() - loop_start)
+    seconds_per_iteration = None
+    if timed_from is not None and int(step) > timed_from[0]:
+        seconds_per_iteration = (time.perf_counter() - timed_from[1]) / (int(step) - timed_from[0])
+
+    final_step = int(step)
+    if best.latest_checkpoint:
+        # Test the model that validated best, as the MAML protocol does.
+        checkpoint.restore(best.latest_checkpoint).expect_partial()
+        printer(f"[test] using the best validation checkpoint {best.latest_checkpoint}", flush=True)
+    eval_start = time.perf_counter()
+    summary = evaluator.evaluate(task.test_dataset(), config.num_eval_tasks,
+                                 config.eval_inner_steps)
+    results = {
+        "task": config.task,
+        "iterations": final_step,
+        "tested_iteration": int(step),
+        "checkpoint": best.latest_checkpoint or latest.latest_checkpoint,
+        "train_seconds": float(train_seconds),
+        "seconds_per_iteration": seconds_per_iteration,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "num_shots": config.shots_at_eval,
+        "num_ways": config.num_ways if task.classification else None,
+        "results": {str(s): v for s, v in summary.items()},
+        "config": config.to_dict(),
+    }
+    for s, metrics in summary.items():
+        for name, stats in metrics.items():
+            printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "
+                    f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)", flush=True)
+    with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -1,0 +1,123 @@
+r"""Meta-trains MAML (sinusoid regression or Omniglot classification), then tests it.
+
+Examples:
+
+    python -m trainers.train_maml --model_dir=runs/sinusoid            # the paper's protocol
+    python -m trainers.train_maml --preset=omniglot_5way_1shot --model_dir=runs/o5w1s
+    python -m trainers.train_maml --task=sinusoid --num_iterations=200 --model_dir=/tmp/s
+
+Re-running the same command resumes from the last checkpoint in --model_dir.
+"""
+
+import dataclasses
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines the trainer's flags; every flag is optional (presets give the defaults)."""
+    from keras_meta import configs
+
+    fv = {"flag_values": flag_values}
+
+    defaults = configs.MAMLTrainConfig()
+    flags.DEFINE_string("preset", None, f"Named settings to start from: {sorted(configs.PRESETS)}. "
+                        "Defaults to the task's paper preset.", **fv)
+    flags.DEFINE_string("task", defaults.task, f"Task family: {configs.TASKS}.", **fv)
+    flags.DEFINE_string("model_dir", "runs/maml", "Where checkpoints, logs and results go.", **fv)
+    flags.DEFINE_float("inner_lr", defaults.inner_lr, "Inner SGD step size (alpha).", **fv)
+    flags.DEFINE_integer("inner_steps", defaults.inner_steps, "Inner steps in meta-training.", **fv)
+    flags.DEFINE_list("eval_inner_steps", [str(s) for s in defaults.eval_inner_steps],
+                      "Inner steps at evaluation (the first is the headline figure).", **fv)
+    flags.DEFINE_boolean("first_order", defaults.first_order, "First-order MAML.", **fv)
+    flags.DEFINE_string("learn_inner_lr", "none",
+                        "Learn inner rates: none, per_variable, per_step, per_coordinate.", **fv)
+    flags.DEFINE_boolean("multi_step_loss", defaults.multi_step_loss, "MAML++ multi-step loss.", **fv)
+    flags.DEFINE_integer("meta_batch_size", defaults.meta_batch_size, "Tasks per outer step.", **fv)
+    flags.DEFINE_float("meta_lr", defaults.meta_lr, "Outer Adam learning rate.", **fv)
+    flags.DEFINE_integer("num_iterations", defaults.num_iterations, "Outer steps.", **fv)
+    flags.DEFINE_integer("ways", defaults.num_ways, "Classes per episode (classification).", **fv)
+    flags.DEFINE_integer("shots", defaults.num_shots, "Support examples per class (or points).", **fv)
+    flags.DEFINE_integer("queries", defaults.num_queries, "Query examples per class (or points).", **fv)
+    flags.DEFINE_integer("eval_shots", defaults.eval_num_shots, "Shots at evaluation.", **fv)
+    flags.DEFINE_integer("eval_queries", defaults.eval_num_queries, "Queries at evaluation.", **fv)
+    flags.DEFINE_string("batch_norm", defaults.batch_norm,
+                        f"Batch-norm mode: {configs.BATCH_NORM_MODES}.", **fv)
+    flags.DEFINE_string("omniglot_protocol", defaults.omniglot_protocol,
+                        f"Omniglot split: {configs.OMNIGLOT_PROTOCOLS}.", **fv)
+    flags.DEFINE_string("omniglot_source_dir", None,
+                        "Local directory with the Omniglot zips and tfds_checksums.tsv "
+                        "(offline). Default: ../shared/data/omniglot when present, else TFDS.", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory.", **fv)
+    flags.DEFINE_integer("eval_every", defaults.eval_every, "Validate every N iterations (0: off).", **fv)
+    flags.DEFINE_integer("num_val_tasks", defaults.num_val_tasks, "Validation tasks.", **fv)
+    flags.DEFINE_integer("num_eval_tasks", defaults.num_eval_tasks, "Final test tasks.", **fv)
+    flags.DEFINE_integer("checkpoint_every", defaults.checkpoint_every,
+                         "Checkpoint every N iterations.", **fv)
+    flags.DEFINE_integer("log_every", defaults.log_every, "Progress line every N iterations.", **fv)
+    flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
+    flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
+
+
+# Flag name -> MAMLTrainConfig field, where they differ.
+_FIELD_OF_FLAG = {"ways": "num_ways", "shots": "num_shots", "queries": "num_queries",
+                  "eval_shots": "eval_num_shots", "eval_queries": "eval_num_queries"}
+
+
+def config_from_flags(flag_values=FLAGS):
+    """Builds the config: the preset, then every flag given on the command line on top."""
+    from keras_meta import configs
+
+    task = flag_values.task
+    if task not in configs.TASKS:
+        raise app.UsageError(f"--task={task!r} is not a known task; expected one of "
+                             f"{configs.TASKS}.")
+    preset_name = flag_values.preset or configs.DEFAULT_PRESET_FOR_TASK[task]
+    if preset_name not in configs.PRESETS:
+        raise app.UsageError(f"--preset={preset_name!r} is not a known preset; expected one of "
+                             f"{sorted(configs.PRESETS)}.")
+    config = configs.PRESETS[preset_name]
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for name in flag_values:
+        if name in ("preset", "model_dir") or not flag_values[name].present:
+            continue
+        field = _FIELD_OF_FLAG.get(name, name)
+        if field not in fields:
+            continue
+        value = flag_values[name].value
+        if field == "eval_inner_steps":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise app.UsageError(f"--eval_inner_steps={','.join(value)!r}: expected a "
+                                     "comma-separated list of integers >= 0.") from None
+        if field == "learn_inner_lr":
+            value = None if value in ("none", "", None) else value
+        changes[field] = value
+    try:
+        return config.replace(**changes)
+    except ValueError as e:
+        flag_of = {v: k for k, v in _FIELD_OF_FLAG.items()}
+        message = str(e)
+        for field, flag in flag_of.items():
+            message = message.replace(f"Invalid {field}=", f"Invalid --{flag}=")
+        if message.startswith("Invalid ") and not message.startswith("Invalid --"):
+            message = "Invalid --" + message[len("Invalid "):]
+        raise app.UsageError(message) from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from keras_meta.training import train
+
+    # TF's checkpoint saver logs at INFO on every save; progress lines are printed instead.
+    logging.set_verbosity(logging.WARNING)
+    train(config_from_flags(), FLAGS.model_dir)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
