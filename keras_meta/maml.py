@@ -134,6 +134,10 @@ class MAML(keras.Model):
                 "MAML needs a task loss: pass `loss=` to MAML(...) or to compile(...)."
             )
         super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
+        # Slot variables created inside the first traced step would make tf.function trace it
+        # a second time; creating them now keeps the train step at one trace.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
 
     def call(self, inputs, training=False):
         """The base model at the meta-learned initialisation (no adaptation)."""

@@ -86,7 +86,6 @@ def build_maml(config, model, loss):
                 eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights, loss=loss)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)
-    maml.optimizer.build(maml.trainable_variables)
     return maml
 
 
