@@ -73,6 +73,13 @@ def conv4(
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels); got {input_shape}.")
 
+    if downsample == "maxpool" and min(input_shape[:2]) < 16:
+        # Four unpadded 2x2 pools halve (rounding down) to an empty feature map below 16.
+        raise ValueError(
+            f"input_shape {input_shape} is too small for four 2x2 max-pools (height and width "
+            "must be at least 16)."
+        )
+
     inputs = keras.Input(input_shape, dtype=dtype, name="images")
     x = inputs
     strides = 2 if downsample == "stride" else 1
@@ -88,8 +95,6 @@ def conv4(
         x = keras.layers.ReLU(dtype=dtype, name=f"relu{block}")(x)
         if downsample == "maxpool":
             x = keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{block}")(x)
-    if any(d == 0 for d in x.shape[1:]):
-        raise ValueError(f"input_shape {input_shape} is too small for four downsampling blocks.")
     x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
     logits = keras.layers.Dense(num_ways, dtype=dtype, name="logits")(x)
     return keras.Model(inputs, logits, name=name)
