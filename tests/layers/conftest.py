@@ -43,11 +43,11 @@ def tiny_net(norm="transductive", num_steps=None, seed=0):
     return model
 
 
-def task(seed=0, shots=2, queries=2):
+def task(seed=0, shots=2, queries=2, image=(4, 4, 1)):
     rng = np.random.default_rng(seed)
     labels = lambda k: np.repeat(np.arange(WAYS), k).astype("int32")  # noqa: E731
-    sx = rng.standard_normal((WAYS * shots, 4, 4, 1))
-    qx = rng.standard_normal((WAYS * queries, 4, 4, 1))
+    sx = rng.standard_normal((WAYS * shots, *image))
+    qx = rng.standard_normal((WAYS * queries, *image))
     return (tf.constant(sx), tf.constant(labels(shots)), tf.constant(qx),
             tf.constant(labels(queries)))
 
