@@ -67,6 +67,7 @@ class MetaBatchNormalization(keras.layers.Layer):
 
     Example:
 
+    >>> from keras_meta.step_context import inner_step
     >>> bn = MetaBatchNormalization(mode="per_step", num_steps=1)
     >>> x = keras.random.normal((8, 4, 4, 3))
     >>> with inner_step(0):
@@ -125,7 +126,6 @@ class MetaBatchNormalization(keras.layers.Layer):
         self.gamma_initializer = keras.initializers.get(gamma_initializer)
         self.moving_mean_initializer = keras.initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = keras.initializers.get(moving_variance_initializer)
-        self.supports_masking = True
 
     @property
     def num_slots(self):
