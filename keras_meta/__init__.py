@@ -14,6 +14,9 @@ from keras_meta.inner_loop import adapt  # noqa: E402
 from keras_meta.maml import MAML  # noqa: E402
 from keras_meta.maml_loss import maml_loss  # noqa: E402
 from keras_meta.update_rules import SGDRule  # noqa: E402
+# Imported for their side effect too: registering MetaBatchNormalization lets a saved backbone
+# deserialize after a plain `import keras_meta`.
+from keras_meta import layers, models  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

@@ -1,0 +1,5 @@
+"""Layers for meta-learning backbones."""
+
+from keras_meta.layers.meta_batch_normalization import MetaBatchNormalization
+
+__all__ = ["MetaBatchNormalization"]

@@ -1,0 +1,95 @@
+"""Shared float64 helpers for the layer tests: a tiny conv net and meta-gradient checks."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_meta.layers import MetaBatchNormalization  # noqa: E402
+from keras_meta.maml_loss import maml_loss  # noqa: E402
+
+# Keras loss objects compute in floatx (float32) unless told otherwise, which would swamp the
+# finite differences with rounding error.
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype="float64")
+WAYS = 3
+
+
+def tiny_net(norm="transductive", num_steps=None, seed=0):
+    """Conv(3x3, 3) -> BN -> tanh -> dense 3-way, float64.
+
+    tanh rather than ReLU keeps the loss smooth, so central differences are accurate to
+    O(eps^2) and a disagreement can only come from the analytic gradient.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 1), dtype="float64")
+    x = keras.layers.Conv2D(3, 3, dtype="float64", name="conv")(inputs)
+    if norm == "keras":
+        x = keras.layers.BatchNormalization(dtype="float64", name="bn")(x)
+    else:
+        x = MetaBatchNormalization(mode=norm, num_steps=num_steps, dtype="float64", name="bn")(x)
+    x = keras.layers.Activation("tanh", dtype="float64")(x)
+    x = keras.layers.Flatten(dtype="float64")(x)
+    outputs = keras.layers.Dense(WAYS, dtype="float64", name="head")(x)
+    model = keras.Model(inputs, outputs)
+    # Non-trivial gamma/beta so that the normalization's own parameters matter.
+    rng = np.random.default_rng(seed + 1)
+    for v in model.trainable_variables:
+        if "gamma" in v.path or "beta" in v.path:
+            v.assign(v.numpy() + 0.3 * rng.standard_normal(v.shape))
+    return model
+
+
+def task(seed=0, shots=2, queries=2, image=(4, 4, 1)):
+    rng = np.random.default_rng(seed)
+    labels = lambda k: np.repeat(np.arange(WAYS), k).astype("int32")  # noqa: E731
+    sx = rng.standard_normal((WAYS * shots, *image))
+    qx = rng.standard_normal((WAYS * queries, *image))
+    return (tf.constant(sx), tf.constant(labels(shots)), tf.constant(qx),
+            tf.constant(labels(queries)))
+
+
+def meta_loss(model, data, inner_steps, lr=0.5, first_order=False):
+    return maml_loss(model, *data, loss_fn=LOSS, inner_lr=lr, inner_steps=inner_steps,
+                     first_order=first_order)
+
+
+def meta_gradient(model, data, inner_steps, lr=0.5, first_order=False):
+    with tf.GradientTape() as tape:
+        loss = meta_loss(model, data, inner_steps, lr, first_order)
+    grads = tape.gradient(loss, model.trainable_variables,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [g.numpy() for g in grads]
+
+
+def directional_errors(model, data, inner_steps, lr=0.5, first_order=False, num_dirs=3,
+                       eps=1e-5, seed=0):
+    """Relative errors |<g, v> - FD_v| / |FD_v| of the meta-gradient along random directions."""
+    grads = meta_gradient(model, data, inner_steps, lr, first_order)
+    base = [v.numpy() for v in model.trainable_variables]
+    rng = np.random.default_rng(seed)
+    errors = []
+    try:
+        for _ in range(num_dirs):
+            dirs = [rng.standard_normal(b.shape) for b in base]
+
+            def at(t):
+                for v, b, d in zip(model.trainable_variables, base, dirs):
+                    v.assign(b + t * d)
+                return float(meta_loss(model, data, inner_steps, lr))
+
+            fd = (at(eps) - at(-eps)) / (2 * eps)
+            analytic = sum(float(np.sum(g * d)) for g, d in zip(grads, dirs))
+            errors.append(abs(analytic - fd) / max(abs(fd), 1e-12))
+    finally:
+        for v, b in zip(model.trainable_variables, base):
+            v.assign(b)
+    return errors
+
+
+@pytest.fixture
+def fd():
+    return directional_errors
