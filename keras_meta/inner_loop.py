@@ -42,6 +42,7 @@ def adapt(
     training=True,
     state=None,
     return_trajectory=False,
+    return_state=False,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -57,12 +58,16 @@ def adapt(
         update_rule: an object with `init_state(params)` and
             `apply(grads, params, state, step=, loss=)`, e.g. a trained `LSTMOptimizer`.
         training: the `training` flag of the model calls (batch-norm statistics, dropout).
-        state: non-trainable model state for the calls (defaults to the model's own).
+        state: non-trainable model state for the calls (defaults to the model's own). It is
+            threaded through the steps, so layers with running statistics (per-step batch norm)
+            see each step's update.
         return_trajectory: also return the list of parameters after each step.
+        return_state: also return the non-trainable state after the last step.
 
     Returns:
-        The adapted parameters, or `(adapted, trajectory)` where `trajectory[i]` holds the
-        parameters after step `i + 1`.
+        The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
+        `trajectory[i]` holds the parameters after step `i + 1`; with `return_state`, the
+        state is appended to the returned tuple.
     """
     _check_steps(inner_steps)
     if update_rule is None:
@@ -75,8 +80,8 @@ def adapt(
     for step in range(inner_steps):
         with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
             tape.watch(params)
-            pred = functional.functional_call(model, params, support_x, training=training,
-                                              state=state)
+            pred, state = functional.functional_call(
+                model, params, support_x, training=training, state=state, return_state=True)
             loss = scalar_loss(loss_fn, support_y, pred)
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if first_order:
@@ -85,4 +90,6 @@ def adapt(
         params, rule_state = update_rule.apply(grads, params, rule_state, step=step, loss=loss)
         params = list(params)
         trajectory.append(params)
-    return (params, trajectory) if return_trajectory else params
+    out = (params,) + ((trajectory,) if return_trajectory else ()) + (
+        (state,) if return_state else ())
+    return out if len(out) > 1 else params

@@ -145,38 +145,47 @@ class MAML(keras.Model):
 
     # -- the meta-objective ---------------------------------------------------------------------
 
-    def _adapt(self, params, support_x, support_y, steps, first_order, trajectory=False):
-        return adapt_params(
+    def _adapt(self, params, support_x, support_y, steps, first_order, state=None):
+        """Adapted parameters, the trajectory of parameters, and the non-trainable state."""
+        adapted, trajectory, state = adapt_params(
             self.model, params, support_x, support_y, loss_fn=self.task_loss,
             inner_lr=self._learning_rate(), inner_steps=steps, first_order=first_order,
-            update_rule=self.update_rule, training=True, return_trajectory=trajectory,
+            update_rule=self.update_rule, training=True, state=state,
+            return_trajectory=True, return_state=True,
         )
+        return adapted, trajectory, state
 
-    def task_query_loss(self, params, episode, *, steps, first_order):
-        """Query loss of one (unbatched) task after adaptation, and the query predictions."""
+    def task_query_loss(self, params, episode, *, steps, first_order, state=None):
+        """Query loss of one (unbatched) task after adaptation.
+
+        Returns `(loss, query_predictions, state)`; `state` is the model's non-trainable state
+        after the task (running statistics), threaded from `state`.
+        """
+        adapted, trajectory, state = self._adapt(
+            params, episode.support_x, episode.support_y, steps, first_order, state)
         weights = self.multi_step_loss_weights if steps == self.inner_steps else None
         if weights is None or steps == 0:
-            adapted = self._adapt(params, episode.support_x, episode.support_y, steps, first_order)
-            pred = self._query_call(adapted, episode.query_x, steps)
-            return scalar_loss(self.task_loss, episode.query_y, pred), pred
-        _, trajectory = self._adapt(
-            params, episode.support_x, episode.support_y, steps, first_order, trajectory=True)
+            pred, state = self._query_call(adapted, episode.query_x, steps, state)
+            return scalar_loss(self.task_loss, episode.query_y, pred), pred, state
         total = 0.0
         for step, (w, step_params) in enumerate(zip(weights, trajectory), start=1):
-            pred = self._query_call(step_params, episode.query_x, step)
+            pred, state = self._query_call(step_params, episode.query_x, step, state)
             total += w * scalar_loss(self.task_loss, episode.query_y, pred)
-        return total, pred
+        return total, pred, state
 
-    def _query_call(self, params, query_x, steps_taken):
+    def _query_call(self, params, query_x, steps_taken, state=None):
         # Per-step layers (MAML++ batch norm) use the slot after the last step taken.
         with inner_step(steps_taken):
-            return functional.functional_call(self.model, params, query_x, training=True)
+            return functional.functional_call(self.model, params, query_x, training=True,
+                                              state=state, return_state=True)
 
-    def meta_batch_losses(self, episodes, *, steps=None, first_order=None):
+    def meta_batch_losses(self, episodes, *, steps=None, first_order=None, return_state=False):
         """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
 
         `episodes` is a batched `Episode` whose meta-batch size is static (batch the dataset
-        with `drop_remainder=True`), so that the task loop unrolls in the graph.
+        with `drop_remainder=True`), so that the task loop unrolls in the graph. With
+        `return_state`, also returns the non-trainable state after all tasks (running
+        statistics updated task after task).
         """
         self._check_ready()
         episodes = as_episode(episodes)
@@ -190,13 +199,16 @@ class MAML(keras.Model):
                 f"{episodes.support_x.shape})."
             )
         params = functional.get_params(self.model)
+        state = None
         losses, preds = [], []
         for t in range(meta_batch):
             task = Episode(*(x[t] for x in episodes))
-            loss, pred = self.task_query_loss(params, task, steps=steps, first_order=first_order)
+            loss, pred, state = self.task_query_loss(params, task, steps=steps,
+                                                     first_order=first_order, state=state)
             losses.append(loss)
             preds.append(pred)
-        return tf.stack(losses), tf.stack(preds)
+        out = (tf.stack(losses), tf.stack(preds))
+        return out + (state,) if return_state else out
 
     # -- Keras hooks ----------------------------------------------------------------------------
 
@@ -206,18 +218,27 @@ class MAML(keras.Model):
         Returns `(meta_loss, grads, query_preds)`, `grads` aligned with
         `self.trainable_variables` (the base model's and any learned inner rates or rule).
         """
+        return self._meta_gradients(episodes)[:3]
+
+    def _meta_gradients(self, episodes):
         episodes = as_episode(episodes)
         with tf.GradientTape() as tape:
-            losses, preds = self.meta_batch_losses(episodes)
+            losses, preds, state = self.meta_batch_losses(episodes, return_state=True)
             meta_loss = tf.reduce_mean(losses)
         grads = tape.gradient(meta_loss, self.trainable_variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return meta_loss, grads, preds
+        return meta_loss, grads, preds, state
 
     def meta_train_step(self, episodes):
-        """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`."""
-        meta_loss, grads, preds = self.meta_gradients(episodes)
+        """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`.
+
+        Running statistics of the base model (per-step batch norm) take the state reached
+        after the meta-batch's tasks.
+        """
+        meta_loss, grads, preds, state = self._meta_gradients(episodes)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        for variable, value in zip(self.model.non_trainable_variables, state or ()):
+            variable.assign(value)
         return meta_loss, preds
 
     def train_step(self, data):
@@ -261,13 +282,13 @@ class MAML(keras.Model):
         support_x = tf.convert_to_tensor(support_x)
         support_y = tf.convert_to_tensor(support_y)
         params = functional.get_params(self.model)
-        return self._adapt(params, support_x, support_y, steps, first_order=True)
+        return self._adapt(params, support_x, support_y, steps, first_order=True)[0]
 
     def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
         """Adapts on one support set and returns the predictions for `query_x`."""
         steps = self.eval_inner_steps if steps is None else steps
         adapted = self.adapt_params(support_x, support_y, steps)
-        return self._query_call(adapted, tf.convert_to_tensor(query_x), steps)
+        return self._query_call(adapted, tf.convert_to_tensor(query_x), steps)[0]
 
     def adapt(self, support_x, support_y, steps=None):
         """Returns a new ordinary `keras.Model`: the base model with the adapted weights.

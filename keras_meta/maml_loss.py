@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from keras_meta import functional
 from keras_meta.inner_loop import adapt, scalar_loss
+from keras_meta.step_context import inner_step
 
 
 def maml_loss(
@@ -51,5 +52,6 @@ def maml_loss(
         model, params, support_x, support_y, loss_fn=loss_fn, inner_lr=inner_lr,
         inner_steps=inner_steps, first_order=first_order, training=training,
     )
-    pred = functional.functional_call(model, adapted, query_x, training=training)
+    with inner_step(inner_steps):  # per-step layers: the slot after the last step
+        pred = functional.functional_call(model, adapted, query_x, training=training)
     return scalar_loss(loss_fn, query_y, pred)

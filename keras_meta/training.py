@@ -20,6 +20,7 @@ from keras_meta.configs import ARCHITECTURE_FIELDS, MAMLTrainConfig
 from keras_meta.data.sinusoid import sinusoid_episodes
 from keras_meta.evaluation import TaskEvaluator
 from keras_meta.maml import MAML
+from keras_meta.models import mlp
 
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "eval_results.json"
@@ -36,15 +37,6 @@ class TaskSpec:
     val_dataset: callable  # () -> batched finite dataset
     test_dataset: callable  # () -> batched finite dataset
     metadata: dict = dataclasses.field(default_factory=dict)
-
-
-def sinusoid_model(hidden=(40, 40), name="sinusoid_mlp"):
-    """The MAML paper's regressor: 1 -> 40 -> 40 -> 1 with ReLU."""
-    inputs = keras.Input((1,), name="x")
-    h = inputs
-    for i, units in enumerate(hidden):
-        h = keras.layers.Dense(units, activation="relu", name=f"dense_{i}")(h)
-    return keras.Model(inputs, keras.layers.Dense(1, name="head")(h), name=name)
 
 
 def _eval_batch(config, num_tasks):
@@ -65,7 +57,7 @@ def build_sinusoid_task(config):
             config.shots_at_eval, config.queries_at_eval, _eval_batch(config, num_tasks),
             seed=config.seed + seed_offset, num_episodes=num_tasks)
 
-    return TaskSpec(sinusoid_model(), keras.losses.MeanSquaredError(), False, train,
+    return TaskSpec(mlp(name="sinusoid_mlp"), keras.losses.MeanSquaredError(), False, train,
                     finite(1_000_003, config.num_val_tasks), finite(2_000_003, config.num_eval_tasks))
 
 

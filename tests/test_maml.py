@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import keras_meta as km
 from keras_meta.data.sinusoid import sinusoid_episodes
-from keras_meta.training import sinusoid_model
+from keras_meta.models import mlp
 
 
 def small_maml(**kwargs):
@@ -148,7 +148,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="one weight per inner step"):
         small_maml(inner_steps=2, multi_step_loss_weights=[1.0])
     with pytest.raises(ValueError, match="needs a task loss"):
-        km.MAML(sinusoid_model()).compile("adam")
+        km.MAML(mlp()).compile("adam")
     maml = small_maml()
     dynamic = sinusoid_episodes(5, 5, seed=0).batch(3)
     with pytest.raises(ValueError, match="static meta-batch size"):
@@ -166,3 +166,25 @@ def test_other_backend_is_refused(tmp_path):
         env={"KERAS_BACKEND": "jax", "PATH": "", "PYTHONPATH": "."}, timeout=120)
     assert result.returncode != 0
     assert "needs the TensorFlow backend" in result.stderr and "'jax'" in result.stderr
+
+
+def test_per_step_batch_norm_running_statistics_follow_meta_training():
+    keras.utils.set_random_seed(1)
+    base = km.models.conv4(3, input_shape=(8, 8, 1), filters=4, batch_norm="per_step",
+                           num_inner_steps=1)
+    maml = km.MAML(base, inner_lr=0.1, loss=keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    maml.compile(keras.optimizers.Adam(1e-3))
+    rng = np.random.default_rng(0)
+    batch = km.Episode(tf.constant(rng.random((2, 3, 8, 8, 1)) + 2.0, tf.float32),
+                       tf.constant([[0, 1, 2]] * 2, tf.int32),
+                       tf.constant(rng.random((2, 6, 8, 8, 1)) + 2.0, tf.float32),
+                       tf.constant([[0, 1, 2, 0, 1, 2]] * 2, tf.int32))
+    stats = [v for v in base.non_trainable_variables if "moving_mean" in v.path]
+    assert stats and all(float(tf.reduce_max(tf.abs(v))) == 0.0 for v in stats)
+    step = tf.function(maml.meta_train_step)
+    for _ in range(3):
+        step(batch)
+    first = stats[0].numpy()  # [num_steps + 1, channels]
+    # Both slots (support pass at step 0, query pass at step 1) moved off their zero start.
+    assert np.all(np.abs(first).max(axis=1) > 0)

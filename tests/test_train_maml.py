@@ -1,0 +1,98 @@
+"""The MAML trainer end to end on tiny configs: results, checkpoints, resume, NaN, flags."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from keras_meta.configs import MAMLTrainConfig, get_preset
+from keras_meta.training import train
+from trainers import train_maml
+
+TINY = MAMLTrainConfig(num_iterations=6, meta_batch_size=2, num_shots=5, num_queries=5,
+                       eval_every=3, num_val_tasks=4, num_eval_tasks=6, checkpoint_every=2,
+                       log_every=2, eval_inner_steps=(1, 2))
+
+
+def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
+    model_dir = str(tmp_path)
+    results = train(TINY, model_dir)
+    assert results["iterations"] == 6
+    with open(os.path.join(model_dir, "eval_results.json")) as f:
+        saved = json.load(f)
+    assert set(saved["results"]) == {"1", "2"}
+    stats = saved["results"]["1"]["loss"]
+    assert stats["num_tasks"] == 6 and stats["mean"] > 0 and stats["ci95"] > 0
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")) is not None
+    assert os.listdir(os.path.join(model_dir, "logs"))
+
+    capsys.readouterr()
+    results = train(TINY.replace(num_iterations=10), model_dir)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at iteration 6" in out
+    assert "iter 8/10" in out and "iter 2/10" not in out
+    assert results["iterations"] == 10
+
+
+def test_resume_continues_the_same_episode_stream(tmp_path):
+    straight = train(TINY.replace(eval_every=0), str(tmp_path / "a"), verbose=False)
+    train(TINY.replace(eval_every=0, num_iterations=4), str(tmp_path / "b"), verbose=False)
+    resumed = train(TINY.replace(eval_every=0), str(tmp_path / "b"), verbose=False)
+    a, b = straight["results"]["1"]["loss"]["mean"], resumed["results"]["1"]["loss"]["mean"]
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
+    model_dir = str(tmp_path)
+    train(TINY.replace(num_iterations=4, eval_every=0), model_dir, verbose=False)
+    good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    with pytest.raises(FloatingPointError, match="meta-loss is (nan|inf)"):
+        train(TINY.replace(num_iterations=8, eval_every=0, inner_lr=1e30), model_dir,
+              verbose=False)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == good
+    reader = tf.train.load_checkpoint(good)
+    for name, _ in tf.train.list_variables(good):
+        if name.endswith("VARIABLE_VALUE") and not name.startswith("best_metric"):
+            assert np.all(np.isfinite(reader.get_tensor(name)))
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path):
+    train(TINY.replace(num_iterations=2, eval_every=0), str(tmp_path), verbose=False)
+    with pytest.raises(ValueError, match="inner_steps: saved 1, now 2"):
+        train(TINY.replace(inner_steps=2), str(tmp_path), verbose=False)
+
+
+def _parse(argv):
+    fv = flags.FlagValues()
+    train_maml.define_flags(fv)
+    fv(["train_maml"] + argv)
+    return train_maml.config_from_flags(fv)
+
+
+def test_flags_start_from_the_preset_and_override():
+    config = _parse(["--preset=omniglot_20way_1shot", "--meta_batch_size=4",
+                     "--eval_inner_steps=1,3"])
+    expected = get_preset("omniglot_20way_1shot")
+    assert config.num_ways == 20 and config.inner_steps == expected.inner_steps
+    assert config.meta_batch_size == 4 and config.eval_inner_steps == (1, 3)
+    assert _parse([]) == get_preset("sinusoid")
+    assert _parse(["--task=omniglot"]) == get_preset("omniglot_5way_1shot")
+    assert _parse(["--ways=20", "--task=omniglot"]).num_ways == 20
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--task=imagenet"], "--task='imagenet' is not a known task"),
+    (["--inner_steps=-1"], "Invalid --inner_steps=-1: expected an integer >= 0"),
+    (["--meta_batch_size=0"], "Invalid --meta_batch_size=0: expected an integer >= 1"),
+    (["--preset=fast"], "--preset='fast' is not a known preset"),
+    (["--batch_norm=group"], "Invalid --batch_norm='group'"),
+    (["--eval_inner_steps=a"], "--eval_inner_steps='a'"),
+    (["--task=omniglot", "--ways=1"], "Invalid --ways=1"),
+])
+def test_bad_flags_fail_with_a_clear_message(argv, message):
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _parse(argv)
