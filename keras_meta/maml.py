@@ -139,6 +139,12 @@ class MAML(keras.Model):
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
+    def compile_from_config(self, config):
+        # The task loss travels in get_config(); optimizer, metrics and jit_compile here.
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+
     def call(self, inputs, training=False):
         """The base model at the meta-learned initialisation (no adaptation)."""
         return self.model(inputs, training=training)

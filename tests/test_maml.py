@@ -133,6 +133,8 @@ def test_config_round_trip_and_keras_save(tmp_path):
     path = str(tmp_path / "maml.keras")
     maml.save(path)
     loaded = keras.models.load_model(path)
+    assert loaded.compiled and loaded.optimizer.built
+    np.testing.assert_allclose(loaded.optimizer.iterations.numpy(), 3)
     task = next(iter(sinusoid_episodes(5, 5, seed=8)))
     np.testing.assert_allclose(
         loaded.adapt_and_predict(task.support_x, task.support_y, task.query_x).numpy(),
