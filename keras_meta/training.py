@@ -61,7 +61,42 @@ def build_sinusoid_task(config):
                     finite(1_000_003, config.num_val_tasks), finite(2_000_003, config.num_eval_tasks))
 
 
-TASK_BUILDERS = {"sinusoid": build_sinusoid_task}
+def build_omniglot_task(config):
+    """Omniglot N-way K-shot with the MAML protocol (or Lake et al.'s split), offline if possible."""
+    from keras_meta.data import EpisodeConfig, EpisodeSampler, omniglot_splits
+    from keras_meta.models import conv4
+
+    size = (config.image_size, config.image_size)
+    splits = omniglot_splits(
+        data_dir=config.data_dir, source_dir=config.omniglot_source_dir or "default",
+        protocol=config.omniglot_protocol, image_size=size, rotations=True)
+
+    def sampler(split, shots, queries, meta_batch, num_episodes=None):
+        return EpisodeSampler(splits[split], EpisodeConfig(
+            num_ways=config.num_ways, num_shots=shots, num_queries=queries,
+            meta_batch_size=meta_batch, num_episodes=num_episodes))
+
+    train_sampler = sampler("train", config.num_shots, config.num_queries, config.meta_batch_size)
+
+    def finite(split, seed_offset, num_tasks):
+        s = sampler(split, config.shots_at_eval, config.queries_at_eval,
+                    _eval_batch(config, num_tasks), num_tasks)
+        return lambda: s.dataset(seed=config.seed + seed_offset)
+
+    # Lake et al.'s background/evaluation split has no validation characters: no model
+    # selection then, rather than selecting on the test classes.
+    val = finite("validation", 1_000_003, config.num_val_tasks) if "validation" in splits else None
+    model = conv4(config.num_ways, input_shape=size + (1,), batch_norm=config.batch_norm,
+                  num_inner_steps=max(config.inner_steps, *config.eval_inner_steps))
+    return TaskSpec(
+        model, keras.losses.SparseCategoricalCrossentropy(from_logits=True), True,
+        lambda start: train_sampler.dataset(seed=config.seed, start=start),
+        val, finite("test", 2_000_003, config.num_eval_tasks),
+        metadata={"preprocessing": splits["train"].preprocessing.get_config(),
+                  "splits": {k: v.num_classes for k, v in splits.items()}})
+
+
+TASK_BUILDERS = {"sinusoid": build_sinusoid_task, "omniglot": build_omniglot_task}
 
 
 def build_task(config):
@@ -201,7 +236,8 @@ def train(config, model_dir, *, verbose=True):
                 tf.summary.scalar("train/meta_loss", last_loss, step=s)
                 if rate:
                     tf.summary.scalar("train/iterations_per_second", rate, step=s)
-            if config.eval_every and (s % config.eval_every == 0 or s == config.num_iterations):
+            if (config.eval_every and task.val_dataset is not None
+                    and (s % config.eval_every == 0 or s == config.num_iterations)):
                 summary = evaluator.evaluate(task.val_dataset(), config.num_val_tasks,
                                              config.eval_inner_steps[0])
                 value = _headline(summary, task.classification)
