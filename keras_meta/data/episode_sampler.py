@@ -49,6 +49,9 @@ class EpisodeSampler:
         # One tensor per sampler: every dataset built from it shares this memory.
         self._images = tf.constant(source.images)
         self._counts = tf.constant(source.counts, tf.int32)
+        # Traced once, so inspecting many episodes does not pay eager per-op dispatch.
+        self._episode_fn = tf.function(self._preprocessed_episode, input_signature=[
+            tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
 
     @property
     def element_spec(self):
@@ -64,7 +67,10 @@ class EpisodeSampler:
 
     def episode(self, seed, index):
         """Episode `index` of stream `seed`, unbatched and preprocessed (for inspection)."""
-        sx, sy, qx, qy = self._sample(seed, tf.constant(index, tf.int64))
+        return self._episode_fn(tf.constant(seed, tf.int64), tf.constant(index, tf.int64))
+
+    def _preprocessed_episode(self, seed, index):
+        sx, sy, qx, qy = self._sample(seed, index)
         return Episode(self.preprocessing(sx), sy, self.preprocessing(qx), qy)
 
     def _sample(self, seed, index):
