@@ -146,7 +146,9 @@ def test_rotation_classes_are_real_rotations():
 
 def test_fixed_number_of_episodes_then_end():
     config = EpisodeConfig(5, 1, 1, meta_batch_size=25, num_episodes=600)
-    ds = EpisodeSampler(ClassImageSource(tagged_images()), config).dataset(seed=0)
+    sampler = EpisodeSampler(ClassImageSource(tagged_images()), config)
+    ds = sampler.dataset(seed=0)
+    assert ds.element_spec == sampler.element_spec, "the meta-batch dimension must be static"
     assert config.num_meta_batches == 24
     assert ds.cardinality().numpy() == 24
     assert ds.element_spec.support_x.shape == (25, 5, SIZE, SIZE, 1)
