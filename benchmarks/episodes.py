@@ -14,6 +14,8 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Run from a checkout without installing: the repository root holds the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_meta.data.episode_sampler import EpisodeConfig, EpisodeSampler  # noqa: E402
 from keras_meta.data.omniglot import omniglot_splits  # noqa: E402
