@@ -5,6 +5,7 @@ deliver well above that (target: >= 320 episodes/s) not to be the bottleneck.
 
 Usage:
     python benchmarks/episodes.py [--data-dir DIR] [--source-dir DIR] [--meta-batches 200]
+                                  [--rotate-in-graph]
 """
 
 import argparse
@@ -43,6 +44,8 @@ def main(argv=None):
     parser.add_argument("--source-dir", default="default",
                         help="local Omniglot zips (default: ../shared/data/omniglot)")
     parser.add_argument("--meta-batches", type=int, default=200)
+    parser.add_argument("--rotate-in-graph", action="store_true",
+                        help="turn images per episode instead of precomputing the 4 turns")
     args = parser.parse_args(argv)
     print("command:", shlex.join([os.path.basename(sys.executable)] + sys.argv))
     print(f"cpus: {os.cpu_count()}")
@@ -50,7 +53,8 @@ def main(argv=None):
     train = omniglot_splits(args.data_dir, args.source_dir)["train"]
     print(f"load: {time.perf_counter() - start:.1f}s, {train}")
     for config in SETTINGS:
-        rate = measure(EpisodeSampler(train, config), args.meta_batches)
+        sampler = EpisodeSampler(train, config, precompute_rotations=not args.rotate_in_graph)
+        rate = measure(sampler, args.meta_batches)
         print(f"{config.num_ways}-way {config.num_shots}-shot {config.num_queries}-query, "
               f"meta-batch {config.meta_batch_size}: {rate * config.meta_batch_size:,.0f} "
               f"episodes/s, {rate:,.1f} meta-batches/s")

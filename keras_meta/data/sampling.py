@@ -25,10 +25,18 @@ def _stream_seed(seed, stream):
     return tf.random.experimental.stateless_fold_in(seed, stream)
 
 
-def class_seed(seed, index, class_id):
-    """The stateless seed of one class within one episode: a function of all three only."""
+def class_seeds(seed, index, class_ids):
+    """Stateless seeds `[n, 2]` int64, one per class id of episode `index` of stream `seed`.
+
+    Each is a function of (seed, episode index, class id) alone: a class draws the same
+    images whatever its position in the episode.
+    """
     ep = _stream_seed(episode_seed(seed, index), _IMAGE_STREAM)
-    return tf.random.experimental.stateless_fold_in(ep, tf.cast(class_id, tf.int64))
+    # A single hash of the episode seed, paired with the class id, is a Philox key per class
+    # (what `stateless_fold_in` builds), at one op per episode instead of one per class.
+    key = tf.random.stateless_uniform([], ep, minval=None, maxval=None, dtype=tf.int64)
+    class_ids = tf.cast(class_ids, tf.int64)
+    return tf.stack([tf.fill(tf.shape(class_ids), key), class_ids], axis=-1)
 
 
 def choose_classes(seed, num_classes, num_ways):
@@ -44,19 +52,23 @@ def choose_classes(seed, num_classes, num_ways):
     return tf.math.top_k(scores, k=num_ways, sorted=True).indices
 
 
-def choose_images(seed, count, num_images, max_count):
-    """`num_images` distinct indices in `[0, count)`, uniformly, in random order (int32).
+def choose_images(seeds, counts, num_images, max_count):
+    """For each class, `num_images` distinct indices in `[0, count)`, uniformly (int32).
 
     Args:
-        seed: stateless seed, shape [2].
-        count: images the class has (scalar tensor, <= `max_count`).
-        num_images: how many to choose (Python int, <= `count`).
+        seeds: `[n, 2]` stateless seeds, one per class (`n` static).
+        counts: `[n]` images each class has (each <= `max_count`, >= `num_images`).
+        num_images: how many to choose per class (Python int).
         max_count: static padded length of a class's image axis.
+
+    Returns:
+        `[n, num_images]` int32, in random order.
     """
-    scores = tf.random.stateless_uniform([max_count], seed)
+    scores = tf.stack([tf.random.stateless_uniform([max_count], seeds[i])
+                       for i in range(seeds.shape[0])])
     # Padding slots score -1 so that they are never among the top `num_images`.
-    scores = tf.where(tf.range(max_count) < tf.cast(count, tf.int32), scores, -1.0)
-    return tf.math.top_k(scores, k=num_images, sorted=True).indices
+    valid = tf.range(max_count)[None, :] < tf.cast(counts, tf.int32)[:, None]
+    return tf.math.top_k(tf.where(valid, scores, -1.0), k=num_images, sorted=True).indices
 
 
 def random_labels(seed, num_ways):
@@ -64,9 +76,21 @@ def random_labels(seed, num_ways):
     return tf.argsort(tf.random.stateless_uniform([num_ways], seed), stable=True)
 
 
-def rotate_quarter_turns(images, k):
-    """Rotates `[n, h, w, c]` square images by `k` (scalar tensor) quarter turns."""
-    return tf.image.rot90(images, k)
+def _turn_maps(size):
+    """`[4, size*size]` pixel sources of 0..3 quarter turns (as `tf.image.rot90`)."""
+    grid = tf.reshape(tf.range(size * size), [1, size, size, 1])
+    return tf.stack([tf.reshape(tf.image.rot90(grid, k), [-1]) for k in range(4)])
+
+
+def rotate_per_class(images, turns):
+    """Turns the square images `[n, m, h, w, c]` of class `i` by `turns[i]` quarter turns."""
+    n, m, h, w, c = images.shape
+    if h != w:
+        raise ValueError(f"Quarter turns need square images; got {h}x{w}.")
+    # A rotation is a fixed permutation of pixels: one gather for every class, no branches.
+    maps = tf.gather(_turn_maps(h), tf.cast(turns, tf.int32))
+    pixels = tf.reshape(images, [n, m, h * w, c])
+    return tf.reshape(tf.gather(pixels, maps, axis=2, batch_dims=1), [n, m, h, w, c])
 
 
 def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries, rotations=1):
@@ -76,7 +100,7 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
     quarter turns, so rotated classes cost no memory.
 
     Args:
-        images: `[num_base_classes, max_count, h, w, c]` uint8 tensor.
+        images: `[num_base_classes, max_count, h, w, c]` uint8 tensor, static image shape.
         counts: `[num_base_classes]` int32 tensor, valid images per base class.
         seed: int (or scalar tensor), the stream.
         index: scalar int64 tensor, the episode index.
@@ -87,24 +111,22 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
         `(support_x, support_y, query_x, query_y)`: uint8 `[N*K, h, w, c]`, int32 `[N*K]`,
         uint8 `[N*Q, h, w, c]`, int32 `[N*Q]`. Support and query are class-major.
     """
+    image_shape = images.shape[2:]
+    if not image_shape.is_fully_defined():
+        raise ValueError(f"images need a static [height, width, channels]; got {images.shape}.")
     ep = episode_seed(seed, index)
     num_classes = tf.shape(images)[0] * rotations
     classes = choose_classes(_stream_seed(ep, _CLASS_STREAM), num_classes, num_ways)
     labels = random_labels(_stream_seed(ep, _LABEL_STREAM), num_ways)
     max_count = images.shape[1] if images.shape[1] is not None else tf.shape(images)[1]
     per_class = num_shots + num_queries
-    support, query = [], []
-    # num_ways is static and small, so one unrolled branch per class keeps per-class seeds
-    # without a graph loop.
-    for i in range(num_ways):
-        base = classes[i] // rotations
-        picks = choose_images(class_seed(seed, index, classes[i]), counts[base], per_class,
-                              max_count)
-        chosen = tf.gather(images[base], picks)
-        if rotations > 1:
-            chosen = rotate_quarter_turns(chosen, classes[i] % rotations)
-        support.append(chosen[:num_shots])
-        query.append(chosen[num_shots:])
-    support_y = tf.repeat(labels, num_shots)
-    query_y = tf.repeat(labels, num_queries)
-    return tf.concat(support, 0), support_y, tf.concat(query, 0), query_y
+    bases = classes // rotations
+    picks = choose_images(class_seeds(seed, index, classes), tf.gather(counts, bases),
+                          per_class, max_count)
+    rows = tf.broadcast_to(bases[:, None], [num_ways, per_class])
+    chosen = tf.gather_nd(images, tf.stack([rows, picks], axis=-1))
+    if rotations > 1:
+        chosen = rotate_per_class(chosen, classes % rotations)
+    support = tf.reshape(chosen[:, :num_shots], [num_ways * num_shots, *image_shape])
+    query = tf.reshape(chosen[:, num_shots:], [num_ways * num_queries, *image_shape])
+    return support, tf.repeat(labels, num_shots), query, tf.repeat(labels, num_queries)

@@ -122,12 +122,15 @@ def test_padded_classes_only_yield_real_images():
     assert np.unique(cls * 10 + img).size == counts.sum(), "not every real image was drawn"
 
 
-def test_rotation_classes_are_real_rotations():
+def test_rotation_classes_are_real_rotations_precomputed_or_not():
     images = tagged_images(num_classes=3, per_class=4)
     source = ClassImageSource(images).with_rotations()
     assert source.num_classes == 12
     config = EpisodeConfig(num_ways=12, num_shots=2, num_queries=2, meta_batch_size=2)
     batch = first_batch(EpisodeSampler(source, config), seed=5)
+    in_graph = first_batch(EpisodeSampler(source, config, precompute_rotations=False), seed=5)
+    for a, b in zip(batch, in_graph):
+        np.testing.assert_array_equal(a, b)
     found = set()
     for b in range(2):
         x = np.concatenate([as_uint8(batch.support_x[b]), as_uint8(batch.query_x[b])])
