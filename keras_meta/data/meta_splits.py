@@ -31,7 +31,8 @@ class MetaSplits(collections.abc.Mapping):
         try:
             return self._splits[name]
         except KeyError:
-            raise KeyError(f"Unknown split {name!r}; expected one of {list(self._splits)}.") from None
+            raise KeyError(
+                f"Unknown split {name!r}; expected one of {list(self._splits)}.") from None
 
     def __iter__(self):
         return iter(self._splits)
