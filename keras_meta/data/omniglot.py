@@ -1,0 +1,290 @@
+"""Omniglot (Lake et al. 2015) for few-shot learning: offline TFDS preparation and meta-splits.
+
+Two protocols:
+
+* ``"maml"`` (Finn et al. 2017): all 1623 characters are pooled and split by a seeded shuffle
+  into 1100 train / 100 validation / 423 test characters; images are 28x28, inverted (strokes
+  are 1), and each 90 degree rotation of a character is a class of its own (x4).
+* ``"background_evaluation"`` (Lake et al.): the 964 background characters train, the 659
+  evaluation characters test; a validation split can be carved out of the background set.
+
+The TFDS ``omniglot`` builder downloads four zips from GitHub. Offline, `prepare_omniglot`
+checks a local copy of them against a local TFDS-format checksum file and lets TFDS build the
+dataset from that copy. Decoded, resized images are cached as one ``.npz`` next to the TFDS
+data so that later loads take about a second.
+"""
+
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from keras_meta.data.class_image_source import ClassImageSource
+from keras_meta.data.image_preprocessing import ImagePreprocessing
+from keras_meta.data.meta_splits import MetaSplits
+
+TFDS_NAME = "omniglot"
+TFDS_VERSION = "3.0.0"
+CHECKSUMS_FILENAME = "tfds_checksums.tsv"
+SOURCE_DIR_ENV = "KERAS_META_OMNIGLOT_SOURCE_DIR"
+DATA_DIR_ENV = "KERAS_META_DATA_DIR"
+
+NUM_BACKGROUND_CLASSES = 964
+NUM_EVALUATION_CLASSES = 659
+NUM_CLASSES = NUM_BACKGROUND_CLASSES + NUM_EVALUATION_CLASSES
+IMAGES_PER_CLASS = 20
+PROTOCOLS = ("maml", "background_evaluation")
+_MAML_NUM_TRAIN = 1100
+_CACHE_FORMAT = 1
+
+
+def default_omniglot_source_dir():
+    """Where a local copy of the Omniglot zips lives, or `None` when there is none.
+
+    `$KERAS_META_OMNIGLOT_SOURCE_DIR` when it names an existing directory, else
+    ``<repo>/../shared/data/omniglot`` when that exists, else `None` (then TFDS downloads).
+    """
+    env = os.environ.get(SOURCE_DIR_ENV)
+    if env and Path(env).is_dir():
+        return Path(env)
+    import keras_meta  # Local import: the package imports this module's siblings.
+
+    beside_repo = Path(keras_meta.__file__).resolve().parents[1].parent / "shared/data/omniglot"
+    return beside_repo if beside_repo.is_dir() else None
+
+
+def default_data_dir():
+    """`$KERAS_META_DATA_DIR`, else ``~/tensorflow_datasets``; prepared data goes there."""
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.home() / "tensorflow_datasets").expanduser()
+
+
+def read_checksums(path):
+    """Parses a TFDS checksum file (url, size, sha256, filename; tab separated).
+
+    Returns a dict url -> (size, sha256, filename).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checksum file {path} does not exist; expected a TFDS-format "
+                                "tab separated file with columns url, size, sha256, filename.")
+    entries = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 4 or not fields[1].isdigit() or len(fields[2]) != 64:
+            raise ValueError(f"{path}:{number}: expected 'url<TAB>size<TAB>sha256<TAB>filename'; "
+                             f"got {line!r}.")
+        url, size, sha256, filename = fields
+        entries[url] = (int(size), sha256.lower(), filename)
+    return entries
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_source_dir(source_dir, checksums_path=None):
+    """Checks every file listed in the local checksum file by size and sha256.
+
+    Returns the parsed checksums (url -> (size, sha256, filename)). Raises `FileNotFoundError`
+    for a missing file and `ValueError`, naming the file and both values, for a mismatch.
+    """
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise FileNotFoundError(f"Omniglot source directory {source_dir} does not exist.")
+    entries = read_checksums(checksums_path or source_dir / CHECKSUMS_FILENAME)
+    for size, sha256, filename in entries.values():
+        path = source_dir / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is listed in the checksum file but missing.")
+        actual_size = path.stat().st_size
+        if actual_size != size:
+            raise ValueError(f"{path} is corrupted or not the expected file: expected {size} "
+                             f"bytes, got {actual_size} bytes.")
+        actual = _sha256(path)
+        if actual != sha256:
+            raise ValueError(f"{path} is corrupted or not the expected file: expected sha256 "
+                             f"{sha256}, got {actual}.")
+    return entries
+
+
+def _tfds_builder(data_dir):
+    import tensorflow_datasets as tfds
+
+    return tfds.builder(f"{TFDS_NAME}:{TFDS_VERSION}", data_dir=os.fspath(data_dir))
+
+
+def is_prepared(data_dir=None):
+    """Whether TFDS `omniglot` 3.0.0 is already prepared under `data_dir`."""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    return (data_dir / TFDS_NAME / TFDS_VERSION / "dataset_info.json").is_file()
+
+
+def prepare_omniglot(source_dir=None, data_dir=None):
+    """Prepares TFDS `omniglot` 3.0.0 under `data_dir`, offline when `source_dir` is given.
+
+    Offline, the four zips in `source_dir` are checked against ``source_dir/tfds_checksums.tsv``
+    (size and sha256) first, then TFDS reads them from there instead of downloading; its
+    pinned upstream checksums are replaced by the local ones, since a rebuilt copy has other
+    bytes. Scratch files (extracted zips) live in a temporary folder under `data_dir` and are
+    removed afterwards; nothing is written anywhere else. A second call returns at once.
+
+    Args:
+        source_dir: folder with images_background.zip, images_evaluation.zip,
+            images_background_small{1,2}.zip and tfds_checksums.tsv; `None` downloads.
+        data_dir: TFDS data directory (default: `default_data_dir()`).
+
+    Returns:
+        The data directory, as a `Path`.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    if is_prepared(data_dir):
+        return data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    import tensorflow_datasets as tfds
+
+    if source_dir is None:
+        tfds.builder(TFDS_NAME, data_dir=os.fspath(data_dir)).download_and_prepare()
+        return data_dir
+
+    source_dir = Path(source_dir)
+    entries = verify_source_dir(source_dir)
+    builder_cls = type(_tfds_builder(data_dir))
+    required = set(builder_cls.url_infos or ())
+    missing = sorted(required - set(entries))
+    if missing:
+        raise ValueError(f"{source_dir / CHECKSUMS_FILENAME} lacks entries for {missing}; "
+                         f"TFDS {TFDS_NAME} {TFDS_VERSION} needs {sorted(required)}.")
+    url_infos = {
+        url: tfds.download.checksums.UrlInfo(size=size, checksum=sha256, filename=filename)
+        for url, (size, sha256, filename) in entries.items()
+    }
+    # A subclass is the one place TFDS reads expected checksums from; it keeps the dataset's
+    # name and version, so the result is an ordinary `omniglot` 3.0.0 for `tfds.load`.
+    local_cls = type("OmniglotFromLocalFiles", (builder_cls,),
+                     {"name": TFDS_NAME, "url_infos": url_infos, "__module__": __name__},
+                     skip_registration=True)
+    builder = local_cls(data_dir=os.fspath(data_dir))
+    scratch = Path(tempfile.mkdtemp(prefix="omniglot-downloads-", dir=data_dir))
+    try:
+        builder.download_and_prepare(
+            download_dir=os.fspath(scratch),
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=os.fspath(source_dir),
+                try_download_gcs=False,
+                force_checksums_validation=True,
+            ),
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return data_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class _CacheKey:
+    image_size: tuple
+    channels: int
+
+    def path(self, data_dir):
+        h, w = self.image_size
+        return (Path(data_dir) / "keras_meta_cache"
+                / f"{TFDS_NAME}-{TFDS_VERSION}-{h}x{w}x{self.channels}-v{_CACHE_FORMAT}.npz")
+
+
+def load_omniglot_classes(data_dir=None, source_dir="default", image_size=(28, 28), channels=1):
+    """All 1623 Omniglot characters as one `ClassImageSource` (class id = TFDS label).
+
+    Prepares TFDS data when needed (offline from `source_dir`, which defaults to
+    `default_omniglot_source_dir()`; `None` downloads), decodes and resizes once, and caches
+    the uint8 result under ``data_dir/keras_meta_cache``. Images keep Omniglot's polarity
+    (white background); the returned source's preprocessing inverts them.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    key = _CacheKey(tuple(int(s) for s in image_size), int(channels))
+    preprocessing = ImagePreprocessing(key.image_size, key.channels, invert=True)
+    cache = key.path(data_dir)
+    if cache.is_file():
+        return ClassImageSource.load(cache, preprocessing=preprocessing)
+    if source_dir == "default":
+        source_dir = default_omniglot_source_dir()
+    prepare_omniglot(source_dir, data_dir)
+    source = ClassImageSource.from_tfds(
+        TFDS_NAME, split=("train", "test"), data_dir=data_dir, image_size=key.image_size,
+        channels=key.channels, preprocessing=preprocessing)
+    if source.num_base_classes != NUM_CLASSES or int(source.counts.min()) != IMAGES_PER_CLASS:
+        raise ValueError(f"TFDS {TFDS_NAME} under {data_dir} has {source.num_base_classes} "
+                         f"classes and {int(source.counts.min())}..{int(source.counts.max())} "
+                         f"images per class; expected {NUM_CLASSES} and {IMAGES_PER_CLASS}.")
+    source.save(cache)
+    return source
+
+
+def omniglot_class_splits(protocol="maml", seed=1, num_validation=None):
+    """Character (TFDS label) ids of the train / validation / test meta-splits.
+
+    Returns a dict split name -> sorted int array; "validation" is absent when it is empty.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"Unknown Omniglot protocol {protocol!r}; expected one of {PROTOCOLS}.")
+    if num_validation is None:
+        num_validation = 100 if protocol == "maml" else 0
+    rng = np.random.default_rng(seed)
+    if protocol == "maml":
+        if not 0 <= num_validation <= NUM_CLASSES - _MAML_NUM_TRAIN - 1:
+            raise ValueError(f"num_validation must be in [0, {NUM_CLASSES - _MAML_NUM_TRAIN - 1}] "
+                             f"for the maml protocol; got {num_validation}.")
+        order = rng.permutation(NUM_CLASSES)
+        train = order[:_MAML_NUM_TRAIN]
+        validation = order[_MAML_NUM_TRAIN:_MAML_NUM_TRAIN + num_validation]
+        test = order[_MAML_NUM_TRAIN + num_validation:]
+    else:
+        if not 0 <= num_validation < NUM_BACKGROUND_CLASSES:
+            raise ValueError(f"num_validation must be in [0, {NUM_BACKGROUND_CLASSES - 1}] for "
+                             f"the background_evaluation protocol; got {num_validation}.")
+        background = rng.permutation(NUM_BACKGROUND_CLASSES)
+        validation = background[:num_validation]
+        train = background[num_validation:]
+        test = np.arange(NUM_BACKGROUND_CLASSES, NUM_CLASSES)
+    splits = {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
+    return {name: ids for name, ids in splits.items() if len(ids)}
+
+
+def omniglot_splits(data_dir=None, source_dir="default", protocol="maml", image_size=(28, 28),
+                    rotations=True, seed=1, num_validation=None):
+    """Omniglot meta-splits as `ClassImageSource`s, ready for `EpisodeSampler`.
+
+    Args:
+        data_dir: TFDS data directory (default: `default_data_dir()`).
+        source_dir: local copy of the zips for offline preparation; "default" uses
+            `default_omniglot_source_dir()`, `None` lets TFDS download.
+        protocol: "maml" (1100/100/423 characters) or "background_evaluation" (964/659).
+        image_size: (height, width) of the stored and served images.
+        rotations: make each 0/90/180/270 degree rotation its own class (x4 classes).
+        seed: seed of the class split.
+        num_validation: validation characters (default: 100 for maml, 0 otherwise).
+
+    Returns:
+        A `MetaSplits` mapping "train", "validation" (when non-empty), "test" to sources.
+
+    Example:
+
+    >>> splits = omniglot_splits()
+    >>> splits["train"].num_classes, splits["validation"].num_classes, splits["test"].num_classes
+    (4400, 400, 1692)
+    """
+    class_splits = omniglot_class_splits(protocol, seed, num_validation)
+    everything = load_omniglot_classes(data_dir, source_dir, image_size, channels=1)
+    sources = {}
+    for name, ids in class_splits.items():
+        split = everything.select(ids, name=f"omniglot/{protocol}/{name}")
+        sources[name] = split.with_rotations() if rotations else split
+    return MetaSplits(sources)
