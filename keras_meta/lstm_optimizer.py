@@ -96,7 +96,6 @@ class LSTMOptimizer(keras.layers.Layer):
         # Every shape is known from the config, so phi exists from construction: a restored
         # optimizer can load weights before it has seen any parameter.
         seed_gen = (lambda k: None) if self.seed is None else (lambda k: self.seed + k)
-        self.cells = []
         input_size = self.num_features
         units = self.hidden_size
         for layer in range(self.num_layers):
@@ -114,12 +113,24 @@ class LSTMOptimizer(keras.layers.Layer):
                 initializer=keras.initializers.Constant(
                     [0.0] * units + [1.0] * units + [0.0] * (2 * units)),
             )
-            self.cells.append((kernel, recurrent, bias))
+            # Plain attributes (not a list of tuples) so that tf.train.Checkpoint tracks them.
+            setattr(self, f"lstm_{layer}_kernel", kernel)
+            setattr(self, f"lstm_{layer}_recurrent_kernel", recurrent)
+            setattr(self, f"lstm_{layer}_bias", bias)
             input_size = units
         self.output_kernel = self.add_weight(
             shape=(units, 1), name="output_kernel", initializer=self.output_initializer)
         self.output_bias = self.add_weight(shape=(1,), name="output_bias", initializer="zeros")
         self.built = True
+
+    @property
+    def cells(self):
+        """(kernel, recurrent_kernel, bias) of each LSTM layer."""
+        return [
+            tuple(getattr(self, f"lstm_{layer}_{part}")
+                  for part in ("kernel", "recurrent_kernel", "bias"))
+            for layer in range(self.num_layers)
+        ]
 
     def build(self, input_shape=None):
         # Weights are created in the constructor; nothing depends on the input shape.
