@@ -9,6 +9,7 @@ is a handful of matrix products whatever the number or shapes of the parameter t
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 _PREPROCESSING = ("log_sign", "none")
@@ -239,6 +240,29 @@ class LSTMOptimizer(keras.layers.Layer):
         return new_params, new_state
 
     # -- serialization --------------------------------------------------------------------------
+
+    def save_weights(self, path):
+        """Writes phi to a `.npz` file (keyed by variable name)."""
+        if not str(path).endswith(".npz"):
+            raise ValueError(f"LSTMOptimizer.save_weights writes .npz files; got path {path!r}.")
+        np.savez(path, **{v.name: v.numpy() for v in self.weights})
+
+    def load_weights(self, path):
+        """Reads phi written by `save_weights` into this (identically configured) layer."""
+        with np.load(path) as stored:
+            names = sorted(stored.files)
+            expected = sorted(v.name for v in self.weights)
+            if names != expected:
+                raise ValueError(
+                    f"{path!r} holds weights {names}; this LSTMOptimizer has {expected}.")
+            for v in self.weights:
+                if tuple(stored[v.name].shape) != tuple(v.shape):
+                    raise ValueError(
+                        f"Weight {v.name!r} in {path!r} has shape {stored[v.name].shape}; this "
+                        f"LSTMOptimizer expects {tuple(v.shape)} (check hidden_size/num_layers)."
+                    )
+            for v in self.weights:
+                v.assign(stored[v.name])
 
     def get_config(self):
         config = super().get_config()
