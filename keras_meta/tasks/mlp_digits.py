@@ -69,7 +69,8 @@ class MLPDigitsTask:
         seeds = tf.random.experimental.stateless_split(as_seed(seed), num=2)
         shapes = [(64, self.hidden_units), (self.hidden_units, 10)]
         params = []
-        for s, (fan_in, fan_out) in zip(seeds, shapes):
+        for i, (fan_in, fan_out) in enumerate(shapes):
+            s = seeds[i]  # indexed: iterating a tensor is not allowed inside tf.function
             kernel = tf.random.stateless_normal([fan_in, fan_out], s, dtype=self.dtype)
             params += [kernel / np.sqrt(fan_in), tf.zeros([fan_out], dtype=self.dtype)]
         return params
