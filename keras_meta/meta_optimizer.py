@@ -146,6 +146,7 @@ class MetaOptimizerTrainer:
         return self._train_segment.experimental_get_tracing_count()
 
     def function_seed(self, iteration):
+        """The seed naming the training function(s) of meta-iteration `iteration`."""
         return tf.constant([self.config.seed, int(iteration)], dtype=tf.int64)
 
     def train_iteration(self):

@@ -72,6 +72,18 @@ def test_trajectory_of_a_zero_rule_stays_put():
     np.testing.assert_allclose(final.numpy(), losses.numpy()[-1], rtol=1e-6)
 
 
+def test_trajectory_of_the_digits_mlp_runs_in_a_graph():
+    task = MLPDigitsTask(hidden_units=5, batch_size=16, split="heldout")
+    rule = LSTMOptimizer(hidden_size=4, num_layers=1, seed=0)
+    run = tf.function(lambda s: optimizee_trajectory(rule, task, s, 3))
+    losses, final = run(tf.constant([1, 2]))
+    assert losses.shape == (4, 1) and final.shape == (1,)
+    assert np.all(np.isfinite(losses.numpy()))
+    other, _ = run(tf.constant([1, 3]))  # another function: other init and batches
+    assert not np.allclose(losses.numpy(), other.numpy())
+    assert run.experimental_get_tracing_count() == 1
+
+
 @pytest.mark.slow
 def test_meta_training_on_quadratics_lowers_the_meta_loss():
     rule = LSTMOptimizer(seed=0)
