@@ -222,23 +222,36 @@ def main(argv):
         lines += [f"## {family} ({n} held-out functions; meta-training {clock['iterations']} "
                   f"iterations, {clock['seconds']:.0f} s wall clock; benchmark total "
                   f"{elapsed:.0f} s)", "",
-                  "| optimizer | lr | final loss @100 (95% CI) | final loss @200 (95% CI) "
-                  "| learned better @100 / @200 |", "|---|---|---|---|---|"]
+                  "| optimizer | lr @100/@200 | final loss @100: mean (95% CI), median "
+                  "| final loss @200: mean (95% CI), median "
+                  "| learned − this, paired mean (95% CI) @100 / @200 "
+                  "| learned better (share of functions) @100 / @200 |",
+                  "|---|---|---|---|---|---|"]
         family_report = {"meta_training_seconds": clock["seconds"],
                          "meta_iterations": clock["iterations"], "rows": {}}
         for label in ["LSTM (learned)", *BASELINES]:
-            cells, wins = [], []
+            cells, diffs, wins = [], [], []
             for horizon in HORIZONS:
                 finals = rows[(label, horizon)]["finals"]
-                mean, half = _mean_ci(finals)
-                cells.append(f"{mean:.4g} ± {half:.2g}")
                 learned = rows[("LSTM (learned)", horizon)]["finals"]
-                wins.append(f"{np.mean(learned < finals):.0%}" if label in BASELINES else "–")
-                family_report["rows"][f"{label}@{horizon}"] = {
-                    "mean": mean, "ci95": half, "lr": rows[(label, horizon)]["lr"]}
+                mean, half = _mean_ci(finals)
+                cells.append(f"{mean:.4g} ± {half:.2g}, {np.median(finals):.3g}")
+                entry = {"mean": mean, "ci95": half, "median": float(np.median(finals)),
+                         "lr": rows[(label, horizon)]["lr"]}
+                if label in BASELINES:
+                    d_mean, d_half = _mean_ci(learned - finals)
+                    diffs.append(f"{d_mean:+.3g} ± {d_half:.2g}")
+                    wins.append(f"{np.mean(learned < finals):.0%}")
+                    entry.update(paired_difference=d_mean, paired_ci95=d_half,
+                                 learned_better_share=float(np.mean(learned < finals)))
+                else:
+                    diffs.append("–")
+                    wins.append("–")
+                family_report["rows"][f"{label}@{horizon}"] = entry
             lrs = "/".join("–" if rows[(label, h)]["lr"] is None else
                            f"{rows[(label, h)]['lr']:.2g}" for h in HORIZONS)
-            lines.append(f"| {label} | {lrs} | {cells[0]} | {cells[1]} | {' / '.join(wins)} |")
+            lines.append(f"| {label} | {lrs} | {cells[0]} | {cells[1]} | {' / '.join(diffs)} "
+                         f"| {' / '.join(wins)} |")
         lines.append("")
         report["families"][family] = family_report
     with open(os.path.join(f.output_dir, "results.json"), "w") as out:
