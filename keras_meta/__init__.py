@@ -11,8 +11,16 @@ _ensure_tensorflow_backend()
 from keras_meta.data.episode import Episode  # noqa: E402
 from keras_meta.functional import functional_call, get_params, get_state  # noqa: E402
 from keras_meta.inner_loop import adapt  # noqa: E402
+from keras_meta.learned_optimizer import LearnedOptimizer  # noqa: E402
+from keras_meta.lstm_optimizer import LSTMOptimizer  # noqa: E402
 from keras_meta.maml import MAML  # noqa: E402
 from keras_meta.maml_loss import maml_loss  # noqa: E402
+from keras_meta.meta_optimizer import (  # noqa: E402
+    MetaOptimizerTrainer,
+    optimizee_trajectory,
+    unrolled_meta_loss,
+)
+from keras_meta.meta_optimizer_config import MetaOptimizerConfig  # noqa: E402
 from keras_meta.update_rules import SGDRule  # noqa: E402
 # Imported for their side effect too: registering MetaBatchNormalization lets a saved backbone
 # deserialize after a plain `import keras_meta`.
@@ -22,11 +30,17 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Episode",
+    "LSTMOptimizer",
+    "LearnedOptimizer",
     "MAML",
+    "MetaOptimizerConfig",
+    "MetaOptimizerTrainer",
     "SGDRule",
     "adapt",
     "functional_call",
     "get_params",
     "get_state",
     "maml_loss",
+    "optimizee_trajectory",
+    "unrolled_meta_loss",
 ]
