@@ -166,12 +166,9 @@ def _few_shot_endpoints(maml, task_type, prep, client, num_shots, steps, jit_com
             labels = validation.validate_labels(chain, support_labels, tf.shape(s)[0], num_ways,
                                                 num_shots)
             s, q, labels = chain.guard(s), chain.guard(q), chain.guard(labels)
-            support_x = prep(s)
-            if num_shots is not None:
-                # A static support size lets XLA (and TPUs) compile one program.
-                support_x = tf.ensure_shape(support_x, [num_ways * num_shots] +
-                                            list(support_x.shape[1:]))
-            logits = core_fn(support_x, _labels_for_loss(maml, labels, num_ways), prep(q))
+            # No static support size even with num_shots: a shape asserted to Grappler lets it
+            # fold tf.shape(labels) into a constant and defeat the count checks above.
+            logits = core_fn(prep(s), _labels_for_loss(maml, labels, num_ways), prep(q))
             return _classification_outputs(logits)
 
         return tf.function(serve, autograph=False, input_signature=[
@@ -284,7 +281,8 @@ def export_few_shot(maml, config_or_preprocessing, base_dir, model_name, version
         version: integer version; default the next free one.
         client_image_shape: `(H, W, C)` of the images clients send (default: the task's native
             shape, else the model's input shape).
-        num_shots: fix the shots per class (static support size, for XLA/TPU); default dynamic.
+        num_shots: require exactly this many shots per class (checked in the graph); default
+            any number, at least one per class.
         inner_steps: inner steps in the graph (default `maml.eval_inner_steps`).
         jit_compile: also export `serving_xla`, with adaptation and prediction compiled by XLA.
         float_signature: also export `serving_float` (float32 images in [0, 1]).

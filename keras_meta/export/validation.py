@@ -65,7 +65,9 @@ def validate_batch(chain, x, name, example_shape, dtype_name, min_size=1):
                 f"{name}: expected shape {_shape_text(expected)}; received shape", tf.shape(x))
     chain.check(lambda: _padded_shape(x, 1)[0] >= min_size,
                 f"{name}: expected at least {min_size} example(s); received shape", tf.shape(x))
-    return tf.ensure_shape(chain.guard(x), expected)
+    # A reshape, not tf.ensure_shape: Grappler trusts EnsureShape when it folds shapes, which
+    # could turn the checks above into constants; the reshape runs only after they passed.
+    return tf.reshape(chain.guard(x), (-1,) + tuple(example_shape))
 
 
 def validate_float_range(chain, images, name):
@@ -100,8 +102,7 @@ def validate_labels(chain, labels, num_support, num_ways, num_shots=None, name="
         chain.check(lambda: tf.reduce_all(tf.equal(counts(), num_shots)),
                     f"{name}: this model was exported for {num_shots} shot(s) per class; "
                     "examples per class received", counts)
-    labels = tf.ensure_shape(chain.guard(labels), [None])
-    return labels
+    return tf.reshape(chain.guard(labels), [-1])
 
 
 def validate_same_length(chain, a, b, name_a, name_b):
