@@ -49,8 +49,8 @@ def _bad_requests():
     support, labels, query, _ = make_task(seed=3)
     return {
         "wrong rank": ((support[0], labels, query),
-                       r"support_images: expected shape \[n, 12, 12, 3\]; received shape\] "
-                       r"\[12 12 3\]"),
+                       r"support_images: expected (a uint8 tensor of rank 4, )?shape "
+                       r"\[n, 12, 12, 3\]; received (rank\] \[3\] \[with )?shape\] \[12 12 3\]"),
         "wrong size": ((support, labels, query[:, :10]),
                        r"query_images: expected shape \[n, 12, 12, 3\]; received shape\] "
                        r"\[5 10 12 3\]"),
