@@ -115,3 +115,26 @@ def test_fixed_shots_are_enforced(exports, tmp_path):
                              r"\] \[1 1 1\]"):
         predict_local(path, support, labels, query)
     assert read_serving_config(path).num_shots == 2
+
+
+def test_learned_inner_rates_travel_with_the_export(tmp_path):
+    import keras
+
+    import keras_meta as km
+    from keras_meta.export import export_few_shot
+
+    keras.utils.set_random_seed(3)
+    base = km.models.conv4(WAYS, input_shape=(8, 8, 1), filters=4, batch_norm="none")
+    maml = km.MAML(base, inner_lr=0.5, inner_steps=2, learn_inner_lr="per_step",
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # Rates unlike the initial value, so a model exported without them would answer otherwise.
+    for i, step in enumerate(maml.inner_lrs):
+        for v in step:
+            v.assign(0.2 + 0.3 * i)
+    path = export_few_shot(maml, PREP, str(tmp_path), "learned", client_image_shape=CLIENT,
+                           float_signature=False, warmup=False)
+    support, labels, query, _ = make_task(seed=6)
+    np.testing.assert_allclose(predict_local(path, support, labels, query)["logits"],
+                               reference_logits(maml, support, labels, query), atol=1e-4)
+    assert len(tf.saved_model.load(path).inner_learning_rates) == 2 * len(
+        base.trainable_variables)
