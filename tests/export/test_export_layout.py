@@ -133,3 +133,14 @@ def test_saved_model_cli_lists_signatures(exports):
     assert found["serving_float"]["inputs"]["query_images"][0] == "DT_FLOAT"
     assert found["serving_xla"]["inputs"] == default["inputs"]
     assert default["method"] == "tensorflow/serving/predict"
+
+
+def test_function_aliases_name_the_serving_functions(exports):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    _, path = exports("few_shot", "transductive")
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    aliases = set(proto.meta_graphs[0].meta_info_def.function_aliases.values())
+    assert {"few_shot_model", "serving_default", "serving_float"} <= aliases
