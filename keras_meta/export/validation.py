@@ -85,8 +85,8 @@ def validate_labels(chain, labels, num_support, num_ways, num_shots=None, name="
                 tf.rank(labels), "with shape", tf.shape(labels))
     chain.check(lambda: tf.logical_and(tf.equal(tf.rank(labels), 1),
                                        tf.equal(_padded_shape(labels, 1)[0], num_support)),
-                f"{name}: expected one label per support image, shape", tf.reshape(num_support, [1]),
-                "; received shape", tf.shape(labels))
+                f"{name}: expected one label per support image, shape",
+                tf.reshape(num_support, [1]), "; received shape", tf.shape(labels))
     chain.check(
         lambda: tf.reduce_all(tf.logical_and(labels >= 0, labels < num_ways)),
         f"{name}: expected class indices in 0..{num_ways - 1} ({num_ways}-way model); received",

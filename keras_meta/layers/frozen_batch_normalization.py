@@ -25,7 +25,8 @@ class FrozenBatchNormalization(keras.layers.Layer):
 
     >>> bn = FrozenBatchNormalization(name="bn0")
     >>> bn.build((None, 4, 4, 3))
-    >>> bn.set_weights([np.ones(3), np.full(3, 4.0), np.ones(3), np.zeros(3)])  # mean var gamma beta
+    >>> # mean, variance, gamma, beta
+    >>> bn.set_weights([np.ones(3), np.full(3, 4.0), np.ones(3), np.zeros(3)])
     >>> bn(np.full((1, 4, 4, 3), 3.0)).numpy()[0, 0, 0]   # (3 - 1) / sqrt(4 + 1e-3)
     array([0.99987507, 0.99987507, 0.99987507], dtype=float32)
     """
