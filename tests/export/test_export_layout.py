@@ -26,8 +26,9 @@ def test_versions_models_config_and_atomic_layout(tmp_path):
     first = export_few_shot(maml, PREP, base, "omni", **kwargs)
     second = export_few_shot(maml, PREP, base, "omni", **kwargs)
     assert first.endswith(os.path.join("omni", "1")) and second.endswith(os.path.join("omni", "2"))
-    assert export_few_shot(maml, PREP, base, "omni", version=7, **kwargs).endswith("7")
-    assert next_version(os.path.join(base, "omni")) == 8
+    assert next_version(os.path.join(base, "omni")) == 3
+    assert export_few_shot(maml, PREP, base, "other", version=7, **kwargs).endswith("7")
+    assert next_version(os.path.join(base, "other")) == 8
     with pytest.raises(FileExistsError, match="Version 2 already exists"):
         export_few_shot(maml, PREP, base, "omni", version=2, **kwargs)
     with pytest.raises(ValueError, match="version must be a positive int"):
@@ -35,8 +36,8 @@ def test_versions_models_config_and_atomic_layout(tmp_path):
     with pytest.raises(ValueError, match="model_name must be"):
         export_few_shot(maml, PREP, base, "bad/name", **kwargs)
     # No staging directory is left behind; TF Serving only ever sees whole versions.
-    assert sorted(os.listdir(os.path.join(base, "omni"))) == ["1", "2", "7"]
-    export_few_shot(maml, PREP, base, "other", **kwargs)
+    assert sorted(os.listdir(os.path.join(base, "omni"))) == ["1", "2"]
+    assert sorted(os.listdir(os.path.join(base, "other"))) == ["7"]
     config = model_server_config_pb2.ModelServerConfig()
     with open(os.path.join(base, "models.config")) as f:
         text_format.Parse(f.read(), config)
