@@ -24,7 +24,7 @@ from keras_meta.meta_optimizer_config import MetaOptimizerConfig  # noqa: E402
 from keras_meta.update_rules import SGDRule  # noqa: E402
 # Imported for their side effect too: registering MetaBatchNormalization lets a saved backbone
 # deserialize after a plain `import keras_meta`.
-from keras_meta import layers, models  # noqa: E402, F401
+from keras_meta import layers, models, tasks  # noqa: E402, F401
 
 __version__ = "0.1.0"
 
