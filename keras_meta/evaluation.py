@@ -5,6 +5,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from keras_meta import functional
 from keras_meta.data.episode import as_episode
 from keras_meta.inner_loop import scalar_loss
 
@@ -55,21 +56,27 @@ class TaskEvaluator:
 
     def _function(self, steps):
         if steps not in self._functions:
-            def per_task(episodes):
-                episodes = as_episode(episodes)
-                losses, preds = self.maml.meta_batch_losses(
-                    episodes, steps=steps, first_order=True)
+            def per_task(task):
+                task = as_episode(task)
+                _, pred, _ = self.maml.task_query_loss(
+                    functional.get_params(self.maml.model), task, steps=steps, first_order=True)
                 # The multi-step loss is a training device; report the plain final query loss.
-                losses = tf.stack([
-                    scalar_loss(self.maml.task_loss, episodes.query_y[t], preds[t])
-                    for t in range(preds.shape[0])
-                ])
-                out = {"loss": losses}
+                loss = scalar_loss(self.maml.task_loss, task.query_y, pred)
+                out = {"loss": tf.cast(loss, tf.float32)}
                 if self.classification:
-                    out["accuracy"] = tf.stack([
-                        accuracy(episodes.query_y[t], preds[t]) for t in range(preds.shape[0])])
+                    out["accuracy"] = accuracy(task.query_y, pred)
                 return out
-            self._functions[steps] = tf.function(per_task)
+
+            def per_batch(episodes):
+                # A loop in the graph rather than one unrolled copy per task: evaluation needs
+                # no outer gradient, and tracing one task body is many times faster.
+                signature = {"loss": tf.TensorSpec([], tf.float32)}
+                if self.classification:
+                    signature["accuracy"] = tf.TensorSpec([], tf.float32)
+                return tf.map_fn(per_task, tuple(as_episode(episodes)),
+                                 fn_output_signature=signature)
+
+            self._functions[steps] = tf.function(per_batch)
         return self._functions[steps]
 
     def per_task_metrics(self, dataset, num_tasks, inner_steps):

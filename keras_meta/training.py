@@ -40,7 +40,7 @@ class TaskSpec:
 
 
 def _eval_batch(config, num_tasks):
-    # A divisor of num_tasks keeps every task; at most 25 per traced call.
+    # A divisor of num_tasks keeps every task (fixed streams keep a static batch); at most 25.
     for b in range(min(25, num_tasks), 0, -1):
         if num_tasks % b == 0:
             return b

@@ -1,0 +1,1 @@
+"""Command-line tools: export a trained run for TF Serving, and query a served model."""

@@ -1,0 +1,147 @@
+"""TF Serving layout: versions, models.config, warmup records, config asset, saved_model_cli."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from conftest import CLIENT, PREP, WAYS, make_maml
+from keras_meta.export import ServingConfig, export_few_shot, next_version, read_serving_config
+from keras_meta.export.layout import WARMUP_FILE, read_warmup
+
+CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+def test_versions_models_config_and_atomic_layout(tmp_path):
+    maml = make_maml("none")
+    base = str(tmp_path)
+    kwargs = dict(client_image_shape=CLIENT, float_signature=False, warmup=False)
+    first = export_few_shot(maml, PREP, base, "omni", **kwargs)
+    second = export_few_shot(maml, PREP, base, "omni", **kwargs)
+    assert first.endswith(os.path.join("omni", "1")) and second.endswith(os.path.join("omni", "2"))
+    assert next_version(os.path.join(base, "omni")) == 3
+    assert export_few_shot(maml, PREP, base, "other", version=7, **kwargs).endswith("7")
+    assert next_version(os.path.join(base, "other")) == 8
+    with pytest.raises(FileExistsError, match="Version 2 already exists"):
+        export_few_shot(maml, PREP, base, "omni", version=2, **kwargs)
+    with pytest.raises(ValueError, match="version must be a positive int"):
+        export_few_shot(maml, PREP, base, "omni", version=0, **kwargs)
+    with pytest.raises(ValueError, match="model_name must be"):
+        export_few_shot(maml, PREP, base, "bad/name", **kwargs)
+    # No staging directory is left behind; TF Serving only ever sees whole versions.
+    assert sorted(os.listdir(os.path.join(base, "omni"))) == ["1", "2"]
+    assert sorted(os.listdir(os.path.join(base, "other"))) == ["7"]
+    config = model_server_config_pb2.ModelServerConfig()
+    with open(os.path.join(base, "models.config")) as f:
+        text_format.Parse(f.read(), config)
+    entries = {c.name: c for c in config.model_config_list.config}
+    assert sorted(entries) == ["omni", "other"]
+    assert entries["omni"].base_path == os.path.abspath(os.path.join(base, "omni"))
+    assert entries["omni"].model_platform == "tensorflow"
+
+
+def test_config_asset_describes_the_export(exports):
+    _, path = exports("few_shot", "per_step")
+    with open(os.path.join(path, "assets.extra", "keras_meta_serving_config.json")) as f:
+        saved = json.load(f)
+    config = read_serving_config(path)
+    assert ServingConfig.from_config(saved) == config
+    assert (config.kind, config.num_ways, config.num_shots, config.inner_steps) == (
+        "few_shot", WAYS, None, 2)
+    assert (config.batch_norm, config.inner_lr) == ("per_step", 0.5)
+    assert config.preprocessing == {"image_size": [8, 8], "channels": 1, "invert": True} or \
+        config.preprocessing == {"image_size": (8, 8), "channels": 1, "invert": True}
+    assert config.client_input_shape == CLIENT
+    assert config.signatures["serving_default"]["inputs"] == {
+        "support_images": "uint8", "support_labels": "int32", "query_images": "uint8"}
+    assert config.signatures["serving_float"]["outputs"] == {
+        "logits": "float32", "probabilities": "float32", "classes": "int64"}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        ServingConfig(kind="other", task_type="classification", num_ways=3)
+
+
+@pytest.mark.parametrize("kind", ["few_shot", "adapted"])
+def test_warmup_requests_parse_and_run(exports, kind):
+    _, path = exports(kind, "transductive")
+    logs = read_warmup(os.path.join(path, WARMUP_FILE))
+    loaded = tf.saved_model.load(path)
+    signatures = {log.predict_log.request.model_spec.signature_name for log in logs}
+    assert signatures == {"serving_default", "serving_float"}
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.name == os.path.basename(os.path.dirname(path))
+        inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
+        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
+        probabilities = outputs["probabilities"].numpy()
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+
+
+def _parse_cli(text):
+    """{signature: {"inputs": {name: (dtype, shape)}, "outputs": {...}}} from `show --all`."""
+    signatures = {}
+    current = section = None
+    for line in text.splitlines():
+        if line.startswith("Concrete Functions"):
+            break
+        match = re.match(r"signature_def\['(\w+)'\]:", line.strip())
+        if match:
+            current = signatures.setdefault(match.group(1), {"inputs": {}, "outputs": {},
+                                                             "method": None})
+            continue
+        if current is None:
+            continue
+        if "contains the following input(s)" in line:
+            section = "inputs"
+        elif "contains the following output(s)" in line:
+            section = "outputs"
+        match = re.match(r"\s*Method name is: (\S*)", line)
+        if match:
+            current["method"] = match.group(1)
+        match = re.match(r"\s*(inputs|outputs)\['(\w+)'\] tensor_info:", line)
+        if match:
+            name = match.group(2)
+        match = re.match(r"\s*dtype: (\w+)", line)
+        if match:
+            current[section][name] = [match.group(1), None]
+        match = re.match(r"\s*shape: (.+)", line)
+        if match and section:
+            current[section][name][1] = match.group(1).strip()
+    return signatures
+
+
+@pytest.mark.slow
+def test_saved_model_cli_lists_signatures(exports):
+    _, path = exports("few_shot", "transductive", jit_compile=True)
+    result = subprocess.run([CLI, "show", "--all", "--dir", path], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    found = _parse_cli(result.stdout)
+    assert {"serving_default", "serving_float", "serving_xla"} <= set(found)
+    default = found["serving_default"]
+    assert default["inputs"] == {"support_images": ["DT_UINT8", "unknown_rank"],
+                                 "support_labels": ["DT_INT32", "unknown_rank"],
+                                 "query_images": ["DT_UINT8", "unknown_rank"]}
+    assert default["outputs"] == {"classes": ["DT_INT64", "(-1)"],
+                                  "logits": ["DT_FLOAT", f"(-1, {WAYS})"],
+                                  "probabilities": ["DT_FLOAT", f"(-1, {WAYS})"]}
+    assert found["serving_float"]["inputs"]["query_images"][0] == "DT_FLOAT"
+    assert found["serving_xla"]["inputs"] == default["inputs"]
+    assert default["method"] == "tensorflow/serving/predict"
+
+
+def test_function_aliases_name_the_serving_functions(exports):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    _, path = exports("few_shot", "transductive")
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    aliases = set(proto.meta_graphs[0].meta_info_def.function_aliases.values())
+    assert {"few_shot_model", "serving_default", "serving_float"} <= aliases
