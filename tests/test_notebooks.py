@@ -27,8 +27,8 @@ def _read(name):
 
 
 def test_notebooks_exist():
-    assert {"maml_sinusoid.ipynb", "omniglot_few_shot.ipynb",
-            "learned_optimizer.ipynb"} <= set(NOTEBOOKS)
+    assert {"maml_sinusoid.ipynb", "omniglot_few_shot.ipynb", "learned_optimizer.ipynb",
+            "export_and_serve.ipynb"} <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -169,3 +169,23 @@ def test_learned_optimizer(kernel_spec_dir, tmp_path):
     for name in ("sgd", "rmsprop", "adam"):
         assert r[f"{name}_final_loss"] < r["initial_loss"]
     assert r["fit_last_loss"] < r["fit_first_loss"]
+
+
+@pytest.mark.slow
+def test_export_and_serve(kernel_spec_dir, tmp_path):
+    base_dir = tmp_path / "serving"
+    nb, r, figures = _run("export_and_serve.ipynb", kernel_spec_dir, tmp_path,
+                          {"KERAS_META_EXPORT_DIR": str(base_dir)})
+    _check_figures(nb, figures, ["served_prediction"])
+    # Both SavedModels answer as adapting in Python does (the MLP has no batch norm).
+    assert r["few_shot_vs_python"] < 1e-4
+    assert r["adapted_vs_python"] < 1e-4
+    assert 0 <= r["served_mse"] < 10
+    for model in ("sinusoid_few_shot", "sinusoid_adapted"):
+        assert (base_dir / model / "1" / "saved_model.pb").is_file()
+        assert f'name: "{model}"' in (base_dir / "models.config").read_text()
+    assert json.loads((base_dir / "request.json").read_text())["inputs"].keys() == {
+        "support_x", "support_y", "query_x"}
+    stdout = _stdout(nb)
+    assert "curl -s -X POST http://localhost:8501/v1/models/sinusoid_few_shot:predict" in stdout
+    assert "inputs['support_x']" in stdout  # saved_model_cli listed the signature
