@@ -58,6 +58,36 @@ def test_notebook_layout(name):
     assert "git+https://github.com/keras-meta/keras-meta" in setup
 
 
+# The full sizes only run on Colab; these relations keep them runnable (whole meta-batches,
+# whole unrolls, whole evaluation epochs).
+SIZE_RULES = {
+    "maml_sinusoid.ipynb": lambda p: (p["NUM_EVAL_TASKS"] % 25 == 0
+                                      and p["COMPARE_ITERATIONS"] % 10 == 0),
+    "omniglot_few_shot.ipynb": lambda p: (p["NUM_VAL_TASKS"] % p["EVAL_BATCH_SIZE"] == 0
+                                          and p["NUM_TEST_TASKS"] % p["EVAL_BATCH_SIZE"] == 0
+                                          and p["META_ITERATIONS"] % p["EVAL_EVERY"] == 0),
+    "learned_optimizer.ipynb": lambda p: p["NUM_STEPS"] % p["UNROLL_LENGTH"] == 0,
+    "export_and_serve.ipynb": lambda p: p["META_ITERATIONS"] >= 1,
+}
+
+
+@pytest.mark.parametrize("size", ["full", "tiny"])
+@pytest.mark.parametrize("name", sorted(SIZE_RULES))
+def test_parameters_are_consistent(name, size, monkeypatch):
+    monkeypatch.setenv("KERAS_META_NOTEBOOK_SIZE", size)
+    (cell,) = [c for c in _read(name).cells
+               if "parameters" in c.get("metadata", {}).get("tags", [])]
+    params = {}
+    exec(cell.source, params)  # plain assignments: papermill can override any of them
+    assert params["SIZE"] == size
+    assert SIZE_RULES[name](params), f"{name}: inconsistent {size} parameters"
+    if size == "full":
+        tiny = {}
+        monkeypatch.setenv("KERAS_META_NOTEBOOK_SIZE", "tiny")
+        exec(cell.source, tiny)
+        assert tiny["META_ITERATIONS"] < params["META_ITERATIONS"]
+
+
 # -- execution -------------------------------------------------------------------------------
 
 
