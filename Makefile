@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 demo: venv
-	$(PY) -m keras_meta.demo --model_dir=runs/demo --omniglot_source_dir=$(OMNIGLOT_SOURCE_DIR)
+	$(PY) -m trainers.demo --model_dir=runs/demo --omniglot_source_dir=$(OMNIGLOT_SOURCE_DIR)
 
 test: venv
 	$(PY) -m pytest tests -q
