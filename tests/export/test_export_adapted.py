@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import PREP, make_maml, make_task
+from export_helpers import PREP, make_maml, make_task
 from keras_meta.export import freeze_batch_norm, predict_local, read_serving_config
 from keras_meta.layers import FrozenBatchNormalization
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import make_task
+from export_helpers import make_task
 from export import serving_client
 from keras_meta.export import predict_local
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CLIENT, PREP, WAYS, make_task, reference_logits
+from export_helpers import CLIENT, PREP, WAYS, make_task, reference_logits
 from keras_meta.export import predict_local, read_serving_config
 
 
@@ -100,7 +100,7 @@ def test_float_images_out_of_range_and_wrong_dtype(exports):
 
 
 def test_fixed_shots_are_enforced(exports, tmp_path):
-    from conftest import make_maml
+    from export_helpers import make_maml
     from keras_meta.export import export_few_shot
 
     maml = make_maml("none")

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import make_task
+from export_helpers import make_task
 from keras_meta.export import predict_local
 
 CHILD = textwrap.dedent("""

@@ -12,7 +12,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import CLIENT, PREP, WAYS, make_maml
+from export_helpers import CLIENT, PREP, WAYS, make_maml
 from keras_meta.export import ServingConfig, export_few_shot, next_version, read_serving_config
 from keras_meta.export.layout import WARMUP_FILE, read_warmup
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LOSS, task, tiny_net
+from bn_helpers import LOSS, task, tiny_net
 from keras_meta import functional
 from keras_meta.inner_loop import adapt, scalar_loss
 from keras_meta.layers import MetaBatchNormalization

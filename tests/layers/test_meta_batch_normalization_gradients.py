@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import directional_errors, meta_gradient, meta_loss, task, tiny_net
+from bn_helpers import directional_errors, meta_gradient, meta_loss, task, tiny_net
 from keras_meta.models import conv4
 
 EXACT = 1e-6

@@ -6,7 +6,6 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_meta.layers import MetaBatchNormalization  # noqa: E402
@@ -88,8 +87,3 @@ def directional_errors(model, data, inner_steps, lr=0.5, first_order=False, num_
         for v, b in zip(model.trainable_variables, base):
             v.assign(b)
     return errors
-
-
-@pytest.fixture
-def fd():
-    return directional_errors
