@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_meta.layers.meta_batch_normalization import broadcast_to_axis
+
 
 @keras.saving.register_keras_serializable(package="keras_meta")
 class FrozenBatchNormalization(keras.layers.Layer):
@@ -60,12 +62,7 @@ class FrozenBatchNormalization(keras.layers.Layer):
                                     trainable=False, autocast=False)
 
     def _broadcast(self, vector, rank, dtype):
-        vector = keras.ops.cast(vector, dtype)
-        if self._axis == rank - 1:
-            return vector
-        shape = [1] * rank
-        shape[self._axis] = -1
-        return keras.ops.reshape(vector, shape)
+        return broadcast_to_axis(vector, self._axis, rank, dtype)
 
     def call(self, inputs, training=None):
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")

@@ -22,6 +22,19 @@ def _moments(x, axes):
     return mean, variance, centred
 
 
+
+def broadcast_to_axis(vector, axis, rank, dtype):
+    """Casts a per-feature `vector` and shapes it to broadcast along `axis` of a rank-`rank` input.
+
+    Channels-last inputs broadcast the vector as is; other axes need singleton dimensions.
+    """
+    vector = keras.ops.cast(vector, dtype)
+    if axis == rank - 1:
+        return vector
+    shape = [1] * rank
+    shape[axis] = -1
+    return keras.ops.reshape(vector, shape)
+
 @keras.saving.register_keras_serializable(package="keras_meta")
 class MetaBatchNormalization(keras.layers.Layer):
     """Batch normalization for MAML-style meta-learning, exact to second order.
@@ -182,14 +195,7 @@ class MetaBatchNormalization(keras.layers.Layer):
         return step
 
     def _broadcast(self, vector, rank, dtype):
-        # The feature vector broadcasts against channels-last inputs as is; other axes need
-        # explicit singleton dimensions.
-        vector = keras.ops.cast(vector, dtype)
-        if self._axis == rank - 1:
-            return vector
-        shape = [1] * rank
-        shape[self._axis] = -1
-        return keras.ops.reshape(vector, shape)
+        return broadcast_to_axis(vector, self._axis, rank, dtype)
 
     def _slot_of(self, variable, slot):
         # A static Python index lowers to a strided slice, whose gradient is a dense tensor
