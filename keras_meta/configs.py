@@ -154,32 +154,25 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# MAML paper section 5.2 / appendix A.1 (Omniglot): 5-way uses 1 step of alpha 0.4 (3 at test)
+# and meta-batch 32; 20-way 5 steps of alpha 0.1 and meta-batch 16; 60k iterations.
+_OMNIGLOT_5WAY = MAMLTrainConfig(
+    task="omniglot", num_ways=5, num_shots=1, num_queries=15, eval_num_shots=None,
+    eval_num_queries=None, inner_lr=0.4, inner_steps=1, eval_inner_steps=(3,),
+    meta_batch_size=32, num_iterations=60000, eval_every=1000, checkpoint_every=250,
+    log_every=50)
+_OMNIGLOT_20WAY = _OMNIGLOT_5WAY.replace(num_ways=20, num_queries=5, inner_lr=0.1,
+                                         inner_steps=5, eval_inner_steps=(5,),
+                                         meta_batch_size=16)
+
 PRESETS = {
     # Finn et al. 2017, section 5.1: K=10, alpha 0.01, 1 step, 25 tasks, Adam 1e-3, 70k
     # iterations; evaluated 5-shot after 1, 5 and 10 steps.
     "sinusoid": MAMLTrainConfig(),
-    # Section 5.2 / appendix A.1 (Omniglot): 5-way uses 1 step of alpha 0.4 (3 at test) and
-    # meta-batch 32; 20-way 5 steps of alpha 0.1 and meta-batch 16; 60k iterations.
-    "omniglot_5way_1shot": MAMLTrainConfig(
-        task="omniglot", num_ways=5, num_shots=1, num_queries=15, eval_num_shots=None,
-        eval_num_queries=None, inner_lr=0.4, inner_steps=1, eval_inner_steps=(3,),
-        meta_batch_size=32, num_iterations=60000, eval_every=1000, checkpoint_every=250,
-        log_every=50),
-    "omniglot_5way_5shot": MAMLTrainConfig(
-        task="omniglot", num_ways=5, num_shots=5, num_queries=15, eval_num_shots=None,
-        eval_num_queries=None, inner_lr=0.4, inner_steps=1, eval_inner_steps=(3,),
-        meta_batch_size=32, num_iterations=60000, eval_every=1000, checkpoint_every=250,
-        log_every=50),
-    "omniglot_20way_1shot": MAMLTrainConfig(
-        task="omniglot", num_ways=20, num_shots=1, num_queries=5, eval_num_shots=None,
-        eval_num_queries=None, inner_lr=0.1, inner_steps=5, eval_inner_steps=(5,),
-        meta_batch_size=16, num_iterations=60000, eval_every=1000, checkpoint_every=250,
-        log_every=50),
-    "omniglot_20way_5shot": MAMLTrainConfig(
-        task="omniglot", num_ways=20, num_shots=5, num_queries=5, eval_num_shots=None,
-        eval_num_queries=None, inner_lr=0.1, inner_steps=5, eval_inner_steps=(5,),
-        meta_batch_size=16, num_iterations=60000, eval_every=1000, checkpoint_every=250,
-        log_every=50),
+    "omniglot_5way_1shot": _OMNIGLOT_5WAY,
+    "omniglot_5way_5shot": _OMNIGLOT_5WAY.replace(num_shots=5),
+    "omniglot_20way_1shot": _OMNIGLOT_20WAY,
+    "omniglot_20way_5shot": _OMNIGLOT_20WAY.replace(num_shots=5),
 }
 
 DEFAULT_PRESET_FOR_TASK = {"sinusoid": "sinusoid", "omniglot": "omniglot_5way_1shot"}
