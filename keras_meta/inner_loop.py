@@ -8,7 +8,7 @@ the inner gradients are treated as constants (`tf.stop_gradient`), which drops t
 
 import tensorflow as tf
 
-from keras_meta import functional
+from keras_meta import functional, task_batching
 from keras_meta.step_context import inner_step
 from keras_meta.update_rules import SGDRule
 
@@ -43,6 +43,7 @@ def adapt(
     state=None,
     return_trajectory=False,
     return_state=False,
+    task_batched=False,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -63,6 +64,11 @@ def adapt(
             see each step's update.
         return_trajectory: also return the list of parameters after each step.
         return_state: also return the non-trainable state after the last step.
+        task_batched: adapt `T` tasks at once: `params` carry a leading task axis `[T, ...]`,
+            `support_x` / `support_y` are `[T, N, ...]`, and the model runs through
+            `task_batching.batched_functional_call`. The step minimises the sum of the tasks'
+            mean losses, whose gradient with respect to the stacked parameters is each task's
+            own gradient. The model must have no non-trainable state.
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -75,14 +81,20 @@ def adapt(
             raise ValueError("adapt needs `inner_lr` (or an `update_rule`).")
         update_rule = SGDRule(inner_lr)
     params = list(params)
+    if task_batched and (state or functional.get_state(model)):
+        raise ValueError("task_batched adaptation needs a model without non-trainable state.")
     rule_state = update_rule.init_state(params)
     trajectory = []
     for step in range(inner_steps):
         with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
             tape.watch(params)
-            pred, state = functional.functional_call(
-                model, params, support_x, training=training, state=state, return_state=True)
-            loss = scalar_loss(loss_fn, support_y, pred)
+            if task_batched:
+                pred = task_batching.batched_functional_call(model, params, support_x)
+                loss = tf.reduce_sum(task_batching.per_task_loss(loss_fn, support_y, pred))
+            else:
+                pred, state = functional.functional_call(
+                    model, params, support_x, training=training, state=state, return_state=True)
+                loss = scalar_loss(loss_fn, support_y, pred)
         grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if first_order:
             grads = [tf.stop_gradient(g) for g in grads]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_meta import functional
+from keras_meta import functional, task_batching
 from keras_meta.data.episode import Episode, as_episode
 from keras_meta.inner_loop import adapt as adapt_params
 from keras_meta.inner_loop import scalar_loss
@@ -12,6 +12,7 @@ from keras_meta.step_context import inner_step
 from keras_meta.update_rules import SGDRule
 
 _LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
+_TASK_BATCHING = ("auto", "batched", "loop")
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -39,7 +40,12 @@ class MAML(keras.Model):
         update_rule: optional learned inner update rule (e.g. `LSTMOptimizer`) used instead of
             SGD; its weights are meta-trained with the initialisation.
         loss: the task loss (also accepted by `compile(loss=...)`).
-        jit_compile: compile the train step with XLA.
+        task_batching: how a meta-batch's tasks run. `"batched"`: all tasks in one pass of the
+            network (`keras_meta.task_batching`; stacked per-task parameters, grouped
+            convolutions), much faster; `"loop"`: one fast-weights call per task, unrolled in
+            the graph, for any model; `"auto"` (default): batched when the model's layers and
+            the update rule allow it (SGD, no running statistics), else the loop. Both give
+            the same meta-gradient.
 
     Example:
 
@@ -61,6 +67,7 @@ class MAML(keras.Model):
         multi_step_loss_weights=None,
         update_rule=None,
         loss=None,
+        task_batching="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,7 +92,11 @@ class MAML(keras.Model):
                     f"multi_step_loss_weights needs one weight per inner step ({inner_steps}); "
                     f"got {len(multi_step_loss_weights)}."
                 )
+        if task_batching not in _TASK_BATCHING:
+            raise ValueError(
+                f"task_batching must be one of {_TASK_BATCHING}; got {task_batching!r}.")
         self.model = model
+        self.task_batching = task_batching
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -96,6 +107,27 @@ class MAML(keras.Model):
         self.task_loss = keras.losses.get(loss) if loss is not None else None
         self.inner_lrs = self._make_learning_rates()
         self.meta_loss_tracker = keras.metrics.Mean(name="loss")
+        if task_batching == "batched":
+            problems = self._batching_problems()
+            if problems:
+                raise ValueError(
+                    "task_batching='batched' is not possible here: " + "; ".join(problems)
+                    + ". Use task_batching='auto' or 'loop'.")
+
+    def _batching_problems(self):
+        problems = task_batching.unsupported_layers(self.model)
+        if self.update_rule is not None:
+            problems.append(
+                f"the update rule {type(self.update_rule).__name__} is not known to be "
+                "task-batchable (only SGD is)")
+        return problems
+
+    @property
+    def uses_task_batching(self):
+        """Whether meta-batches run task-batched (see `task_batching`)."""
+        if self.task_batching == "loop":
+            return False
+        return not self._batching_problems()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -205,6 +237,9 @@ class MAML(keras.Model):
                 f"{episodes.support_x.shape})."
             )
         params = functional.get_params(self.model)
+        if self.uses_task_batching:
+            out = self._batched_losses(params, episodes, steps, first_order)
+            return out + (None,) if return_state else out
         state = None
         losses, preds = [], []
         for t in range(meta_batch):
@@ -215,6 +250,25 @@ class MAML(keras.Model):
             preds.append(pred)
         out = (tf.stack(losses), tf.stack(preds))
         return out + (state,) if return_state else out
+
+    def _batched_losses(self, params, episodes, steps, first_order):
+        meta_batch = episodes.support_x.shape[0]
+        # Every task starts from theta: the broadcast's gradient sums the tasks' contributions.
+        stacked = [tf.broadcast_to(p, [meta_batch] + p.shape.as_list()) for p in params]
+        adapted, trajectory = adapt_params(
+            self.model, stacked, episodes.support_x, episodes.support_y,
+            loss_fn=self.task_loss, inner_lr=self._learning_rate(), inner_steps=steps,
+            first_order=first_order, return_trajectory=True, task_batched=True)
+        weights = self.multi_step_loss_weights if steps == self.inner_steps else None
+        if weights is None or steps == 0:
+            pred = task_batching.batched_functional_call(self.model, adapted, episodes.query_x)
+            return task_batching.per_task_loss(self.task_loss, episodes.query_y, pred), pred
+        total = 0.0
+        for w, step_params in zip(weights, trajectory):
+            pred = task_batching.batched_functional_call(self.model, step_params,
+                                                         episodes.query_x)
+            total += w * task_batching.per_task_loss(self.task_loss, episodes.query_y, pred)
+        return total, pred
 
     # -- Keras hooks ----------------------------------------------------------------------------
 
@@ -326,6 +380,7 @@ class MAML(keras.Model):
                          if self.update_rule is not None else None),
             loss=(keras.saving.serialize_keras_object(self.task_loss)
                   if self.task_loss is not None else None),
+            task_batching=self.task_batching,
         )
         return config
 
