@@ -12,7 +12,7 @@ the step every replica's resulting state is averaged (`ReduceOp.MEAN`) and assig
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+from keras_meta.configs import STRATEGIES  # one list for the config and for here
 
 
 def make_strategy(name, *, tpu=None, devices=None):
@@ -71,7 +71,7 @@ def _tpu_strategy(tpu):
         # Connecting is needed for a remote TPU (TPU node); it is harmless on a TPU VM.
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
+    except Exception as e:  # noqa: BLE001  (the resolver may raise URLError, ValueError, ...)
         raise RuntimeError(
             f"Could not find or initialise the TPU {tpu!r} (expected a TPU name, 'local' or a "
             f"grpc:// address reachable from here, or None on a TPU VM/Colab): {e}") from e
