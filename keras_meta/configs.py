@@ -8,6 +8,8 @@ TASKS = ("sinusoid", "omniglot")
 BATCH_NORM_MODES = ("transductive", "per_step", "none")
 LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
 OMNIGLOT_PROTOCOLS = ("maml", "background_evaluation")
+STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 # Fields that shape the variables: a checkpoint cannot be resumed if they change.
 ARCHITECTURE_FIELDS = ("task", "num_ways", "batch_norm", "learn_inner_lr", "inner_steps",
@@ -46,7 +48,14 @@ class MAMLTrainConfig:
         checkpoint_every: save a checkpoint every N iterations.
         log_every: print a progress line and write summaries every N iterations.
         seed: seeds the initialisation and every episode stream.
-        jit_compile: XLA-compile the meta-train step.
+        jit_compile: XLA-compile the meta-train step (single device; a TPU compiles anyway).
+        strategy: `tf.distribute` strategy of meta-training: "default" (none), "one_device",
+            "mirrored", "multi_worker" (cluster from TF_CONFIG) or "tpu". The meta-batch is
+            split across replicas, so `meta_batch_size` must divide by their number.
+            Evaluation runs on one replica.
+        tpu: the TPU for strategy "tpu" (name, "local" or grpc:// address; None: auto).
+        mixed_precision: None, "mixed_float16" (with loss scaling, inner loop included) or
+            "mixed_bfloat16": the Keras dtype policy of the model; variables stay float32.
     """
 
     task: str = "sinusoid"
@@ -76,6 +85,9 @@ class MAMLTrainConfig:
     log_every: int = 500
     seed: int = 0
     jit_compile: bool = False
+    strategy: str = "default"
+    tpu: Optional[str] = None
+    mixed_precision: Optional[str] = None
 
     def __post_init__(self):
         if isinstance(self.eval_inner_steps, int):
@@ -119,6 +131,16 @@ class MAMLTrainConfig:
             bad("meta_lr", "a number > 0")
         if self.task == "omniglot" and self.num_ways < 2:
             bad("num_ways", "an integer >= 2 for classification")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"one of {STRATEGIES}")
+        if self.tpu is not None and (not isinstance(self.tpu, str) or self.strategy != "tpu"):
+            bad("tpu", "None unless strategy='tpu' (then a TPU name, 'local' or grpc:// "
+                "address)")
+        if self.mixed_precision not in MIXED_PRECISION_POLICIES:
+            bad("mixed_precision", "None (flag: none), 'mixed_float16' or 'mixed_bfloat16'")
+        if self.jit_compile and self.strategy not in ("default", "tpu"):
+            bad("jit_compile", f"False with strategy={self.strategy!r} (XLA applies to the "
+                "single-device step; a TPU compiles with XLA anyway)")
 
     @property
     def classification(self):

@@ -6,6 +6,7 @@ outer tape, so the Hessian-vector terms of MAML appear automatically. With `firs
 the inner gradients are treated as constants (`tf.stop_gradient`), which drops those terms.
 """
 
+import keras
 import tensorflow as tf
 
 from keras_meta import functional, task_batching
@@ -13,12 +14,41 @@ from keras_meta.step_context import inner_step
 from keras_meta.update_rules import SGDRule
 
 
+_LOW_PRECISION = (tf.float16, tf.bfloat16)
+_MEAN_REDUCTIONS = ("sum_over_batch_size", "mean", "mean_with_sample_weight")
+
+
 def scalar_loss(loss_fn, y_true, y_pred):
-    """`loss_fn(y_true, y_pred)` reduced to a scalar mean (Keras loss objects or functions)."""
+    """`loss_fn(y_true, y_pred)` reduced to a scalar mean (Keras loss objects or functions).
+
+    Predictions in float16/bfloat16 (mixed precision) are cast to float32 first, so the loss
+    and its reduction are computed in float32.
+    """
+    if y_pred.dtype in _LOW_PRECISION:
+        y_pred = tf.cast(y_pred, tf.float32)
+    if (isinstance(loss_fn, keras.losses.Loss) and loss_fn.reduction in _MEAN_REDUCTIONS
+            and tf.distribute.get_strategy().num_replicas_in_sync > 1):
+        return _unscaled_mean_loss(loss_fn, y_true, y_pred)
     value = loss_fn(y_true, y_pred)
     if value.shape.rank != 0:
         value = tf.reduce_mean(value)
     return value
+
+
+def _unscaled_mean_loss(loss_fn, y_true, y_pred):
+    """A Keras `Loss`'s mean without its division by the number of replicas.
+
+    Under a multi-replica `tf.distribute` strategy, Keras `Loss` objects with a mean reduction
+    return `mean / num_replicas_in_sync` (for a `fit` whose replicas sum their gradients).
+    MAML's task losses (the inner support loss above all) must be the plain per-task mean,
+    whatever the strategy; the replicas' share is applied once, to the meta-loss. This is the
+    same arithmetic as `Loss.__call__` (sum over elements / element count), unscaled.
+    """
+    y_true = tf.cast(y_true, loss_fn.dtype)
+    y_pred = tf.cast(y_pred, loss_fn.dtype)
+    values = loss_fn.call(y_true, y_pred)
+    count = tf.cast(tf.reduce_prod(tf.shape(values)), values.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(values), count)
 
 
 def _check_steps(inner_steps):
@@ -44,6 +74,7 @@ def adapt(
     return_trajectory=False,
     return_state=False,
     task_batched=False,
+    loss_scale=None,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -69,6 +100,10 @@ def adapt(
             `task_batching.batched_functional_call`. The step minimises the sum of the tasks'
             mean losses, whose gradient with respect to the stacked parameters is each task's
             own gradient. The model must have no non-trainable state.
+        loss_scale: `None`, or a scalar multiplying the support loss before differentiation
+            (mixed float16: keeps small gradients from underflowing in float16). The gradients
+            are cast to the parameters' dtype and divided by it, so the update uses the unscaled gradient;
+            with 1 the result equals the unscaled one exactly.
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -95,7 +130,13 @@ def adapt(
                 pred, state = functional.functional_call(
                     model, params, support_x, training=training, state=state, return_state=True)
                 loss = scalar_loss(loss_fn, support_y, pred)
-        grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            scaled = loss if loss_scale is None else loss * tf.cast(loss_scale, loss.dtype)
+        grads = tape.gradient(scaled, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if loss_scale is not None:
+            # Unscale in the parameters' dtype (float32 under mixed precision), never in the
+            # float16 compute dtype, where the unscaled gradient could underflow again.
+            grads = [tf.cast(g, p.dtype) / tf.cast(loss_scale, p.dtype)
+                     for g, p in zip(grads, params)]
         if first_order:
             grads = [tf.stop_gradient(g) for g in grads]
             loss = tf.stop_gradient(loss)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_meta import functional, task_batching
 from keras_meta.data.episode import Episode, as_episode
+from keras_meta.distribute import replica_loss_weight
 from keras_meta.inner_loop import adapt as adapt_params
 from keras_meta.inner_loop import scalar_loss
 from keras_meta.step_context import inner_step
@@ -46,6 +47,9 @@ class MAML(keras.Model):
             the graph, for any model; `"auto"` (default): batched when the model's layers and
             the update rule allow it (SGD, no running statistics), else the loop. Both give
             the same meta-gradient.
+        inner_loss_scale: a fixed loss scale for the inner gradients (mixed float16), or
+            `None`: then the outer `LossScaleOptimizer`'s current scale is used when there is
+            one (a `mixed_float16` policy wraps the optimizer in one at `compile`), else none.
 
     Example:
 
@@ -68,6 +72,7 @@ class MAML(keras.Model):
         update_rule=None,
         loss=None,
         task_batching="auto",
+        inner_loss_scale=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -105,6 +110,9 @@ class MAML(keras.Model):
         self.multi_step_loss_weights = multi_step_loss_weights
         self.update_rule = update_rule
         self.task_loss = keras.losses.get(loss) if loss is not None else None
+        if inner_loss_scale is not None and not float(inner_loss_scale) > 0:
+            raise ValueError(f"inner_loss_scale must be > 0 or None; got {inner_loss_scale!r}.")
+        self.inner_loss_scale = None if inner_loss_scale is None else float(inner_loss_scale)
         self.inner_lrs = self._make_learning_rates()
         self.meta_loss_tracker = keras.metrics.Mean(name="loss")
         if task_batching == "batched":
@@ -183,13 +191,30 @@ class MAML(keras.Model):
 
     # -- the meta-objective ---------------------------------------------------------------------
 
+    def _inner_loss_scale(self):
+        """The inner loop's loss scale: `None` or a float32 scalar tensor.
+
+        Under `mixed_float16` small inner gradients underflow in float16 as the outer ones do,
+        so the inner loss is scaled too: by the fixed `inner_loss_scale` if given, else by the
+        outer `LossScaleOptimizer`'s current (dynamic) scale. A step whose scaled inner
+        gradients overflow gives a non-finite meta-gradient, which that optimizer skips while
+        it halves the scale.
+        """
+        if self.inner_loss_scale is not None:
+            return tf.constant(self.inner_loss_scale, tf.float32)
+        optimizer = getattr(self, "optimizer", None)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
+            # A constant of the meta-gradient: no gradient flows into the scale.
+            return tf.stop_gradient(tf.cast(optimizer.dynamic_scale.value, tf.float32))
+        return None
+
     def _adapt(self, params, support_x, support_y, steps, first_order, state=None):
         """Adapted parameters, the trajectory of parameters, and the non-trainable state."""
         adapted, trajectory, state = adapt_params(
             self.model, params, support_x, support_y, loss_fn=self.task_loss,
             inner_lr=self._learning_rate(), inner_steps=steps, first_order=first_order,
             update_rule=self.update_rule, training=True, state=state,
-            return_trajectory=True, return_state=True,
+            return_trajectory=True, return_state=True, loss_scale=self._inner_loss_scale(),
         )
         return adapted, trajectory, state
 
@@ -280,23 +305,50 @@ class MAML(keras.Model):
         """
         return self._meta_gradients(episodes)[:3]
 
-    def _meta_gradients(self, episodes):
+    def _meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False):
+        """`(meta_loss, grads, preds, state)`; `grads` of `loss_weight * meta_loss`.
+
+        `loss_weight` is a replica's share of the global mean (`1 / num_replicas`); with
+        `scale_loss` the objective is also scaled by the optimizer (`LossScaleOptimizer`),
+        which unscales the gradients in `apply_gradients`. `meta_loss` is never scaled.
+        """
         episodes = as_episode(episodes)
         with tf.GradientTape() as tape:
             losses, preds, state = self.meta_batch_losses(episodes, return_state=True)
-            meta_loss = tf.reduce_mean(losses)
-        grads = tape.gradient(meta_loss, self.trainable_variables,
+            meta_loss = tf.reduce_mean(tf.cast(losses, tf.float32))
+            objective = meta_loss if loss_weight == 1.0 else meta_loss * loss_weight
+            if scale_loss:
+                objective = self.optimizer.scale_loss(objective)
+        grads = tape.gradient(objective, self.trainable_variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return meta_loss, grads, preds, state
+
+    def replica_meta_train_step(self, episodes):
+        """One replica's part of an outer step; the single-device step outside any strategy.
+
+        Computes the meta-gradient of this replica's tasks weighted by `1 / num_replicas`
+        and applies it: Keras' TF optimizer all-reduces the replicas' gradients with SUM, so
+        the update uses the mean meta-loss over all tasks of the global meta-batch. Nothing
+        non-trainable is assigned: returns `(meta_loss, preds, state)` with this replica's
+        unweighted mean meta-loss and the running-statistics state after its tasks.
+        Under a strategy, call it through `keras_meta.distribute.distributed_meta_train_step`.
+        """
+        weight = replica_loss_weight()
+        meta_loss, grads, preds, state = self._meta_gradients(
+            episodes, loss_weight=weight, scale_loss=True)
+        if weight != 1.0 and isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = _agree_on_finiteness(grads)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return meta_loss, preds, state
 
     def meta_train_step(self, episodes):
         """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`.
 
         Running statistics of the base model (per-step batch norm) take the state reached
-        after the meta-batch's tasks.
+        after the meta-batch's tasks. Under `mixed_float16` (a `LossScaleOptimizer`) the
+        meta-loss is scaled for the gradient and a step with non-finite gradients is skipped.
         """
-        meta_loss, grads, preds, state = self._meta_gradients(episodes)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        meta_loss, preds, state = self.replica_meta_train_step(episodes)
         for variable, value in zip(self.model.non_trainable_variables, state or ()):
             variable.assign(value)
         return meta_loss, preds
@@ -381,6 +433,7 @@ class MAML(keras.Model):
             loss=(keras.saving.serialize_keras_object(self.task_loss)
                   if self.task_loss is not None else None),
             task_batching=self.task_batching,
+            inner_loss_scale=self.inner_loss_scale,
         )
         return config
 
@@ -393,3 +446,16 @@ class MAML(keras.Model):
         if config.get("loss") is not None:
             config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
         return cls(**config)
+
+
+def _agree_on_finiteness(grads):
+    """Makes every replica's gradients non-finite when any replica's are.
+
+    `LossScaleOptimizer` decides to skip a step from the first replica's *local* gradients;
+    without this, an overflow on another replica would reach the all-reduced update.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    context = tf.distribute.get_replica_context()
+    all_finite = context.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32)) > 0
+    poison = tf.where(all_finite, 0.0, float("nan"))
+    return [g + tf.cast(poison, g.dtype) for g in grads]

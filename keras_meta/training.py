@@ -18,6 +18,8 @@ import tensorflow as tf
 
 from keras_meta.configs import ARCHITECTURE_FIELDS, MAMLTrainConfig
 from keras_meta.data.sinusoid import sinusoid_episodes
+from keras_meta.distribute import (distribute_episodes, distributed_meta_train_step,
+                                   make_strategy, replica_meta_batch_size)
 from keras_meta.evaluation import TaskEvaluator
 from keras_meta.maml import MAML
 from keras_meta.models import mlp
@@ -130,6 +132,14 @@ def _check_resumable(config, model_dir):
         raise ValueError(
             f"{model_dir} holds a run whose variables have another shape ({details}). "
             "Use a new model_dir, or the saved settings to resume.")
+    # mixed_float16 wraps the outer optimizer in a LossScaleOptimizer (other checkpoint
+    # objects); bfloat16 and float32 runs resume into each other.
+    saved_fp16 = saved.get("mixed_precision") == "mixed_float16"
+    if saved_fp16 != (config.mixed_precision == "mixed_float16"):
+        raise ValueError(
+            f"{model_dir} holds a run with mixed_precision={saved.get('mixed_precision')!r}; "
+            f"now {config.mixed_precision!r}. Only mixed_float16 keeps a loss scale in the "
+            "optimizer's checkpoint: resume with the saved setting, or use a new model_dir.")
 
 
 def _all_finite(variables):
@@ -167,6 +177,18 @@ def _headline(summary, classification):
     return summary[steps]["accuracy" if classification else "loss"]["mean"]
 
 
+def _skipped_by_loss_scaling(maml):
+    """Whether a non-finite meta-loss is a step `LossScaleOptimizer` skipped (mixed float16).
+
+    The inner gradients are scaled by the optimizer's loss scale, so while the scale is too
+    high they overflow, the meta-loss itself is non-finite, and the optimizer skips the step
+    and halves the scale. Once the scale has fallen below 1 overflow is no longer the cause.
+    """
+    optimizer = maml.optimizer
+    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            and float(optimizer.dynamic_scale.numpy()) >= 1.0)
+
+
 def train(config, model_dir, *, verbose=True):
     """Meta-trains MAML as `config` says, in `model_dir`; resumes if a checkpoint is there.
 
@@ -175,20 +197,42 @@ def train(config, model_dir, *, verbose=True):
     `eval_results.json`. Raises `FloatingPointError` on a NaN/Inf meta-loss without
     checkpointing the diverged model.
 
+    With `config.strategy`, meta-training runs under that `tf.distribute` strategy (each
+    replica takes an equal share of the meta-batch); with `config.mixed_precision`, the Keras
+    global dtype policy is set while the model is built and restored before returning.
+
     Returns:
         The dict written to `eval_results.json`.
     """
     if not isinstance(config, MAMLTrainConfig):
         raise TypeError(f"train() needs a MAMLTrainConfig; got {type(config).__name__}.")
+    strategy = make_strategy(config.strategy, tpu=config.tpu)
+    if config.strategy != "default":
+        replica_meta_batch_size(config.meta_batch_size, strategy)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        if config.mixed_precision:
+            keras.config.set_dtype_policy(config.mixed_precision)
+        return _train(config, model_dir, strategy, verbose)
+    finally:
+        # The policy is global: the caller's models must not become mixed precision.
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _train(config, model_dir, strategy, verbose):
     printer = print if verbose else (lambda *a, **k: None)
+    distributed = config.strategy != "default"
     os.makedirs(model_dir, exist_ok=True)
     _check_resumable(config, model_dir)
     with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
         f.write(config.to_json())
 
     keras.utils.set_random_seed(config.seed)
-    task = build_task(config)
-    maml = build_maml(config, task.model, task.loss)
+    # Every variable (model, learned rates, optimizer slots, loss scale) is created under the
+    # strategy's scope, so it is mirrored on each replica.
+    with strategy.scope():
+        task = build_task(config)
+        maml = build_maml(config, task.model, task.loss)
 
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     best_metric = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_metric")
@@ -204,7 +248,11 @@ def train(config, model_dir, *, verbose=True):
                 flush=True)
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
-    train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
+    if distributed:
+        train_step = tf.function(
+            lambda episodes: distributed_meta_train_step(maml, strategy, episodes))
+    else:
+        train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
     evaluator = TaskEvaluator(maml, classification=task.classification)
     higher_is_better = task.classification
     metric_name = "accuracy" if task.classification else "mse"
@@ -212,6 +260,8 @@ def train(config, model_dir, *, verbose=True):
     start = int(step)
     progress = _Progress(config.num_iterations, config.log_every, start, printer)
     dataset = task.train_dataset(start * config.meta_batch_size)
+    if distributed:
+        dataset = distribute_episodes(strategy, dataset)
     loop_start = time.perf_counter()
     timed_from = None
     last_loss = float("nan")
@@ -221,7 +271,7 @@ def train(config, model_dir, *, verbose=True):
                 break
             loss, _ = train_step(episodes)
             last_loss = float(loss)
-            if not math.isfinite(last_loss):
+            if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                 raise FloatingPointError(
                     f"The meta-loss is {last_loss} at iteration {int(step) + 1}. Training "
                     f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "

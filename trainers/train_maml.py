@@ -58,6 +58,15 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("log_every", defaults.log_every, "Progress line every N iterations.", **fv)
     flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
+    flags.DEFINE_string("strategy", defaults.strategy,
+                        f"tf.distribute strategy of meta-training: {configs.STRATEGIES}. The "
+                        "meta-batch is split across replicas (it must divide by their number).",
+                        **fv)
+    flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc:// address for --strategy=tpu "
+                        "(default: found automatically on a TPU VM or Colab).", **fv)
+    flags.DEFINE_string("mixed_precision", "none",
+                        "Keras dtype policy: none, mixed_float16 (loss-scaled, inner loop "
+                        "included) or mixed_bfloat16. Variables stay float32.", **fv)
 
 
 # Flag name -> MAMLTrainConfig field, where they differ.
@@ -93,7 +102,7 @@ def config_from_flags(flag_values=FLAGS):
             except ValueError:
                 raise app.UsageError(f"--eval_inner_steps={','.join(value)!r}: expected a "
                                      "comma-separated list of integers >= 0.") from None
-        if field == "learn_inner_lr":
+        if field in ("learn_inner_lr", "mixed_precision"):
             value = None if value in ("none", "", None) else value
         changes[field] = value
     try:
