@@ -24,15 +24,35 @@ flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
 flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
-# name: (task, meta_batch, first_order, jit_compile)
+# "plain" is the baseline every MAML user can write: one tf.function, a Python loop over the
+# tasks, nested tapes, `stateless_call`, and Keras' own BatchNormalization. "loop" is keras-meta
+# with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
+# steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML.
+def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False):
+    return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
+                inner=inner, recompute=recompute,
+                meta_batch=32 if task == "omniglot" else 25)
+
+
 CONFIGS = {
-    "omniglot_5w1s_second": dict(task="omniglot", meta_batch=32, first_order=False, jit=False),
-    "omniglot_5w1s_first": dict(task="omniglot", meta_batch=32, first_order=True, jit=False),
-    "omniglot_5w1s_second_xla": dict(task="omniglot", meta_batch=32, first_order=False, jit=True),
-    "omniglot_5w1s_first_xla": dict(task="omniglot", meta_batch=32, first_order=True, jit=True),
-    "sinusoid_second": dict(task="sinusoid", meta_batch=25, first_order=False, jit=False),
-    "sinusoid_second_xla": dict(task="sinusoid", meta_batch=25, first_order=False, jit=True),
+    "omniglot_5w1s_second_plain": _config("omniglot", "plain"),
+    "omniglot_5w1s_second_plain_xla": _config("omniglot", "plain", jit=True),
+    "omniglot_5w1s_second_loop": _config("omniglot", "loop"),
+    "omniglot_5w1s_second": _config("omniglot", "batched"),
+    "omniglot_5w1s_first_plain": _config("omniglot", "plain", first_order=True),
+    "omniglot_5w1s_first": _config("omniglot", "batched", first_order=True),
+    "omniglot_5w1s_second_xla": _config("omniglot", "batched", jit=True),
+    "sinusoid_second_plain": _config("sinusoid", "plain"),
+    "sinusoid_second_plain_xla": _config("sinusoid", "plain", jit=True),
+    "sinusoid_second": _config("sinusoid", "batched"),
+    "sinusoid_second_xla": _config("sinusoid", "batched", jit=True),
+    "sinusoid_second_xla_10_per_call": _config("sinusoid", "batched", jit=True, steps=10),
+    # Memory: 5 inner steps stored, against 50 recomputed (same peak is the goal).
+    "omniglot_5w1s_second_5_inner": _config("omniglot", "batched", inner=5),
+    "omniglot_5w1s_second_50_inner_recompute": _config("omniglot", "batched", inner=50,
+                                                        recompute=True),
 }
+DEFAULT_CONFIGS = [n for n in CONFIGS if "_inner" not in n]
 
 
 def _episode(task, meta_batch):
@@ -65,6 +85,68 @@ def _flops(concrete):
         return None
 
 
+def _plain_step(task, first_order, meta_batch):
+    """The baseline: what a user writes with TensorFlow alone (see the comment on CONFIGS)."""
+    import keras
+    import tensorflow as tf
+
+    if task == "sinusoid":
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, "relu"),
+                                  keras.layers.Dense(40, "relu"), keras.layers.Dense(1)])
+        loss_fn, alpha = keras.losses.MeanSquaredError(), 0.01
+    else:
+        layers = [keras.Input((28, 28, 1))]
+        for _ in range(4):
+            layers += [keras.layers.Conv2D(64, 3, 2, "same", use_bias=False),
+                       keras.layers.BatchNormalization(), keras.layers.ReLU()]
+        layers += [keras.layers.Flatten(), keras.layers.Dense(5)]
+        model = keras.Sequential(layers)
+        loss_fn, alpha = keras.losses.SparseCategoricalCrossentropy(from_logits=True), 0.4
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+
+    def step(episode):
+        state = [v.value for v in model.non_trainable_variables]
+        with tf.GradientTape() as outer:
+            losses = []
+            for t in range(meta_batch):
+                params = [tf.identity(v.value) for v in model.trainable_variables]
+                with tf.GradientTape() as inner:
+                    inner.watch(params)
+                    pred, _ = model.stateless_call(params, state, episode.support_x[t],
+                                                   training=True)
+                    loss = loss_fn(episode.support_y[t], pred)
+                grads = inner.gradient(loss, params)
+                if first_order:
+                    grads = [tf.stop_gradient(g) for g in grads]
+                fast = [p - alpha * g for p, g in zip(params, grads)]
+                pred, _ = model.stateless_call(fast, state, episode.query_x[t], training=True)
+                losses.append(loss_fn(episode.query_y[t], pred))
+            meta_loss = tf.add_n(losses) / meta_batch
+        grads = outer.gradient(meta_loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return meta_loss, None
+
+    return step
+
+
+def _ours_step(spec):
+    import keras
+
+    import keras_meta as km
+    from keras_meta.models import conv4, mlp
+
+    kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
+                  task_batching=spec["impl"], recompute_inner_steps=spec["recompute"])
+    if spec["task"] == "sinusoid":
+        maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", **kwargs)
+    else:
+        maml = km.MAML(conv4(5), inner_lr=0.4, **kwargs,
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    maml.compile(keras.optimizers.Adam(1e-3))
+    return maml.meta_train_steps if spec["steps"] > 1 else maml.meta_train_step
+
+
 def run_child(name):
     import resource
 
@@ -73,31 +155,39 @@ def run_child(name):
     import tensorflow as tf
 
     import keras_meta as km
-    from keras_meta.models import conv4, mlp
 
     spec = CONFIGS[name]
     keras.utils.set_random_seed(0)
-    if spec["task"] == "sinusoid":
-        maml = km.MAML(mlp(), inner_lr=0.01, first_order=spec["first_order"], loss="mse")
+    if spec["impl"] == "plain":
+        python_step = _plain_step(spec["task"], spec["first_order"], spec["meta_batch"])
     else:
-        maml = km.MAML(conv4(5), inner_lr=0.4, first_order=spec["first_order"],
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    maml.compile(keras.optimizers.Adam(1e-3))
+        python_step = _ours_step(spec)
     episode = _episode(spec["task"], spec["meta_batch"])
-    step = tf.function(maml.meta_train_step, jit_compile=spec["jit"])
+    if spec["steps"] > 1:
+        # Distinct meta-batches stacked on a leading axis, one graph loop over them.
+        episode = km.Episode(*(tf.stack([tf.roll(x, k, axis=0) for k in range(spec["steps"])])
+                               for x in episode))
+    step = tf.function(python_step, jit_compile=spec["jit"])
+
+    def run():
+        out = step(episode)
+        return (out[0] if isinstance(out, tuple) else out).numpy()
+
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    step(episode)[0].numpy()
+    run()
     trace_seconds = time.perf_counter() - t
     for _ in range(FLAGS.warmup):
-        step(episode)[0].numpy()
+        run()
     times = []
     for _ in range(FLAGS.repeats):
         t = time.perf_counter()
-        step(episode)[0].numpy()
-        times.append(time.perf_counter() - t)
+        run()
+        times.append((time.perf_counter() - t) / spec["steps"])
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    flops = _flops(tf.function(maml.meta_train_step).get_concrete_function(episode))
+    flops = None
+    if spec["steps"] == 1:
+        flops = _flops(tf.function(python_step).get_concrete_function(episode))
     median = float(np.median(times))
     row = {"config": name, "median_s": median, "min_s": float(np.min(times)),
            "max_s": float(np.max(times)), "first_call_s": trace_seconds,
@@ -111,7 +201,7 @@ def main(argv):
     if FLAGS.child:
         run_child(FLAGS.child)
         return
-    names = FLAGS.configs or list(CONFIGS)
+    names = FLAGS.configs or DEFAULT_CONFIGS
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise app.UsageError(f"Unknown --configs {unknown}; known: {sorted(CONFIGS)}.")

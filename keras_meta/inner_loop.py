@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from keras_meta import functional, task_batching
+from keras_meta.recompute import checkpointed
 from keras_meta.step_context import inner_step
 from keras_meta.update_rules import SGDRule
 
@@ -51,6 +52,11 @@ def _unscaled_mean_loss(loss_fn, y_true, y_pred):
     return tf.math.divide_no_nan(tf.reduce_sum(values), count)
 
 
+def _all_tensors(nest):
+    leaves = tf.nest.flatten(nest)
+    return bool(leaves) and all(tf.is_tensor(x) for x in leaves)
+
+
 def _check_steps(inner_steps):
     if not isinstance(inner_steps, int) or isinstance(inner_steps, bool) or inner_steps < 0:
         raise ValueError(
@@ -75,6 +81,7 @@ def adapt(
     return_state=False,
     task_batched=False,
     loss_scale=None,
+    recompute=False,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -104,6 +111,10 @@ def adapt(
             (mixed float16: keeps small gradients from underflowing in float16). The gradients
             are cast to the parameters' dtype and divided by it, so the update uses the unscaled gradient;
             with 1 the result equals the unscaled one exactly.
+        recompute: checkpoint every step (`keras_meta.recompute.checkpointed`): the outer
+            backward pass recomputes each step instead of keeping its activations, so memory
+            stops growing with `inner_steps` beyond one set of parameters per step. The
+            gradient is unchanged; each step runs one more time.
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -119,8 +130,10 @@ def adapt(
     if task_batched and (state or functional.get_state(model)):
         raise ValueError("task_batched adaptation needs a model without non-trainable state.")
     rule_state = update_rule.init_state(params)
-    trajectory = []
-    for step in range(inner_steps):
+    if recompute and state is None and not task_batched:
+        state = functional.get_state(model)
+
+    def one_step(step, params, rule_state, state, rule):
         with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
             tape.watch(params)
             if task_batched:
@@ -140,7 +153,28 @@ def adapt(
         if first_order:
             grads = [tf.stop_gradient(g) for g in grads]
             loss = tf.stop_gradient(loss)
-        params, rule_state = update_rule.apply(grads, params, rule_state, step=step, loss=loss)
+        params, rule_state = rule.apply(grads, params, rule_state, step=step, loss=loss)
+        return list(params), rule_state, state
+
+    trajectory = []
+    for step in range(inner_steps):
+        if recompute:
+            # SGD's rates may be tensors to differentiate (learned rates): they go in as inputs.
+            # Any other rule's weights are variables, which `checkpointed` differentiates.
+            # Python-float rates stay closed over (SGDRule casts them exactly).
+            rates = update_rule.learning_rate if isinstance(update_rule, SGDRule) else None
+            rates = rates if _all_tensors(rates) else None
+
+            def stored_step(inputs, step=step, rates=rates):
+                p, r, s, lr = inputs
+                rule = update_rule if rates is None else SGDRule(lr)
+                return one_step(step, p, r, s, rule)
+
+            params, rule_state, state = checkpointed(
+                stored_step, (params, rule_state, state if state is not None else [],
+                              rates if rates is not None else []))
+        else:
+            params, rule_state, state = one_step(step, params, rule_state, state, update_rule)
         params = list(params)
         trajectory.append(params)
     out = (params,) + ((trajectory,) if return_trajectory else ()) + (

@@ -47,6 +47,9 @@ class MAML(keras.Model):
             the graph, for any model; `"auto"` (default): batched when the model's layers and
             the update rule allow it (SGD, no running statistics), else the loop. Both give
             the same meta-gradient.
+        recompute_inner_steps: recompute each inner step in the outer backward pass instead of
+            keeping its activations (`keras_meta.recompute`): memory no longer grows with the
+            number of inner steps, for about one more forward pass per step. Same gradient.
         inner_loss_scale: a fixed loss scale for the inner gradients (mixed float16), or
             `None`: then the outer `LossScaleOptimizer`'s current scale is used when there is
             one (a `mixed_float16` policy wraps the optimizer in one at `compile`), else none.
@@ -72,6 +75,7 @@ class MAML(keras.Model):
         update_rule=None,
         loss=None,
         task_batching="auto",
+        recompute_inner_steps=False,
         inner_loss_scale=None,
         **kwargs,
     ):
@@ -102,6 +106,7 @@ class MAML(keras.Model):
                 f"task_batching must be one of {_TASK_BATCHING}; got {task_batching!r}.")
         self.model = model
         self.task_batching = task_batching
+        self.recompute_inner_steps = bool(recompute_inner_steps)
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -215,6 +220,7 @@ class MAML(keras.Model):
             inner_lr=self._learning_rate(), inner_steps=steps, first_order=first_order,
             update_rule=self.update_rule, training=True, state=state,
             return_trajectory=True, return_state=True, loss_scale=self._inner_loss_scale(),
+            recompute=self.recompute_inner_steps,
         )
         return adapted, trajectory, state
 
@@ -283,7 +289,8 @@ class MAML(keras.Model):
         adapted, trajectory = adapt_params(
             self.model, stacked, episodes.support_x, episodes.support_y,
             loss_fn=self.task_loss, inner_lr=self._learning_rate(), inner_steps=steps,
-            first_order=first_order, return_trajectory=True, task_batched=True)
+            first_order=first_order, return_trajectory=True, task_batched=True,
+            loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps)
         weights = self.multi_step_loss_weights if steps == self.inner_steps else None
         if weights is None or steps == 0:
             pred = task_batching.batched_functional_call(self.model, adapted, episodes.query_x)
@@ -352,6 +359,25 @@ class MAML(keras.Model):
         for variable, value in zip(self.model.non_trainable_variables, state or ()):
             variable.assign(value)
         return meta_loss, preds
+
+    def meta_train_steps(self, episodes):
+        """Several outer steps in one call: `episodes` has a leading axis of `K` meta-batches.
+
+        Meant for a `tf.function` (optionally `jit_compile=True`): `K` steps run in one graph
+        loop, which removes the per-call dispatch cost (about 0.3 ms on CPU) that dominates
+        small models such as the sinusoid MLP. Returns the mean meta-loss of the `K` steps.
+        """
+        episodes = as_episode(episodes)
+        num_steps = episodes.support_x.shape[0]
+        if num_steps is None:
+            raise ValueError(
+                "meta_train_steps needs a static number of stacked meta-batches; got "
+                f"support_x with shape {episodes.support_x.shape}.")
+        total = tf.constant(0.0, tf.float32)
+        for k in tf.range(num_steps):
+            loss, _ = self.meta_train_step(Episode(*(x[k] for x in episodes)))
+            total += tf.cast(loss, tf.float32)
+        return total / num_steps
 
     def train_step(self, data):
         episodes = as_episode(data)
@@ -433,6 +459,7 @@ class MAML(keras.Model):
             loss=(keras.saving.serialize_keras_object(self.task_loss)
                   if self.task_loss is not None else None),
             task_batching=self.task_batching,
+            recompute_inner_steps=self.recompute_inner_steps,
             inner_loss_scale=self.inner_loss_scale,
         )
         return config

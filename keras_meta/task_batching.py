@@ -344,9 +344,13 @@ def per_task_loss(loss_fn, y_true, y_pred):
 
     Equals `scalar_loss(loss_fn, y_true[t], y_pred[t])` for every `t` (no sample weights).
     """
+    # The unreduced `call`: a Keras `Loss` object's own mean would also divide by the number
+    # of replicas under a tf.distribute strategy. Losses are computed in at least float32.
     fn = loss_fn.call if isinstance(loss_fn, keras.losses.Loss) else loss_fn
     if isinstance(loss_fn, keras.losses.Loss):
         y_pred = tf.cast(y_pred, loss_fn.dtype)
+    elif y_pred.dtype in (tf.float16, tf.bfloat16):
+        y_pred = tf.cast(y_pred, tf.float32)
     values = fn(y_true, y_pred)
     if values.shape.rank is None or values.shape.rank < 1:
         raise ValueError(
