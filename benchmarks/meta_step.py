@@ -49,6 +49,9 @@ CONFIGS = {
     "sinusoid_second_xla_10_per_call": _config("sinusoid", "batched", jit=True, steps=10),
     # Memory: 5 inner steps stored, against 50 recomputed (same peak is the goal).
     "omniglot_5w1s_second_5_inner": _config("omniglot", "batched", inner=5),
+    "omniglot_5w1s_second_5_inner_recompute": _config("omniglot", "batched", inner=5,
+                                                       recompute=True),
+    "omniglot_5w1s_second_50_inner": _config("omniglot", "batched", inner=50),
     "omniglot_5w1s_second_50_inner_recompute": _config("omniglot", "batched", inner=50,
                                                         recompute=True),
 }

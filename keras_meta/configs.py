@@ -8,6 +8,7 @@ TASKS = ("sinusoid", "omniglot")
 BATCH_NORM_MODES = ("transductive", "per_step", "none")
 LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
 OMNIGLOT_PROTOCOLS = ("maml", "background_evaluation")
+TASK_BATCHING = ("auto", "batched", "loop")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
@@ -88,6 +89,9 @@ class MAMLTrainConfig:
     strategy: str = "default"
     tpu: Optional[str] = None
     mixed_precision: Optional[str] = None
+    task_batching: str = "auto"
+    recompute_inner_steps: bool = False
+    steps_per_execution: int = 1
 
     def __post_init__(self):
         if isinstance(self.eval_inner_steps, int):
@@ -131,6 +135,12 @@ class MAMLTrainConfig:
             bad("meta_lr", "a number > 0")
         if self.task == "omniglot" and self.num_ways < 2:
             bad("num_ways", "an integer >= 2 for classification")
+        if self.task_batching not in TASK_BATCHING:
+            bad("task_batching", f"one of {TASK_BATCHING}")
+        if not _is_int(self.steps_per_execution) or self.steps_per_execution < 1:
+            bad("steps_per_execution", "an integer >= 1")
+        if self.steps_per_execution > 1 and self.strategy != "default":
+            bad("steps_per_execution", "1 with a tf.distribute strategy (one step per call)")
         if self.strategy not in STRATEGIES:
             bad("strategy", f"one of {STRATEGIES}")
         if self.tpu is not None and (not isinstance(self.tpu, str) or self.strategy != "tpu"):

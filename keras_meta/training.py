@@ -112,6 +112,8 @@ def build_maml(config, model, loss):
     weights = [1.0 / config.inner_steps] * config.inner_steps if (
         config.multi_step_loss and config.inner_steps > 0) else None
     maml = MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
+                task_batching=config.task_batching,
+                recompute_inner_steps=config.recompute_inner_steps,
                 eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights, loss=loss)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)
@@ -219,6 +221,37 @@ def train(config, model_dir, *, verbose=True):
         keras.config.set_dtype_policy(previous_policy)
 
 
+def _crossed(step, size, every):
+    """Whether the last `size` iterations, ending at `step`, passed a multiple of `every`."""
+    return step // every > (step - size) // every
+
+
+def _chunks(task, config, start, strategy=None):
+    """`(size, episodes)` pairs covering iterations `start .. num_iterations`.
+
+    With `steps_per_execution` K > 1, `size` is K and the episodes are K meta-batches stacked
+    on a leading axis (one call of `MAML.meta_train_steps`); a remainder shorter than K runs
+    one meta-batch at a time. Streams are pure functions of the episode index, so the chunking
+    does not change which episodes are seen.
+    """
+    per_call = config.steps_per_execution
+    remaining = config.num_iterations - start
+    full = remaining // per_call if per_call > 1 else 0
+    if full:
+        stacked = task.train_dataset(start * config.meta_batch_size).batch(
+            per_call, drop_remainder=True)
+        for episodes in stacked.take(full):
+            yield per_call, episodes
+    rest_start = start + full * per_call
+    if rest_start < config.num_iterations:
+        dataset = task.train_dataset(rest_start * config.meta_batch_size).take(
+            config.num_iterations - rest_start)
+        if strategy is not None:
+            dataset = distribute_episodes(strategy, dataset)
+        for episodes in dataset:
+            yield 1, episodes
+
+
 def _train(config, model_dir, strategy, verbose):
     printer = print if verbose else (lambda *a, **k: None)
     distributed = config.strategy != "default"
@@ -259,35 +292,39 @@ def _train(config, model_dir, strategy, verbose):
 
     start = int(step)
     progress = _Progress(config.num_iterations, config.log_every, start, printer)
-    dataset = task.train_dataset(start * config.meta_batch_size)
-    if distributed:
-        dataset = distribute_episodes(strategy, dataset)
+    if config.steps_per_execution > 1:
+        steps_function = tf.function(maml.meta_train_steps, jit_compile=config.jit_compile)
+
+        def run_chunk(size, episodes):
+            return steps_function(episodes) if size > 1 else train_step(episodes)[0]
+    else:
+        def run_chunk(size, episodes):
+            return train_step(episodes)[0]
     loop_start = time.perf_counter()
     timed_from = None
     last_loss = float("nan")
     with writer.as_default():
-        for episodes in dataset:
-            if int(step) >= config.num_iterations:
-                break
-            loss, _ = train_step(episodes)
+        for size, episodes in _chunks(task, config, start, strategy if distributed else None):
+            loss = run_chunk(size, episodes)
             last_loss = float(loss)
             if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                 raise FloatingPointError(
-                    f"The meta-loss is {last_loss} at iteration {int(step) + 1}. Training "
+                    f"The meta-loss is {last_loss} at iteration {int(step) + size}. Training "
                     f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "
                     "is kept. Lower inner_lr or meta_lr.")
-            step.assign_add(1)
+            step.assign_add(size)
             s = int(step)
             if timed_from is None:
                 # The first step traces the graph: time the steady state from here on.
                 timed_from = (s, time.perf_counter())
-            if s % config.log_every == 0 or s == config.num_iterations:
+            last = s == config.num_iterations
+            if _crossed(s, size, config.log_every) or last:
                 rate = progress.maybe_print(s, last_loss)
                 tf.summary.scalar("train/meta_loss", last_loss, step=s)
                 if rate:
                     tf.summary.scalar("train/iterations_per_second", rate, step=s)
             if (config.eval_every and task.val_dataset is not None
-                    and (s % config.eval_every == 0 or s == config.num_iterations)):
+                    and (_crossed(s, size, config.eval_every) or last)):
                 summary = evaluator.evaluate(task.val_dataset(), config.num_val_tasks,
                                              config.eval_inner_steps[0])
                 value = _headline(summary, task.classification)
@@ -300,7 +337,7 @@ def _train(config, model_dir, strategy, verbose):
                 if improved and _all_finite(maml.trainable_variables):
                     best_metric.assign(value)
                     best.save(checkpoint_number=s)
-            if s % config.checkpoint_every == 0 or s == config.num_iterations:
+            if _crossed(s, size, config.checkpoint_every) or last:
                 now = time.perf_counter()
                 train_seconds.assign_add(now - loop_start)
                 loop_start = now

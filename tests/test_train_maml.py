@@ -92,7 +92,37 @@ def test_flags_start_from_the_preset_and_override():
     (["--batch_norm=group"], "Invalid --batch_norm='group'"),
     (["--eval_inner_steps=a"], "--eval_inner_steps='a'"),
     (["--task=omniglot", "--ways=1"], "Invalid --ways=1"),
+    (["--task_batching=vmap"], "Invalid --task_batching='vmap': expected one of"),
+    (["--steps_per_execution=0"], "Invalid --steps_per_execution=0: expected an integer >= 1"),
+    (["--steps_per_execution=2", "--strategy=mirrored"], "Invalid --steps_per_execution=2"),
 ])
 def test_bad_flags_fail_with_a_clear_message(argv, message):
     with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
         _parse(argv)
+
+
+def test_steps_per_execution_trains_the_same_model_and_checkpoints_on_time(tmp_path, capsys):
+    config = TINY.replace(num_iterations=7, eval_every=0, checkpoint_every=2, log_every=3)
+    one = train(config, str(tmp_path / "one"), verbose=False)
+    capsys.readouterr()
+    # 7 iterations in calls of 3: two stacked calls, then one single step.
+    three = train(config.replace(steps_per_execution=3, task_batching="batched"),
+                  str(tmp_path / "three"))
+    out = capsys.readouterr().out
+    assert "iter 3/7" in out and "iter 6/7" in out and "iter 7/7" in out
+    assert three["iterations"] == 7
+    assert three["results"]["1"]["loss"]["mean"] == pytest.approx(
+        one["results"]["1"]["loss"]["mean"], rel=1e-4)
+    saved = [int(p.split("-")[-1].split(".")[0])
+             for p in os.listdir(tmp_path / "three" / "checkpoints") if p.endswith(".index")]
+    # Calls end at 3, 6 and 7: each passed a multiple of 2 (or is the last), so each saved.
+    assert sorted(saved) == [3, 6, 7]
+
+
+def test_recompute_and_loop_trainers_agree_with_the_default(tmp_path):
+    config = TINY.replace(num_iterations=3, eval_every=0, inner_steps=2)
+    base = train(config, str(tmp_path / "a"), verbose=False)["results"]["1"]["loss"]["mean"]
+    for name, changes in (("b", dict(recompute_inner_steps=True)),
+                          ("c", dict(task_batching="loop"))):
+        other = train(config.replace(**changes), str(tmp_path / name), verbose=False)
+        assert other["results"]["1"]["loss"]["mean"] == pytest.approx(base, rel=1e-4)

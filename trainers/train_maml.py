@@ -58,6 +58,12 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("log_every", defaults.log_every, "Progress line every N iterations.", **fv)
     flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
+    flags.DEFINE_string("task_batching", defaults.task_batching,
+                        f"How a meta-batch's tasks run: {configs.TASK_BATCHING}.", **fv)
+    flags.DEFINE_boolean("recompute_inner_steps", defaults.recompute_inner_steps,
+                         "Recompute inner steps in the backward pass (less memory).", **fv)
+    flags.DEFINE_integer("steps_per_execution", defaults.steps_per_execution,
+                         "Outer steps per compiled call (small models run faster).", **fv)
     flags.DEFINE_string("strategy", defaults.strategy,
                         f"tf.distribute strategy of meta-training: {configs.STRATEGIES}. The "
                         "meta-batch is split across replicas (it must divide by their number).",
