@@ -5,7 +5,8 @@ r"""Seconds per MAML meta-iteration, peak memory and GFLOP/s, for the configurat
 
 Each configuration runs in its own process (so peak RSS is its own), times the compiled outer
 step (meta-gradient + Adam) over `--repeats` iterations after `--warmup`, and reports the
-median, min and max. FLOPs come from TensorFlow's graph profiler on the traced step (matmuls
+median, min and max. Memory: the process's peak RSS (tracing included) and the peak RSS of the
+timed iterations alone (the peak count is reset after warm-up). FLOPs come from TensorFlow's graph profiler on the traced step (matmuls
 and convolutions, forward and backward), divided by the median time.
 """
 
@@ -28,9 +29,10 @@ flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 # tasks, nested tapes, `stateless_call`, and Keras' own BatchNormalization. "loop" is keras-meta
 # with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
 # steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML.
-def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False):
+def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
+            policy=None):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
-                inner=inner, recompute=recompute,
+                inner=inner, recompute=recompute, policy=policy,
                 meta_batch=32 if task == "omniglot" else 25)
 
 
@@ -42,6 +44,9 @@ CONFIGS = {
     "omniglot_5w1s_first_plain": _config("omniglot", "plain", first_order=True),
     "omniglot_5w1s_first": _config("omniglot", "batched", first_order=True),
     "omniglot_5w1s_second_xla": _config("omniglot", "batched", jit=True),
+    "omniglot_5w1s_second_bf16": _config("omniglot", "batched", policy="mixed_bfloat16"),
+    "omniglot_5w1s_first_bf16": _config("omniglot", "batched", first_order=True,
+                                        policy="mixed_bfloat16"),
     "sinusoid_second_plain": _config("sinusoid", "plain"),
     "sinusoid_second_plain_xla": _config("sinusoid", "plain", jit=True),
     "sinusoid_second": _config("sinusoid", "batched"),
@@ -86,6 +91,32 @@ def _flops(concrete):
         return tf.compat.v1.profiler.profile(concrete.graph, options=opts).total_float_ops
     except Exception:  # the profiler is best-effort; timing does not depend on it
         return None
+
+
+def _status_mib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def _reset_peak_rss():
+    """Returns memory to the OS and restarts the peak-RSS count; returns the RSS now (MiB).
+
+    The process peak also counts tracing and graph optimisation, which grow with the graph
+    (50 inner steps trace a 10x larger graph). Resetting after warm-up measures the peak of
+    the steady-state meta-iterations themselves. Linux only; None elsewhere.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    return _status_mib("VmRSS")
 
 
 def _plain_step(task, first_order, meta_batch):
@@ -161,6 +192,8 @@ def run_child(name):
 
     spec = CONFIGS[name]
     keras.utils.set_random_seed(0)
+    if spec["policy"]:
+        keras.config.set_dtype_policy(spec["policy"])
     if spec["impl"] == "plain":
         python_step = _plain_step(spec["task"], spec["first_order"], spec["meta_batch"])
     else:
@@ -182,11 +215,13 @@ def run_child(name):
     trace_seconds = time.perf_counter() - t
     for _ in range(FLAGS.warmup):
         run()
+    idle_mib = _reset_peak_rss()
     times = []
     for _ in range(FLAGS.repeats):
         t = time.perf_counter()
         run()
         times.append((time.perf_counter() - t) / spec["steps"])
+    step_peak_mib = _status_mib("VmHWM")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     flops = None
     if spec["steps"] == 1:
@@ -195,6 +230,7 @@ def run_child(name):
     row = {"config": name, "median_s": median, "min_s": float(np.min(times)),
            "max_s": float(np.max(times)), "first_call_s": trace_seconds,
            "peak_rss_mib": peak_mib, "rss_before_step_mib": rss_before / 1024,
+           "step_peak_rss_mib": step_peak_mib, "idle_rss_mib": idle_mib,
            "gflop": flops / 1e9 if flops else None,
            "gflops_per_s": flops / 1e9 / median if flops else None}
     print("ROW " + json.dumps(row), flush=True)
@@ -225,13 +261,15 @@ def main(argv):
         rows.append(json.loads(lines[-1][4:]))
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(f"{os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after {FLAGS.warmup} warm-up\n")
-    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | GFLOP | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | step peak RSS MiB "
+          "| GFLOP | GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         g = f"{r['gflop']:.1f}" if r["gflop"] else "-"
         gs = f"{r['gflops_per_s']:.1f}" if r["gflops_per_s"] else "-"
+        sp = f"{r['step_peak_rss_mib']:.0f}" if r.get("step_peak_rss_mib") else "-"
         print(f"| {r['config']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | "
-              f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {g} | {gs} |")
+              f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {sp} | {g} | {gs} |")
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump(rows, f, indent=2)

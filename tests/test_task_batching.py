@@ -148,8 +148,11 @@ def test_grouped_and_patch_convolutions_agree_to_second_order():
             norm = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
         return outer.gradient(norm, params)
 
+    # The grouped path also uses fused batch norm (its registered second derivative); the
+    # patch path the plain ops. Float32 round-off, relative to each tensor's scale.
     for a, b in zip(second_derivative("grouped"), second_derivative("patches")):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-4)
+        a, b = a.numpy(), b.numpy()
+        assert np.linalg.norm(a - b) <= 1e-4 * np.linalg.norm(b), np.linalg.norm(a - b)
 
 
 def test_unsupported_models_fall_back_to_the_loop_and_batched_says_why():
