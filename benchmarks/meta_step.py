@@ -5,8 +5,10 @@ r"""Seconds per MAML meta-iteration, peak memory and GFLOP/s, for the configurat
 
 Each configuration runs in its own process (so peak RSS is its own), times the compiled outer
 step (meta-gradient + Adam) over `--repeats` iterations after `--warmup`, and reports the
-median, min and max. Memory: the process's peak RSS (tracing included) and the peak RSS of the
-timed iterations alone (the peak count is reset after warm-up). FLOPs come from TensorFlow's graph profiler on the traced step (matmuls
+median, min and max. Memory: the process's peak RSS (tracing and graph optimisation included)
+and the peak bytes of live tensors during the timed iterations, from TensorFlow's allocator
+statistics (reset after warm-up; on CPU the children run with the BFC allocator, which keeps
+them). FLOPs come from TensorFlow's graph profiler on the traced step (matmuls
 and convolutions, forward and backward), divided by the median time.
 """
 
@@ -24,6 +26,9 @@ flags.DEFINE_integer("repeats", 10, "Timed iterations.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
 flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+flags.DEFINE_boolean("tensor_memory", True,
+                     "Measure the peak tensor memory of the timed iterations (CPU: runs with "
+                     "TensorFlow's BFC allocator, which keeps statistics).")
 
 # "plain" is the baseline every MAML user can write: one tf.function, a Python loop over the
 # tasks, nested tapes, `stateless_call`, and Keras' own BatchNormalization. "loop" is keras-meta
@@ -52,13 +57,16 @@ CONFIGS = {
     "sinusoid_second": _config("sinusoid", "batched"),
     "sinusoid_second_xla": _config("sinusoid", "batched", jit=True),
     "sinusoid_second_xla_10_per_call": _config("sinusoid", "batched", jit=True, steps=10),
-    # Memory: 5 inner steps stored, against 50 recomputed (same peak is the goal).
+    # Memory: 5 inner steps stored, against 50 recomputed (same peak is the goal); recompute=3
+    # checkpoints every third step (segments of 3).
     "omniglot_5w1s_second_5_inner": _config("omniglot", "batched", inner=5),
     "omniglot_5w1s_second_5_inner_recompute": _config("omniglot", "batched", inner=5,
                                                        recompute=True),
     "omniglot_5w1s_second_50_inner": _config("omniglot", "batched", inner=50),
     "omniglot_5w1s_second_50_inner_recompute": _config("omniglot", "batched", inner=50,
                                                         recompute=True),
+    "omniglot_5w1s_second_50_inner_recompute_3": _config("omniglot", "batched", inner=50,
+                                                          recompute=3),
 }
 DEFAULT_CONFIGS = [n for n in CONFIGS if "_inner" not in n]
 
@@ -91,32 +99,6 @@ def _flops(concrete):
         return tf.compat.v1.profiler.profile(concrete.graph, options=opts).total_float_ops
     except Exception:  # the profiler is best-effort; timing does not depend on it
         return None
-
-
-def _status_mib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return None
-
-
-def _reset_peak_rss():
-    """Returns memory to the OS and restarts the peak-RSS count; returns the RSS now (MiB).
-
-    The process peak also counts tracing and graph optimisation, which grow with the graph
-    (50 inner steps trace a 10x larger graph). Resetting after warm-up measures the peak of
-    the steady-state meta-iterations themselves. Linux only; None elsewhere.
-    """
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return None
-    return _status_mib("VmRSS")
 
 
 def _plain_step(task, first_order, meta_batch):
@@ -215,13 +197,19 @@ def run_child(name):
     trace_seconds = time.perf_counter() - t
     for _ in range(FLAGS.warmup):
         run()
-    idle_mib = _reset_peak_rss()
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    try:
+        tf.config.experimental.reset_memory_stats(device)
+    except (ValueError, tf.errors.InvalidArgumentError):  # allocator without statistics
+        device = None
     times = []
     for _ in range(FLAGS.repeats):
         t = time.perf_counter()
         run()
         times.append((time.perf_counter() - t) / spec["steps"])
-    step_peak_mib = _status_mib("VmHWM")
+    tensor_peak_mib = None
+    if device:
+        tensor_peak_mib = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     flops = None
     if spec["steps"] == 1:
@@ -230,7 +218,7 @@ def run_child(name):
     row = {"config": name, "median_s": median, "min_s": float(np.min(times)),
            "max_s": float(np.max(times)), "first_call_s": trace_seconds,
            "peak_rss_mib": peak_mib, "rss_before_step_mib": rss_before / 1024,
-           "step_peak_rss_mib": step_peak_mib, "idle_rss_mib": idle_mib,
+           "tensor_peak_mib": tensor_peak_mib,
            "gflop": flops / 1e9 if flops else None,
            "gflops_per_s": flops / 1e9 / median if flops else None}
     print("ROW " + json.dumps(row), flush=True)
@@ -248,6 +236,10 @@ def main(argv):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="2")
+    if FLAGS.tensor_memory:
+        # TensorFlow's BFC allocator on the CPU keeps statistics (current and peak bytes of
+        # live tensors), like the GPU allocator does; the default CPU allocator keeps none.
+        env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     for name in names:
         print(f"running {name} ...", flush=True)
         out = subprocess.run(
@@ -261,13 +253,13 @@ def main(argv):
         rows.append(json.loads(lines[-1][4:]))
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(f"{os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after {FLAGS.warmup} warm-up\n")
-    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | step peak RSS MiB "
-          "| GFLOP | GFLOP/s |")
+    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | "
+          "peak tensor MiB | GFLOP | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         g = f"{r['gflop']:.1f}" if r["gflop"] else "-"
         gs = f"{r['gflops_per_s']:.1f}" if r["gflops_per_s"] else "-"
-        sp = f"{r['step_peak_rss_mib']:.0f}" if r.get("step_peak_rss_mib") else "-"
+        sp = f"{r['tensor_peak_mib']:.0f}" if r.get("tensor_peak_mib") else "-"
         print(f"| {r['config']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | "
               f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {sp} | {g} | {gs} |")
     if FLAGS.output:

@@ -90,7 +90,7 @@ class MAMLTrainConfig:
     tpu: Optional[str] = None
     mixed_precision: Optional[str] = None
     task_batching: str = "auto"
-    recompute_inner_steps: bool = False
+    recompute_inner_steps: int = 0
     steps_per_execution: int = 1
 
     def __post_init__(self):
@@ -137,6 +137,8 @@ class MAMLTrainConfig:
             bad("num_ways", "an integer >= 2 for classification")
         if self.task_batching not in TASK_BATCHING:
             bad("task_batching", f"one of {TASK_BATCHING}")
+        if not _is_int(self.recompute_inner_steps) or self.recompute_inner_steps < 0:
+            bad("recompute_inner_steps", "an integer >= 0 (0: off; k: segments of k steps)")
         if not _is_int(self.steps_per_execution) or self.steps_per_execution < 1:
             bad("steps_per_execution", "an integer >= 1")
         if self.steps_per_execution > 1 and self.strategy != "default":

@@ -52,6 +52,18 @@ def _unscaled_mean_loss(loss_fn, y_true, y_pred):
     return tf.math.divide_no_nan(tf.reduce_sum(values), count)
 
 
+def _segment_length(recompute):
+    if recompute is False or recompute is None:
+        return 0
+    if recompute is True:
+        return 1
+    if not isinstance(recompute, int) or recompute < 1:
+        raise ValueError(
+            f"recompute must be a bool or a positive int (inner steps per segment); got "
+            f"{recompute!r}.")
+    return recompute
+
+
 def _all_tensors(nest):
     leaves = tf.nest.flatten(nest)
     return bool(leaves) and all(tf.is_tensor(x) for x in leaves)
@@ -111,10 +123,12 @@ def adapt(
             (mixed float16: keeps small gradients from underflowing in float16). The gradients
             are cast to the parameters' dtype and divided by it, so the update uses the unscaled gradient;
             with 1 the result equals the unscaled one exactly.
-        recompute: checkpoint every step (`keras_meta.recompute.checkpointed`): the outer
-            backward pass recomputes each step instead of keeping its activations, so memory
-            stops growing with `inner_steps` beyond one set of parameters per step. The
-            gradient is unchanged; each step runs one more time.
+        recompute: `False`, `True`, or a segment length `k`: checkpoint the inner loop in
+            segments of `k` steps (`True`: 1) with `keras_meta.recompute.checkpointed`. The
+            outer backward pass recomputes each segment instead of keeping its activations,
+            so memory holds one set of parameters per segment plus one segment's activations.
+            The gradient is unchanged; each step runs once more. With `return_trajectory`,
+            every step's parameters are kept (as the trajectory needs them).
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -130,6 +144,7 @@ def adapt(
     if task_batched and (state or functional.get_state(model)):
         raise ValueError("task_batched adaptation needs a model without non-trainable state.")
     rule_state = update_rule.init_state(params)
+    segment = _segment_length(recompute)
     if recompute and state is None and not task_batched:
         state = functional.get_state(model)
 
@@ -157,26 +172,34 @@ def adapt(
         return list(params), rule_state, state
 
     trajectory = []
-    for step in range(inner_steps):
-        if recompute:
-            # SGD's rates may be tensors to differentiate (learned rates): they go in as inputs.
-            # Any other rule's weights are variables, which `checkpointed` differentiates.
-            # Python-float rates stay closed over (SGDRule casts them exactly).
-            rates = update_rule.learning_rate if isinstance(update_rule, SGDRule) else None
-            rates = rates if _all_tensors(rates) else None
+    if not recompute:
+        for step in range(inner_steps):
+            params, rule_state, state = one_step(step, params, rule_state, state, update_rule)
+            trajectory.append(list(params))
+    else:
+        # SGD's rates may be tensors to differentiate (learned rates): they go in as inputs.
+        # Any other rule's weights are variables, which `checkpointed` differentiates.
+        # Python-float rates stay closed over (SGDRule casts them exactly).
+        rates = update_rule.learning_rate if isinstance(update_rule, SGDRule) else None
+        rates = rates if _all_tensors(rates) else None
+        for first in range(0, inner_steps, segment):
+            steps = range(first, min(first + segment, inner_steps))
 
-            def stored_step(inputs, step=step, rates=rates):
+            def stored_segment(inputs, steps=steps):
                 p, r, s, lr = inputs
                 rule = update_rule if rates is None else SGDRule(lr)
-                return one_step(step, p, r, s, rule)
+                visited = []
+                for step in steps:
+                    p, r, s = one_step(step, p, r, s, rule)
+                    visited.append(list(p))
+                # Only the segment's end is stored, unless the caller wants every step.
+                return (visited if return_trajectory else visited[-1:]), r, s
 
-            params, rule_state, state = checkpointed(
-                stored_step, (params, rule_state, state if state is not None else [],
-                              rates if rates is not None else []))
-        else:
-            params, rule_state, state = one_step(step, params, rule_state, state, update_rule)
-        params = list(params)
-        trajectory.append(params)
+            visited, rule_state, state = checkpointed(
+                stored_segment, (params, rule_state, state if state is not None else [],
+                                 rates if rates is not None else []))
+            params = list(visited[-1])
+            trajectory.extend(list(v) for v in visited)
     out = (params,) + ((trajectory,) if return_trajectory else ()) + (
         (state,) if return_state else ())
     return out if len(out) > 1 else params

@@ -47,9 +47,12 @@ class MAML(keras.Model):
             the graph, for any model; `"auto"` (default): batched when the model's layers and
             the update rule allow it (SGD, no running statistics), else the loop. Both give
             the same meta-gradient.
-        recompute_inner_steps: recompute each inner step in the outer backward pass instead of
-            keeping its activations (`keras_meta.recompute`): memory no longer grows with the
-            number of inner steps, for about one more forward pass per step. Same gradient.
+        recompute_inner_steps: `False`, `True` or an int `k`: recompute the inner steps in the
+            outer backward pass, in segments of `k` steps (`True`: 1), instead of keeping their
+            activations (`keras_meta.recompute`). Memory then holds one set of per-task
+            parameters per segment and one segment's activations; each step runs once more.
+            Same gradient. Segments of a few steps balance the two when parameters are large
+            next to the support set's activations.
         inner_loss_scale: a fixed loss scale for the inner gradients (mixed float16), or
             `None`: then the outer `LossScaleOptimizer`'s current scale is used when there is
             one (a `mixed_float16` policy wraps the optimizer in one at `compile`), else none.
@@ -106,7 +109,12 @@ class MAML(keras.Model):
                 f"task_batching must be one of {_TASK_BATCHING}; got {task_batching!r}.")
         self.model = model
         self.task_batching = task_batching
-        self.recompute_inner_steps = bool(recompute_inner_steps)
+        if not (isinstance(recompute_inner_steps, bool) or (
+                isinstance(recompute_inner_steps, int) and recompute_inner_steps >= 1)):
+            raise ValueError(
+                "recompute_inner_steps must be a bool or a positive int (steps per segment); "
+                f"got {recompute_inner_steps!r}.")
+        self.recompute_inner_steps = recompute_inner_steps
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -215,14 +223,20 @@ class MAML(keras.Model):
 
     def _adapt(self, params, support_x, support_y, steps, first_order, state=None):
         """Adapted parameters, the trajectory of parameters, and the non-trainable state."""
-        adapted, trajectory, state = adapt_params(
+        need = self._uses_trajectory(steps)
+        out = adapt_params(
             self.model, params, support_x, support_y, loss_fn=self.task_loss,
             inner_lr=self._learning_rate(), inner_steps=steps, first_order=first_order,
             update_rule=self.update_rule, training=True, state=state,
-            return_trajectory=True, return_state=True, loss_scale=self._inner_loss_scale(),
+            return_trajectory=need, return_state=True, loss_scale=self._inner_loss_scale(),
             recompute=self.recompute_inner_steps,
         )
-        return adapted, trajectory, state
+        return out if need else (out[0], None, out[1])
+
+    def _uses_trajectory(self, steps):
+        # Only the multi-step loss reads the parameters after every step; asking for them
+        # otherwise would make recomputation keep every step's parameters alive.
+        return self.multi_step_loss_weights is not None and steps == self.inner_steps
 
     def task_query_loss(self, params, episode, *, steps, first_order, state=None):
         """Query loss of one (unbatched) task after adaptation.
@@ -286,11 +300,13 @@ class MAML(keras.Model):
         meta_batch = episodes.support_x.shape[0]
         # Every task starts from theta: the broadcast's gradient sums the tasks' contributions.
         stacked = [tf.broadcast_to(p, [meta_batch] + p.shape.as_list()) for p in params]
-        adapted, trajectory = adapt_params(
+        need = self._uses_trajectory(steps)
+        out = adapt_params(
             self.model, stacked, episodes.support_x, episodes.support_y,
             loss_fn=self.task_loss, inner_lr=self._learning_rate(), inner_steps=steps,
-            first_order=first_order, return_trajectory=True, task_batched=True,
+            first_order=first_order, return_trajectory=need, task_batched=True,
             loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps)
+        adapted, trajectory = out if need else (out, None)
         weights = self.multi_step_loss_weights if steps == self.inner_steps else None
         if weights is None or steps == 0:
             pred = task_batching.batched_functional_call(self.model, adapted, episodes.query_x)

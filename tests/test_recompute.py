@@ -27,11 +27,12 @@ def sinusoid_episode(num_tasks=3, seed=0):
                       tf.constant(x[:, 5:]), tf.constant(y[:, 5:]))
 
 
-def gradients(make, episode, **kwargs):
+def gradients(make, episode, recompute=True, **kwargs):
     out = []
-    for recompute in (False, True):
+    for recompute in (False, recompute):
         keras.utils.set_random_seed(0)
         maml = make(recompute_inner_steps=recompute, **kwargs)
+        assert maml.recompute_inner_steps == recompute
         loss, grads, _ = tf.function(maml.meta_gradients)(episode)
         out.append((loss.numpy(), [g.numpy() for g in grads]))
     return out
@@ -62,10 +63,18 @@ CASES = {
 }
 
 
+CASES["conv4_batched_segments_multi_step_loss"] = (
+    lambda **k: km.MAML(conv4(3, (8, 8, 1), filters=3, dtype="float64"), inner_lr=0.4,
+                        inner_steps=3, multi_step_loss_weights=[0.2, 0.3, 0.5], dtype="float64",
+                        loss=keras.losses.SparseCategoricalCrossentropy(
+                            from_logits=True, dtype="float64"), **k), image_episode)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_recomputed_meta_gradient_is_the_stored_one(name):
+@pytest.mark.parametrize("segment", [True, 2])
+def test_recomputed_meta_gradient_is_the_stored_one(name, segment):
     make, episode = CASES[name]
-    (loss_a, grads_a), (loss_b, grads_b) = gradients(make, episode())
+    (loss_a, grads_a), (loss_b, grads_b) = gradients(make, episode(), recompute=segment)
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-12)
     assert any(np.any(g != 0) for g in grads_a)
     for a, b in zip(grads_a, grads_b):
@@ -83,3 +92,11 @@ def test_checkpointed_function_gradient_and_variables():
                                2.0 * (np.cos(x.numpy()) * x.numpy() + np.sin(x.numpy())))
     np.testing.assert_allclose(tape.gradient(total, w).numpy(),
                                np.sum(np.sin(x.numpy()) * x.numpy()))
+
+
+def test_bad_recompute_settings_are_refused():
+    with pytest.raises(ValueError, match="recompute_inner_steps must be a bool or a positive"):
+        km.MAML(mlp(), loss="mse", recompute_inner_steps=0.5)
+    with pytest.raises(ValueError, match="recompute must be a bool or a positive int"):
+        km.adapt(mlp(), km.get_params(mlp()), tf.zeros([2, 1]), tf.zeros([2, 1]),
+                 loss_fn="mse", inner_lr=0.1, recompute=-1)

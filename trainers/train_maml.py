@@ -60,8 +60,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
     flags.DEFINE_string("task_batching", defaults.task_batching,
                         f"How a meta-batch's tasks run: {configs.TASK_BATCHING}.", **fv)
-    flags.DEFINE_boolean("recompute_inner_steps", defaults.recompute_inner_steps,
-                         "Recompute inner steps in the backward pass (less memory).", **fv)
+    flags.DEFINE_integer("recompute_inner_steps", defaults.recompute_inner_steps,
+                         "0: store the inner steps' activations; k: recompute them in the "
+                         "backward pass in segments of k steps (less memory).", **fv)
     flags.DEFINE_integer("steps_per_execution", defaults.steps_per_execution,
                          "Outer steps per compiled call (small models run faster).", **fv)
     flags.DEFINE_string("strategy", defaults.strategy,
