@@ -350,6 +350,8 @@ def _train(config, model_dir, strategy, verbose):
         seconds_per_iteration = (time.perf_counter() - timed_from[1]) / (int(step) - timed_from[0])
 
     final_step = int(step)
+    # Read before restoring the best checkpoint, which holds the time of its own iteration.
+    total_train_seconds = float(train_seconds)
     if best.latest_checkpoint:
         # Test the model that validated best, as the MAML protocol does.
         checkpoint.restore(best.latest_checkpoint).expect_partial()
@@ -362,7 +364,7 @@ def _train(config, model_dir, strategy, verbose):
         "iterations": final_step,
         "tested_iteration": int(step),
         "checkpoint": best.latest_checkpoint or latest.latest_checkpoint,
-        "train_seconds": float(train_seconds),
+        "train_seconds": total_train_seconds,
         "seconds_per_iteration": seconds_per_iteration,
         "eval_seconds": time.perf_counter() - eval_start,
         "num_shots": config.shots_at_eval,

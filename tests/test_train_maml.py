@@ -26,6 +26,8 @@ def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
     assert set(saved["results"]) == {"1", "2"}
     stats = saved["results"]["1"]["loss"]
     assert stats["num_tasks"] == 6 and stats["mean"] > 0 and stats["ci95"] > 0
+    # The whole run's time, not the time stored in the best checkpoint restored for testing.
+    assert saved["train_seconds"] >= saved["seconds_per_iteration"] * (saved["iterations"] - 1)
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")) is not None
     assert os.listdir(os.path.join(model_dir, "logs"))
