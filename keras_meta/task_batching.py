@@ -148,10 +148,12 @@ def grouped_convolution_available(dtype):
     """Whether TensorFlow can differentiate a grouped convolution of `dtype` here.
 
     On CPU only the oneDNN kernels (float32, bfloat16) have grouped-convolution gradients, and
-    only outside XLA; cuDNN has them for every float type. Elsewhere the patch (im2col) form is used, which is
-    slower but made of ops that differentiate to any order on any device.
+    only outside XLA; cuDNN and TPUs have them for every float type. Elsewhere the patch
+    (im2col) form is used, which is slower but made of ops that differentiate to any order on
+    any device.
     """
-    if tf.config.list_logical_devices("GPU"):
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        # cuDNN and the TPU compiler both have native grouped convolutions.
         return True
     # XLA's CPU backend lowers a grouped convolution to a slow generic loop (about 50x slower
     # than oneDNN on the Omniglot network), so compiled CPU code takes the patch form.
