@@ -63,18 +63,21 @@ def _layer_problem(layer):
     name = f"{type(layer).__name__} {layer.name!r}"
     if getattr(layer, "quantization_mode", None) or getattr(layer, "lora_enabled", False):
         return f"{name} is quantized or uses LoRA"
-    if isinstance(layer, keras.layers.Dense):
+    # Exact types: a subclass may override `call`, which the batched form would ignore.
+    if type(layer) is keras.layers.Dense:
         return None
-    if isinstance(layer, keras.layers.Conv2D) and type(layer) is keras.layers.Conv2D:
+    if type(layer) is keras.layers.Conv2D:
         if layer.data_format != "channels_last":
             return f"{name} is channels_first"
         if layer.groups != 1 or tuple(layer.dilation_rate) != (1, 1):
             return f"{name} is grouped or dilated"
         return None
-    if isinstance(layer, MetaBatchNormalization):
+    if type(layer) is MetaBatchNormalization:
         if layer.mode != "transductive":
             return (f"{name} has mode={layer.mode!r} (running statistics are updated task after "
                     "task, which only the loop reproduces)")
+        if layer._axis != len(layer._reduction_axes):
+            return f"{name} normalizes axis {layer.axis}, not the last (channels-last) axis"
         return None
     if type(layer) in (keras.layers.ReLU, keras.layers.Activation, keras.layers.Flatten,
                        keras.layers.MaxPooling2D, keras.layers.AveragePooling2D):

@@ -49,6 +49,10 @@ MODELS = {
     "conv4_no_bn": lambda dt: conv4(3, (9, 9, 1), filters=4, batch_norm="none", dtype=dt),
     "bias_pooling_activations": with_bias_and_pooling,
     "mlp": lambda dt: mlp((8, 8), input_dim=3, output_dim=2, dtype=dt),
+    "mlp_batch_norm": lambda dt: keras.Sequential([
+        keras.Input((3,), dtype=dt), keras.layers.Dense(8, dtype=dt),
+        km.layers.MetaBatchNormalization(dtype=dt), keras.layers.ReLU(dtype=dt),
+        keras.layers.Dense(2, dtype=dt)]),
 }
 
 
@@ -168,6 +172,17 @@ def test_unsupported_models_fall_back_to_the_loop_and_batched_says_why():
                                                        keras.layers.Dense(2)(inputs)]))
     assert "single chain" in task_batching.unsupported_layers(branched)[0]
     assert not km.MAML(branched, loss="mse").uses_task_batching
+
+    class CustomDense(keras.layers.Dense):
+        def call(self, inputs):
+            return super().call(inputs) * 2.0
+
+    custom = keras.Sequential([keras.Input((3,)), CustomDense(2)])
+    assert "CustomDense" in task_batching.unsupported_layers(custom)[0]
+    channels_first_bn = keras.Sequential([
+        keras.Input((3, 4, 4)), km.layers.MetaBatchNormalization(axis=1, name="bn_c1"),
+        keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert "bn_c1" in task_batching.unsupported_layers(channels_first_bn)[0]
 
     rule = km.LSTMOptimizer(hidden_size=4)
     assert not km.MAML(mlp(), loss="mse", update_rule=rule).uses_task_batching
