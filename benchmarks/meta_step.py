@@ -35,9 +35,9 @@ flags.DEFINE_boolean("tensor_memory", True,
 # with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
 # steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML.
 def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
-            policy=None):
+            policy=None, chunk=None):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
-                inner=inner, recompute=recompute, policy=policy,
+                inner=inner, recompute=recompute, policy=policy, chunk=chunk,
                 meta_batch=32 if task == "omniglot" else 25)
 
 
@@ -46,6 +46,7 @@ CONFIGS = {
     "omniglot_5w1s_second_plain_xla": _config("omniglot", "plain", jit=True),
     "omniglot_5w1s_second_loop": _config("omniglot", "loop"),
     "omniglot_5w1s_second": _config("omniglot", "batched"),
+    "omniglot_5w1s_second_chunks_of_8": _config("omniglot", "batched", chunk=8),
     "omniglot_5w1s_first_plain": _config("omniglot", "plain", first_order=True),
     "omniglot_5w1s_first": _config("omniglot", "batched", first_order=True),
     "omniglot_5w1s_second_xla": _config("omniglot", "batched", jit=True),
@@ -153,7 +154,8 @@ def _ours_step(spec):
     from keras_meta.models import conv4, mlp
 
     kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
-                  task_batching=spec["impl"], recompute_inner_steps=spec["recompute"])
+                  task_batching=spec["impl"], recompute_inner_steps=spec["recompute"],
+                  task_chunk_size=spec["chunk"])
     if spec["task"] == "sinusoid":
         maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", **kwargs)
     else:

@@ -91,6 +91,7 @@ class MAMLTrainConfig:
     mixed_precision: Optional[str] = None
     task_batching: str = "auto"
     recompute_inner_steps: int = 0
+    task_chunk_size: int = 0
     steps_per_execution: int = 1
 
     def __post_init__(self):
@@ -137,6 +138,8 @@ class MAMLTrainConfig:
             bad("num_ways", "an integer >= 2 for classification")
         if self.task_batching not in TASK_BATCHING:
             bad("task_batching", f"one of {TASK_BATCHING}")
+        if not _is_int(self.task_chunk_size) or self.task_chunk_size < 0:
+            bad("task_chunk_size", "an integer >= 0 (0: all tasks in one pass)")
         if not _is_int(self.recompute_inner_steps) or self.recompute_inner_steps < 0:
             bad("recompute_inner_steps", "an integer >= 0 (0: off; k: segments of k steps)")
         if not _is_int(self.steps_per_execution) or self.steps_per_execution < 1:

@@ -47,6 +47,9 @@ class MAML(keras.Model):
             the graph, for any model; `"auto"` (default): batched when the model's layers and
             the update rule allow it (SGD, no running statistics), else the loop. Both give
             the same meta-gradient.
+        task_chunk_size: with task batching, run the meta-batch in chunks of this many tasks
+            (`None`: all at once). The batched pass keeps every task's activations alive at
+            once; chunks bound that, down to the loop's footprint at 1, at some speed.
         recompute_inner_steps: `False`, `True` or an int `k`: recompute the inner steps in the
             outer backward pass, in segments of `k` steps (`True`: 1), instead of keeping their
             activations (`keras_meta.recompute`). Memory then holds one set of per-task
@@ -79,6 +82,7 @@ class MAML(keras.Model):
         loss=None,
         task_batching="auto",
         recompute_inner_steps=False,
+        task_chunk_size=None,
         inner_loss_scale=None,
         **kwargs,
     ):
@@ -115,6 +119,12 @@ class MAML(keras.Model):
                 "recompute_inner_steps must be a bool or a positive int (steps per segment); "
                 f"got {recompute_inner_steps!r}.")
         self.recompute_inner_steps = recompute_inner_steps
+        if task_chunk_size is not None and (
+                not isinstance(task_chunk_size, int) or isinstance(task_chunk_size, bool)
+                or task_chunk_size < 1):
+            raise ValueError(
+                f"task_chunk_size must be None or a positive int; got {task_chunk_size!r}.")
+        self.task_chunk_size = task_chunk_size
         self.inner_lr = float(inner_lr)
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
@@ -283,7 +293,11 @@ class MAML(keras.Model):
             )
         params = functional.get_params(self.model)
         if self.uses_task_batching:
-            out = self._batched_losses(params, episodes, steps, first_order)
+            chunk = self.task_chunk_size or meta_batch
+            parts = [self._batched_losses(params, Episode(*(x[i:i + chunk] for x in episodes)),
+                                          steps, first_order)
+                     for i in range(0, meta_batch, chunk)]
+            out = tuple(tf.concat(p, axis=0) for p in zip(*parts)) if len(parts) > 1 else parts[0]
             return out + (None,) if return_state else out
         state = None
         losses, preds = [], []
@@ -476,6 +490,7 @@ class MAML(keras.Model):
                   if self.task_loss is not None else None),
             task_batching=self.task_batching,
             recompute_inner_steps=self.recompute_inner_steps,
+            task_chunk_size=self.task_chunk_size,
             inner_loss_scale=self.inner_loss_scale,
         )
         return config

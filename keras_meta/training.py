@@ -114,6 +114,7 @@ def build_maml(config, model, loss):
     maml = MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                 task_batching=config.task_batching,
                 recompute_inner_steps=config.recompute_inner_steps or False,
+                task_chunk_size=config.task_chunk_size or None,
                 eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights, loss=loss)
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)

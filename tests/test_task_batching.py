@@ -79,14 +79,17 @@ def maml_pair(base, **kwargs):
             for mode in ("loop", "batched")]
 
 
-@pytest.mark.parametrize("learn_inner_lr,weights", [(None, None), ("per_coordinate", [0.3, 0.7]),
-                                                    ("per_step", None)])
-def test_meta_gradients_equal_the_loop_in_float64(learn_inner_lr, weights):
+@pytest.mark.parametrize("learn_inner_lr,weights,chunk", [(None, None, None),
+                                                          ("per_coordinate", [0.3, 0.7], None),
+                                                          ("per_step", None, None),
+                                                          (None, [0.5, 0.5], 3)])
+def test_meta_gradients_equal_the_loop_in_float64(learn_inner_lr, weights, chunk):
     keras.utils.set_random_seed(0)
     base = conv4(3, (8, 8, 1), filters=4, dtype="float64")
     loop, batched = maml_pair(base, inner_lr=0.3, inner_steps=2, learn_inner_lr=learn_inner_lr,
                               multi_step_loss_weights=weights,
                               loss=keras.losses.SparseCategoricalCrossentropy(**CE64))
+    batched.task_chunk_size = chunk  # 4 tasks in chunks of 3: one full chunk, one partial
     assert batched.uses_task_batching and not loop.uses_task_batching
     episode = image_episode(4)
     loss_a, grads_a, preds_a = loop.meta_gradients(episode)
@@ -188,6 +191,8 @@ def test_unsupported_models_fall_back_to_the_loop_and_batched_says_why():
     assert not km.MAML(mlp(), loss="mse", update_rule=rule).uses_task_batching
     assert km.MAML(mlp(), loss="mse").uses_task_batching
     assert not km.MAML(mlp(), loss="mse", task_batching="loop").uses_task_batching
+    with pytest.raises(ValueError, match="task_chunk_size must be None or a positive int"):
+        km.MAML(mlp(), loss="mse", task_chunk_size=0)
     with pytest.raises(ValueError, match="task_batching must be one of"):
         km.MAML(mlp(), loss="mse", task_batching="vectorized")
 

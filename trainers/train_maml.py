@@ -63,6 +63,8 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("recompute_inner_steps", defaults.recompute_inner_steps,
                          "0: store the inner steps' activations; k: recompute them in the "
                          "backward pass in segments of k steps (less memory).", **fv)
+    flags.DEFINE_integer("task_chunk_size", defaults.task_chunk_size,
+                         "Tasks per batched pass (0: the whole meta-batch); bounds memory.", **fv)
     flags.DEFINE_integer("steps_per_execution", defaults.steps_per_execution,
                          "Outer steps per compiled call (small models run faster).", **fv)
     flags.DEFINE_string("strategy", defaults.strategy,
