@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_meta.layers import MetaBatchNormalization  # noqa: E402
-from keras_meta.maml_loss import maml_loss  # noqa: E402
-from keras_meta.models import conv4  # noqa: E402
+from keras_meta.maml import maml_loss  # noqa: E402
+from keras_meta.backbones import conv4  # noqa: E402
 
 WAYS, SHOTS, QUERIES, INNER_LR, INNER_STEPS = 5, 1, 15, 0.4, 1
 

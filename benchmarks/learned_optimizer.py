@@ -77,7 +77,7 @@ class _FamilySetup:
 
 def _runner(rule_factory, task, num_steps):
     import tensorflow as tf
-    from keras_meta.meta_optimizer import optimizee_trajectory
+    from keras_meta.learned_optimizer import optimizee_trajectory
 
     @tf.function
     def run(seed, lr):
@@ -110,11 +110,12 @@ def _mean_ci(values):
 
 
 def _benchmark_family(setup, model_dir, output_dir, lr_grid):
-    from trainers.train_learned_optimizer import TrainConfig, train
+    from keras_meta.training import LearnedOptimizerTrainConfig, train_learned_optimizer
 
-    config = TrainConfig(task=setup.name, num_meta_iterations=setup.iterations,
-                         meta_lr=setup.meta_lr, log_every=100, checkpoint_every=250)
-    result = train(config, os.path.join(model_dir, setup.name))
+    config = LearnedOptimizerTrainConfig(optimizee=setup.name, num_meta_iterations=setup.iterations,
+                                         meta_lr=setup.meta_lr, log_every=100,
+                                         checkpoint_every=250)
+    result = train_learned_optimizer(config, os.path.join(model_dir, setup.name))
     rule = result["lstm_optimizer"]
     # Wall clock of the whole meta-training, summed over resumed runs.
     clock_path = os.path.join(model_dir, setup.name, "wall_clock.json")
@@ -190,7 +191,7 @@ def define_flags():
 
 def main(argv):
     del argv
-    from keras_meta.tasks import MLPDigitsTask, QuadraticTask
+    from keras_meta.learned_optimizer.optimizees import MLPDigitsOptimizee, QuadraticOptimizee
 
     f = flags.FLAGS
     os.makedirs(f.output_dir, exist_ok=True)
@@ -199,11 +200,11 @@ def main(argv):
         # Tuning uses the meta-training functions themselves: seeds (0, i), 8 quadratics each.
         "quadratic": _FamilySetup(
             "quadratic", f.quadratic_iterations, f.quadratic_meta_lr,
-            QuadraticTask(num_functions=8), QuadraticTask(num_functions=f.num_heldout_quadratics),
+            QuadraticOptimizee(num_functions=8), QuadraticOptimizee(num_functions=f.num_heldout_quadratics),
             tuple((0, i) for i in range(f.num_tune_functions)), ((10_000, 0),)),
         "mlp_digits": _FamilySetup(
             "mlp_digits", f.mlp_iterations, f.mlp_meta_lr,
-            MLPDigitsTask(split="train"), MLPDigitsTask(split="heldout"),
+            MLPDigitsOptimizee(split="train"), MLPDigitsOptimizee(split="heldout"),
             tuple((0, i) for i in range(f.num_tune_functions)),
             tuple((10_000, i) for i in range(f.num_heldout_mlps))),
     }

@@ -154,7 +154,7 @@ def _ours_step(spec):
     import keras
 
     import keras_meta as km
-    from keras_meta.models import conv4, mlp
+    from keras_meta.backbones import conv4, mlp
 
     kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
                   task_batching=spec["impl"], recompute_inner_steps=spec["recompute"],

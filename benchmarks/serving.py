@@ -89,7 +89,7 @@ def main():
           f", CPUs visible: {os.cpu_count()}")
 
     keras.utils.set_random_seed(0)
-    model = km.models.conv4(WAYS, (28, 28, 1), filters=64, batch_norm="transductive")
+    model = km.backbones.conv4(WAYS, (28, 28, 1), filters=64, batch_norm="transductive")
     maml = km.MAML(model, inner_lr=INNER_LR, inner_steps=1, eval_inner_steps=STEPS,
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     rng = np.random.default_rng(0)

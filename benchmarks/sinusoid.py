@@ -26,7 +26,7 @@ PAPER = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 
 
 
 def main(argv):
-    from keras_meta.configs import PRESETS
+    from keras_meta.training.presets import PRESETS
     from keras_meta.training import train
 
     base = PRESETS["sinusoid"].replace(num_iterations=FLAGS.num_iterations,

@@ -2,45 +2,67 @@
 
 Importing keras_meta selects the TensorFlow backend of Keras when none is chosen, and refuses
 any other backend with a clear message.
+
+The subpackages, from the bottom up (a layer imports only layers below it; see the README's
+"Architecture"):
+
+    core          fast-weights calls, the pure inner loop, update rules, task batching
+    data          Episode, episode samplers, image sources, sinusoid, Omniglot
+    layers        batch norm with exact second derivatives
+    backbones     conv4, mlp
+    maml          MetaObjective, the MAML Keras model, maml_loss
+    learned_optimizer   LSTMOptimizer, LearnedOptimizer, truncated BPTT, MetaOptimizerTrainer
+    training      run configs and presets, task families, loops, evaluation, distribute
+    export        SavedModels for TF Serving, the serving client
+    cli           the command-line programs
 """
 
 from keras_meta._backend import ensure_tensorflow_backend as _ensure_tensorflow_backend
 
 _ensure_tensorflow_backend()
 
+# Full module paths, never names from this file: nothing below imports `keras_meta` itself.
+from keras_meta import backbones, core, data, layers, learned_optimizer, maml  # noqa: E402
+from keras_meta.core.functional import functional_call, get_params, get_state  # noqa: E402
+from keras_meta.core.inner_loop import adapt_params  # noqa: E402
+from keras_meta.core.update_rules import SGDRule  # noqa: E402
 from keras_meta.data.episode import Episode  # noqa: E402
-from keras_meta.functional import functional_call, get_params, get_state  # noqa: E402
-from keras_meta.inner_loop import adapt  # noqa: E402
-from keras_meta.learned_optimizer import LearnedOptimizer  # noqa: E402
-from keras_meta.lstm_optimizer import LSTMOptimizer  # noqa: E402
-from keras_meta.maml import MAML  # noqa: E402
-from keras_meta.maml_loss import maml_loss  # noqa: E402
-from keras_meta.meta_optimizer import (  # noqa: E402
+from keras_meta.learned_optimizer import (  # noqa: E402
+    LearnedOptimizer,
+    LSTMOptimizer,
+    MetaOptimizerConfig,
     MetaOptimizerTrainer,
     optimizee_trajectory,
     unrolled_meta_loss,
 )
-from keras_meta.meta_optimizer_config import MetaOptimizerConfig  # noqa: E402
-from keras_meta.update_rules import SGDRule  # noqa: E402
-# Imported for their side effect too: registering MetaBatchNormalization lets a saved backbone
-# deserialize after a plain `import keras_meta`.
-from keras_meta import layers, models, tasks  # noqa: E402, F401
+from keras_meta.maml import MAML, MetaObjective, maml_loss  # noqa: E402
 
-__version__ = "0.1.0"
+# `keras_meta.models` was the backbones' first name; notebooks and saved code use it.
+models = backbones
+
+__version__ = "0.2.0"
 
 __all__ = [
     "Episode",
     "LSTMOptimizer",
     "LearnedOptimizer",
     "MAML",
+    "MetaObjective",
     "MetaOptimizerConfig",
     "MetaOptimizerTrainer",
     "SGDRule",
-    "adapt",
+    "adapt_params",
+    "backbones",
+    "core",
+    "data",
     "functional_call",
     "get_params",
     "get_state",
+    "layers",
+    "learned_optimizer",
+    "maml",
     "maml_loss",
+    "models",
     "optimizee_trajectory",
     "unrolled_meta_loss",
 ]

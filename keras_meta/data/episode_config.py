@@ -2,6 +2,8 @@
 
 import dataclasses
 
+from keras_meta._checks import check_int
+
 
 @dataclasses.dataclass(frozen=True)
 class EpisodeConfig:
@@ -17,7 +19,7 @@ class EpisodeConfig:
 
     Example:
 
-    >>> EpisodeConfig(num_ways=5, num_shots=1, num_queries=15, meta_batch_size=32).shots_per_class
+    >>> EpisodeConfig(num_ways=5, num_shots=1, num_queries=15, meta_batch_size=32).examples_per_class
     16
     """
 
@@ -29,14 +31,10 @@ class EpisodeConfig:
 
     def __post_init__(self):
         for name in ("num_ways", "num_shots", "num_queries", "meta_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"EpisodeConfig.{name} must be a positive int; got {value!r}.")
+            check_int(f"EpisodeConfig.{name}", getattr(self, name))
+        check_int("EpisodeConfig.num_episodes", self.num_episodes, allow_none=True)
         if self.num_episodes is not None:
             n = self.num_episodes
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError("EpisodeConfig.num_episodes must be a positive int or None; "
-                                 f"got {n!r}.")
             if n % self.meta_batch_size:
                 raise ValueError(
                     f"EpisodeConfig.num_episodes={n} is not a multiple of meta_batch_size="
@@ -45,7 +43,7 @@ class EpisodeConfig:
                     f"divides {n}.")
 
     @property
-    def shots_per_class(self):
+    def examples_per_class(self):
         """Images drawn per class: support plus query."""
         return self.num_shots + self.num_queries
 

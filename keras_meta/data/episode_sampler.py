@@ -42,10 +42,10 @@ class EpisodeSampler:
         if config.num_ways > source.num_classes:
             raise ValueError(f"{source.name}: {config.num_ways}-way episodes need at least "
                              f"{config.num_ways} classes; the split has {source.num_classes}.")
-        if config.shots_per_class > source.min_count:
+        if config.examples_per_class > source.min_count:
             raise ValueError(
                 f"{source.name}: {config.num_shots} shots + {config.num_queries} queries = "
-                f"{config.shots_per_class} distinct images per class are needed, but some "
+                f"{config.examples_per_class} distinct images per class are needed, but some "
                 f"class has only {source.min_count}.")
         self.source = source
         self.config = config

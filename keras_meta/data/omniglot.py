@@ -30,7 +30,9 @@ from keras_meta.data.meta_splits import MetaSplits
 TFDS_NAME = "omniglot"
 TFDS_VERSION = "3.0.0"
 CHECKSUMS_FILENAME = "tfds_checksums.tsv"
-SOURCE_DIR_ENV = "KERAS_META_OMNIGLOT_SOURCE_DIR"
+# Where a local copy of the Omniglot zips lives, for offline preparation. The library never
+# guesses a folder: this variable, a flag or an argument says where it is.
+SOURCE_DIR_ENV = "KERAS_META_OMNIGLOT_DIR"
 DATA_DIR_ENV = "KERAS_META_DATA_DIR"
 
 NUM_BACKGROUND_CLASSES = 964
@@ -43,18 +45,21 @@ _CACHE_FORMAT = 1
 
 
 def default_omniglot_source_dir():
-    """Where a local copy of the Omniglot zips lives, or `None` when there is none.
+    """`$KERAS_META_OMNIGLOT_DIR` as a `Path`, or `None` when it is unset (then TFDS downloads).
 
-    `$KERAS_META_OMNIGLOT_SOURCE_DIR` when it names an existing directory, else
-    ``<repo>/../shared/data/omniglot`` when that exists, else `None` (then TFDS downloads).
+    Raises:
+        FileNotFoundError: the variable is set but names no directory (a typo must not turn
+            into a silent download attempt).
     """
     env = os.environ.get(SOURCE_DIR_ENV)
-    if env and Path(env).is_dir():
-        return Path(env)
-    import keras_meta  # Local import: the package imports this module's siblings.
-
-    beside_repo = Path(keras_meta.__file__).resolve().parents[1].parent / "shared/data/omniglot"
-    return beside_repo if beside_repo.is_dir() else None
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"${SOURCE_DIR_ENV}={env!r} is not a directory; expected a folder with the Omniglot "
+            f"zips and {CHECKSUMS_FILENAME}.")
+    return path
 
 
 def default_data_dir():

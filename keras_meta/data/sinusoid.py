@@ -11,6 +11,7 @@ import math
 import tensorflow as tf
 
 from keras_meta.data.episode import Episode
+from keras_meta._checks import check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +75,10 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
     TensorShape([25, 10, 1])
     """
     num_queries = num_shots if num_queries is None else num_queries
-    for name, value in (("num_shots", num_shots), ("num_queries", num_queries)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    if meta_batch_size is not None and (not isinstance(meta_batch_size, int)
-                                        or meta_batch_size < 1):
-        raise ValueError(f"meta_batch_size must be a positive int or None; got {meta_batch_size!r}.")
-    if not isinstance(start_index, int) or start_index < 0:
-        raise ValueError(f"start_index must be an int >= 0; got {start_index!r}.")
+    check_int("num_shots", num_shots)
+    check_int("num_queries", num_queries)
+    check_int("meta_batch_size", meta_batch_size, allow_none=True)
+    check_int("start_index", start_index, minimum=0)
     stop = start_index + num_episodes if num_episodes is not None else 2**62
     indices = tf.data.Dataset.range(start_index, stop, name="episode_index")
 

@@ -1,10 +1,25 @@
-"""SavedModel export for TF Serving: few-shot (inner loop in the graph) and adapted models."""
+"""SavedModel export for TF Serving, and the client side.
 
-from keras_meta.export.exporter import export_adapted, export_few_shot, read_serving_config
+* `few_shot`: `export_few_shot`, the inner loop inside the graph (one request = one task).
+* `adapted`: `export_adapted`, one task's adapted network, batchable.
+* `from_run`: `export_from_model_dir`, a training run's directory exported from its config.
+* `signatures`, `validation`: what a signature accepts; requests checked in the graph.
+* `archive`, `layout`, `warmup`: writing versions in TF Serving's layout, warmup records.
+* `freeze`: batch norm frozen for batchable serving.
+* `serving_config`: `ServingConfig`, saved beside every export.
+* `client`, `local`: REST/gRPC requests, and answers from a SavedModel on disk.
+"""
+
+from keras_meta.export.adapted import export_adapted
+from keras_meta.export.client import ServingError, predict_request, request
+from keras_meta.export.few_shot import export_few_shot
 from keras_meta.export.freeze import freeze_batch_norm
+from keras_meta.export.from_run import export_from_model_dir, restore_maml
 from keras_meta.export.layout import next_version, write_models_config
 from keras_meta.export.local import predict_local
-from keras_meta.export.serving_config import ServingConfig
+from keras_meta.export.serving_config import ServingConfig, read_serving_config
 
-__all__ = ["ServingConfig", "export_adapted", "export_few_shot", "freeze_batch_norm",
-           "next_version", "predict_local", "read_serving_config", "write_models_config"]
+__all__ = ["ServingConfig", "ServingError", "export_adapted", "export_few_shot",
+           "export_from_model_dir", "freeze_batch_norm", "next_version", "predict_local",
+           "predict_request", "read_serving_config", "request", "restore_maml",
+           "write_models_config"]

@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_meta.layers.frozen_batch_normalization import FrozenBatchNormalization
-from keras_meta.layers.meta_batch_normalization import MetaBatchNormalization
+from keras_meta.layers import FrozenBatchNormalization, MetaBatchNormalization
+from keras_meta.layers.batch_norm_ops import moments
 
 
 def batch_norm_layers(model):
@@ -56,9 +56,8 @@ def support_statistics(model, support_x):
     for layer, x in zip(layers, features):
         x = tf.cast(x, tf.float32)
         axes = [i for i in range(x.shape.rank) if i != layer._axis]
-        mean = tf.reduce_mean(x, axis=axes, keepdims=True)
-        variance = tf.reduce_mean(tf.square(x - mean), axis=axes)
-        stats[layer.name] = (tf.reshape(mean, [-1]).numpy(), variance.numpy())
+        mean, variance, _ = moments(x, axes)
+        stats[layer.name] = (tf.reshape(mean, [-1]).numpy(), tf.reshape(variance, [-1]).numpy())
     return stats
 
 

@@ -11,11 +11,9 @@ import re
 import shutil
 import uuid
 
-import numpy as np
-import tensorflow as tf
+from keras_meta._checks import is_int
 
 MODELS_CONFIG = "models.config"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 def versions(model_base):
@@ -44,7 +42,7 @@ def resolve_version(model_base, version):
     """`version` checked (a positive int not yet used), or the next free one when `None`."""
     if version is None:
         return next_version(model_base)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not is_int(version) or version < 1:
         raise ValueError(f"version must be a positive int (TF Serving versions are integers); "
                          f"got {version!r}.")
     if os.path.exists(os.path.join(model_base, str(version))):
@@ -92,47 +90,3 @@ def write_models_config(base_dir, model_name):
     with open(path, "w") as f:
         f.write(text_format.MessageToString(config))
     return path
-
-
-def predict_request(model_name, signature_name, inputs):
-    """A `tensorflow_serving.apis.predict_pb2.PredictRequest` for numpy `inputs`."""
-    from tensorflow_serving.apis import predict_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = signature_name
-    for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
-    return request
-
-
-def write_warmup(export_dir, model_name, requests):
-    """Writes `(signature_name, inputs)` pairs as TF Serving warmup records; returns the path.
-
-    TF Serving replays `assets.extra/tf_serving_warmup_requests` (a TFRecord of
-    `PredictionLog`s) when it loads the version, so the first real request does not pay for
-    graph initialisation.
-    """
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    path = os.path.join(export_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with tf.io.TFRecordWriter(path) as writer:
-        for signature_name, inputs in requests:
-            log = prediction_log_pb2.PredictionLog(
-                predict_log=prediction_log_pb2.PredictLog(
-                    request=predict_request(model_name, signature_name, inputs)))
-            writer.write(log.SerializeToString())
-    return path
-
-
-def read_warmup(path):
-    """The `PredictionLog` records of a warmup file."""
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    logs = []
-    for record in tf.data.TFRecordDataset(path):
-        log = prediction_log_pb2.PredictionLog()
-        log.ParseFromString(record.numpy())
-        logs.append(log)
-    return logs

@@ -2,11 +2,14 @@
 
 import dataclasses
 import json
+import os
 from typing import Optional
 
+from keras_meta._checks import check_int, check_one_of
+from keras_meta.layers import BATCH_NORM_MODES
+
 KINDS = ("few_shot", "adapted")
-TASK_TYPES = ("classification", "regression")
-BATCH_NORM_MODES = ("transductive", "per_step", "none")
+PROBLEMS = ("classification", "regression")
 CONFIG_ASSET = "keras_meta_serving_config.json"
 
 # How batch norm normalizes in each export, written into the config for whoever serves it.
@@ -32,7 +35,7 @@ class ServingConfig:
 
     Args:
         kind: `"few_shot"` (adaptation inside the graph) or `"adapted"` (fixed weights).
-        task_type: `"classification"` (images in, class probabilities out) or `"regression"`
+        problem: `"classification"` (images in, class probabilities out) or `"regression"`
             (feature vectors in, `predictions` out).
         num_ways: classes per task (classification), fixed by the model's output layer.
         num_shots: support examples per class if fixed at export, `None` when any count
@@ -48,18 +51,18 @@ class ServingConfig:
         signatures: signature name -> `{"inputs": {name: dtype}, "outputs": {name: dtype}}`.
         jit_compile: whether an XLA-compiled signature (`serving_xla`) was exported.
         support_set_size: examples the adapted model was adapted on (adapted kind only).
-        task: the training task name, when exported from a run directory.
+        task_family: the run's task family, when exported from a run's config.
 
     Example:
 
-    >>> config = ServingConfig(kind="few_shot", task_type="classification", num_ways=5,
+    >>> config = ServingConfig(kind="few_shot", problem="classification", num_ways=5,
     ...                        inner_steps=3, inner_lr=0.4, batch_norm="transductive")
     >>> ServingConfig.from_config(config.get_config()) == config
     True
     """
 
     kind: str
-    task_type: str
+    problem: str
     num_ways: Optional[int] = None
     num_shots: Optional[int] = None
     inner_steps: int = 1
@@ -72,30 +75,22 @@ class ServingConfig:
     signatures: dict = dataclasses.field(default_factory=dict)
     jit_compile: bool = False
     support_set_size: Optional[int] = None
-    task: Optional[str] = None
+    task_family: Optional[str] = None
 
     def __post_init__(self):
         for name in ("client_input_shape", "model_input_shape"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, tuple(int(d) for d in value))
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}; got {self.kind!r}.")
-        if self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {TASK_TYPES}; got {self.task_type!r}.")
-        if self.batch_norm not in BATCH_NORM_MODES:
-            raise ValueError(
-                f"batch_norm must be one of {BATCH_NORM_MODES}; got {self.batch_norm!r}.")
-        if self.task_type == "classification" and (
+        check_one_of("kind", self.kind, KINDS)
+        check_one_of("problem", self.problem, PROBLEMS)
+        check_one_of("batch_norm", self.batch_norm, BATCH_NORM_MODES)
+        if self.problem == "classification" and (
                 not isinstance(self.num_ways, int) or self.num_ways < 2):
             raise ValueError(
                 f"A classification export needs num_ways >= 2; got {self.num_ways!r}.")
-        if self.num_shots is not None and (not isinstance(self.num_shots, int)
-                                           or self.num_shots < 1):
-            raise ValueError(f"num_shots must be None (dynamic) or an int >= 1; "
-                             f"got {self.num_shots!r}.")
-        if not isinstance(self.inner_steps, int) or self.inner_steps < 0:
-            raise ValueError(f"inner_steps must be an int >= 0; got {self.inner_steps!r}.")
+        check_int("num_shots", self.num_shots, allow_none=True)
+        check_int("inner_steps", self.inner_steps, minimum=0)
 
     @property
     def serving_batch_norm(self):
@@ -126,3 +121,9 @@ class ServingConfig:
     @classmethod
     def from_json(cls, text):
         return cls.from_config(json.loads(text))
+
+
+def read_serving_config(saved_model_dir):
+    """The `ServingConfig` saved with an export."""
+    with open(os.path.join(saved_model_dir, "assets.extra", CONFIG_ASSET)) as f:
+        return ServingConfig.from_config(json.load(f))

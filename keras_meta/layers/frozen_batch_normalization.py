@@ -2,7 +2,8 @@
 
 import keras
 
-from keras_meta.layers.meta_batch_normalization import broadcast_to_axis
+from keras_meta._checks import is_int
+from keras_meta.layers.batch_norm_ops import broadcast_to_axis
 
 
 @keras.saving.register_keras_serializable(package="keras_meta")
@@ -35,7 +36,7 @@ class FrozenBatchNormalization(keras.layers.Layer):
 
     def __init__(self, axis=-1, epsilon=1e-3, **kwargs):
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
+        if not is_int(axis):
             raise ValueError(f"axis must be a single int; got {axis!r}.")
         if not float(epsilon) > 0.0:
             raise ValueError(f"epsilon must be > 0; got {epsilon!r}.")

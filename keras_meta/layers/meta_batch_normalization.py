@@ -2,38 +2,13 @@
 
 import keras
 
-from keras_meta.step_context import current_inner_step
+from keras_meta._checks import is_int
+from keras_meta.core.step_context import current_inner_step
+from keras_meta.layers.batch_norm_ops import BATCH_NORM_MODES, broadcast_to_axis, moments
 
-_MODES = ("transductive", "per_step")
+# The layer's own modes; "none" (no layer at all) completes BATCH_NORM_MODES for backbones.
+_MODES = tuple(mode for mode in BATCH_NORM_MODES if mode != "none")
 
-
-def _moments(x, axes):
-    """Mean and (biased) variance built only from differentiable ops.
-
-    `tf.nn.moments` (behind `keras.ops.moments`) centres with `stop_gradient(mean)`. The first
-    derivative is unaffected because the deviations sum to zero, but the dependence of the
-    variance on the mean vanishes from the Hessian, so MAML's meta-gradient through it is wrong.
-    The deviations are returned so that the normalization can reuse them instead of subtracting
-    the mean from the (large) activation tensor a second time.
-    """
-    mean = keras.ops.mean(x, axis=axes, keepdims=True)
-    centred = x - mean
-    variance = keras.ops.mean(keras.ops.square(centred), axis=axes, keepdims=True)
-    return mean, variance, centred
-
-
-
-def broadcast_to_axis(vector, axis, rank, dtype):
-    """Casts a per-feature `vector` and shapes it to broadcast along `axis` of a rank-`rank` input.
-
-    Channels-last inputs broadcast the vector as is; other axes need singleton dimensions.
-    """
-    vector = keras.ops.cast(vector, dtype)
-    if axis == rank - 1:
-        return vector
-    shape = [1] * rank
-    shape[axis] = -1
-    return keras.ops.reshape(vector, shape)
 
 @keras.saving.register_keras_serializable(package="keras_meta")
 class MetaBatchNormalization(keras.layers.Layer):
@@ -51,7 +26,7 @@ class MetaBatchNormalization(keras.layers.Layer):
       the rest of the batch (the task's query set).
     * `"per_step"` (MAML++, Antoniou et al. 2019): `num_steps + 1` slots of gamma/beta and of
       running mean/variance. The slot is the inner step being traced
-      (`keras_meta.step_context.current_inner_step()`); outside any inner step (`None`, e.g. the
+      (`keras_meta.core.current_inner_step()`); outside any inner step (`None`, e.g. the
       query pass or serving) or past the last step, the last slot is used. With
       `training=True` the batch statistics normalize and the slot's running statistics receive
       a momentum update; with `training=False` the slot's running statistics normalize, so each
@@ -60,7 +35,7 @@ class MetaBatchNormalization(keras.layers.Layer):
     Running statistics (per-step mode only) are updated only when the layer is called with
     `training=True`: `model(x, training=True)` assigns them; inside `stateless_call` /
     `keras_meta.functional_call(..., return_state=True)` the updated values come back as the new
-    non-trainable state and nothing is assigned. `adapt` and `maml_loss` discard that state, so a
+    non-trainable state and nothing is assigned. `adapt_params` and `maml_loss` discard that state, so a
     caller that wants serving statistics must either run `model(x, training=True)` on data
     (from the slot's scope) or assign the returned state (`functional.assign_params`).
 
@@ -80,7 +55,7 @@ class MetaBatchNormalization(keras.layers.Layer):
 
     Example:
 
-    >>> from keras_meta.step_context import inner_step
+    >>> from keras_meta.core import inner_step
     >>> bn = MetaBatchNormalization(mode="per_step", num_steps=1)
     >>> x = keras.random.normal((8, 4, 4, 3))
     >>> with inner_step(0):
@@ -112,7 +87,7 @@ class MetaBatchNormalization(keras.layers.Layer):
                 "normalization, leave the layer out.)"
             )
         if mode == "per_step":
-            if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 0:
+            if not is_int(num_steps) or num_steps < 0:
                 raise ValueError(
                     "MetaBatchNormalization(mode='per_step') needs num_steps, the number of "
                     f"inner steps, as a Python int >= 0; got {num_steps!r}."
@@ -122,7 +97,7 @@ class MetaBatchNormalization(keras.layers.Layer):
                 f"num_steps applies only to mode='per_step'; got num_steps={num_steps!r} with "
                 f"mode={mode!r}."
             )
-        if not isinstance(axis, int) or isinstance(axis, bool):
+        if not is_int(axis):
             raise ValueError(f"axis must be a single int; got {axis!r}.")
         if not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1]; got {momentum!r}.")
@@ -211,7 +186,7 @@ class MetaBatchNormalization(keras.layers.Layer):
         slot = self.current_slot()
         use_batch = self.mode == "transductive" or bool(training)
         if use_batch:
-            mean, variance, centred = _moments(x, self._reduction_axes)
+            mean, variance, centred = moments(x, self._reduction_axes)
             if self.mode == "per_step":
                 self._update_running(slot, mean, variance)
         else:

@@ -67,7 +67,7 @@ def test_other_bad_sources_are_refused():
 @pytest.mark.parametrize("field", ["num_ways", "num_shots", "num_queries", "meta_batch_size"])
 @pytest.mark.parametrize("value", [0, -1, 2.0])
 def test_non_positive_config_is_refused(field, value):
-    with pytest.raises(ValueError, match=f"EpisodeConfig.{field} must be a positive int; "
+    with pytest.raises(ValueError, match=f"EpisodeConfig.{field} must be an int >= 1; "
                                          f"got {value!r}"):
         EpisodeConfig(**{field: value})
 

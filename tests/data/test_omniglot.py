@@ -35,9 +35,14 @@ def test_default_dirs_follow_environment(monkeypatch, tmp_path):
     assert omniglot.default_data_dir().name == "tensorflow_datasets"
 
 
-def test_default_source_dir_is_beside_the_repo(monkeypatch, omniglot_source_dir):
+def test_the_library_never_guesses_a_source_dir(monkeypatch, tmp_path):
+    # Unset: no local copy (TFDS downloads), even though one lies beside this checkout.
     monkeypatch.delenv(omniglot.SOURCE_DIR_ENV, raising=False)
-    assert omniglot.default_omniglot_source_dir() == omniglot_source_dir
+    assert omniglot.default_omniglot_source_dir() is None
+    # Set to a folder that is not there: refused, naming the variable, not a silent download.
+    monkeypatch.setenv(omniglot.SOURCE_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="KERAS_META_OMNIGLOT_DIR=.*is not a directory"):
+        omniglot.default_omniglot_source_dir()
 
 
 def test_corrupted_zip_is_refused(omniglot_source_dir, tmp_path):

@@ -25,7 +25,7 @@ def make_maml(batch_norm, seed=3):
     # Seed 3: without batch norm, some tiny initialisations output ~0 logits for every input,
     # which would hide whether adaptation ran.
     keras.utils.set_random_seed(seed)
-    base = km.models.conv4(WAYS, input_shape=(8, 8, 1), filters=4, batch_norm=batch_norm,
+    base = km.backbones.conv4(WAYS, input_shape=(8, 8, 1), filters=4, batch_norm=batch_norm,
                            num_inner_steps=STEPS)
     if batch_norm == "per_step":
         # Non-trivial running statistics, different per slot, so that using the wrong slot or

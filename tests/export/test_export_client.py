@@ -15,7 +15,8 @@ import pytest
 import tensorflow as tf
 
 from export_helpers import make_task
-from export import serving_client
+from keras_meta.cli import serving_client as serving_client_cli
+from keras_meta.export import client as serving_client
 from keras_meta.export import predict_local
 
 
@@ -53,7 +54,7 @@ def test_rest_response_parser():
 
 def test_grpc_request_fields():
     support = np.arange(2 * 3 * 3 * 1, dtype=np.uint8).reshape(2, 3, 3, 1)
-    request = serving_client.grpc_request(
+    request = serving_client.predict_request(
         "omni", {"support_images": support, "support_labels": np.array([1, 0], np.int32)},
         "serving_default", version=4)
     assert request.model_spec.name == "omni"
@@ -160,14 +161,14 @@ def test_command_line_answers_locally(exports, tmp_path, capsys):
     request = tmp_path / "request.npz"
     np.savez(request, support_images=support, support_labels=labels, query_images=query)
     flag_values = flags.FlagValues()
-    serving_client.define_flags(flag_values)
+    serving_client_cli.define_flags(flag_values)
     flag_values(["client", f"--saved_model_dir={path}", f"--npz={request}"])
-    original = serving_client.FLAGS
-    serving_client.FLAGS = flag_values
+    original = serving_client_cli.FLAGS
+    serving_client_cli.FLAGS = flag_values
     try:
-        serving_client.main(["client"])
+        serving_client_cli.main(["client"])
     finally:
-        serving_client.FLAGS = original
+        serving_client_cli.FLAGS = original
     printed = json.loads(capsys.readouterr().out)
     np.testing.assert_allclose(printed["probabilities"],
                                predict_local(path, support, labels, query)["probabilities"],

@@ -124,7 +124,7 @@ def test_learned_inner_rates_travel_with_the_export(tmp_path):
     from keras_meta.export import export_few_shot
 
     keras.utils.set_random_seed(3)
-    base = km.models.conv4(WAYS, input_shape=(8, 8, 1), filters=4, batch_norm="none")
+    base = km.backbones.conv4(WAYS, input_shape=(8, 8, 1), filters=4, batch_norm="none")
     maml = km.MAML(base, inner_lr=0.5, inner_steps=2, learn_inner_lr="per_step",
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     # Rates unlike the initial value, so a model exported without them would answer otherwise.

@@ -14,7 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from export_helpers import CLIENT, PREP, WAYS, make_maml
 from keras_meta.export import ServingConfig, export_few_shot, next_version, read_serving_config
-from keras_meta.export.layout import WARMUP_FILE, read_warmup
+from keras_meta.export.warmup import WARMUP_FILE, read_warmup
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
@@ -64,7 +64,7 @@ def test_config_asset_describes_the_export(exports):
     assert config.signatures["serving_float"]["outputs"] == {
         "logits": "float32", "probabilities": "float32", "classes": "int64"}
     with pytest.raises(ValueError, match="kind must be one of"):
-        ServingConfig(kind="other", task_type="classification", num_ways=3)
+        ServingConfig(kind="other", problem="classification", num_ways=3)
 
 
 @pytest.mark.parametrize("kind", ["few_shot", "adapted"])

@@ -11,9 +11,10 @@ import pytest
 import tensorflow as tf
 
 import keras_meta as km
-from export import export_saved_model
+from keras_meta.export import from_run as export_saved_model
 from keras_meta import training
-from keras_meta.configs import MAMLTrainConfig
+from keras_meta.training import loop, task_families
+from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.export import predict_local, read_serving_config
 
@@ -43,7 +44,7 @@ def test_script_exports_a_trained_sinusoid_run(sinusoid_run, tmp_path):
     path = os.path.join(base, "sinusoid_few_shot", "1")
     assert f"Exported few_shot model to {path}" in result.stdout
     config = read_serving_config(path)
-    assert (config.task_type, config.inner_steps, config.task) == ("regression", 2, "sinusoid")
+    assert (config.problem, config.inner_steps, config.task_family) == ("regression", 2, "sinusoid")
     with open(os.path.join(path, "assets.extra", "train_config.json")) as f:
         assert json.load(f)["num_iterations"] == 2
 
@@ -71,49 +72,63 @@ def test_script_exports_a_trained_sinusoid_run(sinusoid_run, tmp_path):
     np.testing.assert_allclose(out["predictions"], adapted(qx).numpy(), atol=1e-5)
 
 
-def _tiny_omniglot_builder(config):
-    model = km.models.conv4(config.num_ways, (config.image_size, config.image_size, 1),
-                            filters=4, batch_norm=config.batch_norm,
-                            num_inner_steps=config.inner_steps)
-    return training.TaskSpec(model, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                             True, None, None, None)
-
-
-def test_exports_an_image_run_with_the_runs_preprocessing(tmp_path, monkeypatch):
-    # The Omniglot data pipeline is not needed to export: a trainer-like model_dir with a tiny
-    # conv4 stands in for a trained run.
-    monkeypatch.setitem(training.TASK_BUILDERS, "omniglot", _tiny_omniglot_builder)
-    config = MAMLTrainConfig(task="omniglot", num_ways=3, image_size=8, inner_lr=0.4,
-                             inner_steps=1, eval_inner_steps=(2,), batch_norm="transductive")
+def test_exports_an_image_run_from_its_config_alone(tmp_path, monkeypatch):
+    # Exporting rebuilds the model from config.json and takes the serving preprocessing from
+    # it: no Omniglot data exists anywhere this test can see, and none is needed.
+    monkeypatch.setenv("KERAS_META_OMNIGLOT_DIR", str(tmp_path / "no_such_folder"))
+    prep = ImagePreprocessing((8, 8), 1, invert=True)
+    config = MAMLTrainConfig(task_family="omniglot", num_ways=3, image_size=8, inner_lr=0.4,
+                             inner_steps=1, eval_inner_steps=(2,), batch_norm="transductive",
+                             data_dir=str(tmp_path / "no_tfds"),
+                             image_preprocessing=prep.get_config(),
+                             client_image_shape=(105, 105, 3))
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
-    with open(os.path.join(model_dir, training.CONFIG_FILE), "w") as f:
+    with open(os.path.join(model_dir, loop.CONFIG_FILE), "w") as f:
         f.write(config.to_json())
     with pytest.raises(FileNotFoundError, match="No checkpoint in"):
         export_saved_model.export_from_model_dir(model_dir, base_dir=str(tmp_path))
     keras.utils.set_random_seed(5)
-    task = _tiny_omniglot_builder(config)
-    maml = training.build_maml(config, task.model, task.loss)
+    maml = task_families.build_maml(config, *task_families.build_model(config))
     step = tf.Variable(3, dtype=tf.int64)
     tf.train.Checkpoint(model=maml, optimizer=maml.optimizer, step=step).save(
         os.path.join(model_dir, "checkpoints", "ckpt"))
 
     path = export_saved_model.export_from_model_dir(model_dir, base_dir=str(tmp_path / "srv"),
                                                     model_name="omni")
+    assert not os.path.exists(tmp_path / "no_tfds")
     served = read_serving_config(path)
     assert served.client_input_shape == (105, 105, 3)
-    assert served.preprocessing["invert"] is True and served.preprocessing["channels"] == 1
+    assert served.preprocessing == prep.get_config() | {"image_size": [8, 8]}
     rng = np.random.default_rng(0)
     labels = np.array([0, 1, 2], np.int32)
     support = rng.integers(0, 256, (3, 105, 105, 3), dtype=np.uint8)
     query = rng.integers(0, 256, (4, 105, 105, 3), dtype=np.uint8)
-    prep = ImagePreprocessing((8, 8), 1, invert=True)
     expected = maml.adapt_and_predict(prep(support), labels, prep(query), steps=2).numpy()
     out = predict_local(path, support, labels, query)
     # Graph and eager round differently in float32 (area resize of 105x105 noise, then two
     # inner steps at lr 0.4 on one shot); the gap stays ~1e-4 on logits of order 1.
     np.testing.assert_allclose(out["logits"], expected, atol=2e-3, rtol=2e-3)
     np.testing.assert_array_equal(out["classes"], expected.argmax(-1))
+
+
+def test_a_run_config_with_another_preprocessing_is_exported_with_it(tmp_path):
+    # The preprocessing saved with the run wins over the task family's default (here: no
+    # inversion), so the served model sees images exactly as that run's training did.
+    prep = ImagePreprocessing((8, 8), 1, invert=False)
+    config = MAMLTrainConfig(task_family="omniglot", num_ways=2, image_size=8, inner_steps=1,
+                             eval_inner_steps=(1,), image_preprocessing=prep.get_config(),
+                             client_image_shape=(16, 16, 1))
+    model_dir = str(tmp_path / "run")
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, loop.CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+    maml = task_families.build_maml(config, *task_families.build_model(config))
+    tf.train.Checkpoint(model=maml).save(os.path.join(model_dir, "checkpoints", "ckpt"))
+    path = export_saved_model.export_from_model_dir(model_dir, base_dir=str(tmp_path / "srv"))
+    served = read_serving_config(path)
+    assert served.preprocessing["invert"] is False
+    assert served.client_input_shape == (16, 16, 1)
 
 
 def test_script_rejects_bad_flags(tmp_path):

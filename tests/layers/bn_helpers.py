@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_meta.layers import MetaBatchNormalization  # noqa: E402
-from keras_meta.maml_loss import maml_loss  # noqa: E402
+from keras_meta.maml import maml_loss  # noqa: E402
 
 # Keras loss objects compute in floatx (float32) unless told otherwise, which would swamp the
 # finite differences with rounding error.

@@ -6,10 +6,11 @@ import pytest
 import tensorflow as tf
 
 from bn_helpers import LOSS, task, tiny_net
-from keras_meta import functional
-from keras_meta.inner_loop import adapt, scalar_loss
+from keras_meta.core import functional
+from keras_meta.core.inner_loop import adapt_params
+from keras_meta.core.losses import scalar_loss
 from keras_meta.layers import MetaBatchNormalization
-from keras_meta.step_context import inner_step
+from keras_meta.core.step_context import inner_step
 
 
 def _x(shape=(6, 4, 4, 3), seed=0):
@@ -117,7 +118,7 @@ def test_per_step_gradients_reach_the_step_and_query_slots():
              if v.path.startswith("bn/")}
     with tf.GradientTape() as tape:
         params = functional.get_params(model)
-        adapted = adapt(model, params, sx, sy, loss_fn=LOSS, inner_lr=0.5, inner_steps=1)
+        adapted = adapt_params(model, params, sx, sy, loss_fn=LOSS, inner_lr=0.5, inner_steps=1)
         with inner_step(1):
             loss = scalar_loss(LOSS, qy, functional.functional_call(model, adapted, qx,
                                                                     training=True))

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from bn_helpers import directional_errors, meta_gradient, meta_loss, task, tiny_net
-from keras_meta.models import conv4
+from keras_meta.backbones import conv4
 
 EXACT = 1e-6
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_meta.lstm_optimizer import LSTMOptimizer
+from keras_meta.learned_optimizer import LSTMOptimizer
 
 
 def descent_rule(step_size=0.01):

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from lopt_helpers import descent_rule, regression_data, small_regression_model
 from keras_meta.learned_optimizer import LearnedOptimizer
-from keras_meta.lstm_optimizer import LSTMOptimizer
+from keras_meta.learned_optimizer import LSTMOptimizer
 
 
 def _compiled_model():

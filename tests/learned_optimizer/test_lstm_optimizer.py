@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_meta.lstm_optimizer import LSTMOptimizer
+from keras_meta.learned_optimizer import LSTMOptimizer
 
 
 def _params(dtype="float32"):
@@ -107,8 +107,8 @@ def test_float64_layer_keeps_float64():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"hidden_size": 0}, "hidden_size must be a positive int; got 0"),
-    ({"num_layers": 1.5}, "num_layers must be a positive int; got 1.5"),
+    ({"hidden_size": 0}, "hidden_size must be an int >= 1; got 0"),
+    ({"num_layers": 1.5}, "num_layers must be an int >= 1; got 1.5"),
     ({"preprocessing": "log"}, r"preprocessing must be one of \('log_sign', 'none'\); got 'log'"),
     ({"output_scale": float("nan")}, "output_scale must be a finite number; got nan"),
 ])

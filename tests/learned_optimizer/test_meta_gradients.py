@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_meta.lstm_optimizer import LSTMOptimizer
-from keras_meta.meta_optimizer import unrolled_meta_loss
-from keras_meta.tasks import QuadraticTask
+from keras_meta.learned_optimizer import LSTMOptimizer
+from keras_meta.learned_optimizer import unrolled_meta_loss
+from keras_meta.learned_optimizer.optimizees import QuadraticOptimizee
 
 SEED = tf.constant([3, 7])
 
@@ -20,18 +20,18 @@ def _rule(preprocessing="log_sign"):
 
 
 def _task():
-    return QuadraticTask(dim=3, num_functions=2, dtype="float64")
+    return QuadraticOptimizee(dim=3, num_functions=2, dtype="float64")
 
 
-def _meta_loss(rule, task, steps=3, second_order=True):
+def _meta_loss(rule, task, steps=3, first_order=False):
     params = task.init_params(SEED)
     return unrolled_meta_loss(rule, task, params, rule.init_state(params), SEED, 0,
-                              [1.0] * steps, second_order=second_order)[0]
+                              [1.0] * steps, first_order=first_order)[0]
 
 
-def _meta_grad(rule, task, second_order):
+def _meta_grad(rule, task, first_order):
     with tf.GradientTape() as tape:
-        loss = _meta_loss(rule, task, second_order=second_order)
+        loss = _meta_loss(rule, task, first_order=first_order)
     return tape.gradient(loss, rule.trainable_variables)
 
 
@@ -69,7 +69,7 @@ def _pick(grads, coordinates):
 def test_exact_meta_gradient_matches_finite_differences(preprocessing):
     rule, task = _rule(preprocessing), _task()
     coordinates = _coordinates(rule)
-    analytic = _pick(_meta_grad(rule, task, second_order=True), coordinates)
+    analytic = _pick(_meta_grad(rule, task, first_order=False), coordinates)
     numeric = _central_differences(lambda: _meta_loss(rule, task), rule, coordinates)
     assert np.max(np.abs(numeric)) > 1e-3  # the check is not vacuous
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7 * np.max(np.abs(numeric)))
@@ -78,7 +78,7 @@ def test_exact_meta_gradient_matches_finite_differences(preprocessing):
 def test_first_order_mode_holds_the_optimizee_gradients_constant():
     rule, task = _rule("none"), _task()
     coordinates = _coordinates(rule)
-    first_order = _pick(_meta_grad(rule, task, second_order=False), coordinates)
+    first_order = _pick(_meta_grad(rule, task, first_order=True), coordinates)
 
     # The same unroll written with the gradients recorded at the current phi and fed back
     # as constants: its exact gradient is what the paper's approximation computes.

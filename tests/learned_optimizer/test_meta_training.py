@@ -6,16 +6,16 @@ import pytest
 import tensorflow as tf
 
 from keras_meta.data.sinusoid import sinusoid_episodes
-from keras_meta.lstm_optimizer import LSTMOptimizer
+from keras_meta.learned_optimizer import LSTMOptimizer
 from keras_meta.maml import MAML
-from keras_meta.meta_optimizer import MetaOptimizerTrainer, optimizee_trajectory
-from keras_meta.meta_optimizer_config import MetaOptimizerConfig
-from keras_meta.tasks import MLPDigitsTask, QuadraticTask, get_task
+from keras_meta.learned_optimizer import MetaOptimizerTrainer, optimizee_trajectory
+from keras_meta.learned_optimizer import MetaOptimizerConfig
+from keras_meta.learned_optimizer.optimizees import MLPDigitsOptimizee, QuadraticOptimizee, get_optimizee
 
 
 def test_segment_function_is_traced_once_over_iterations():
     rule = LSTMOptimizer(hidden_size=4, num_layers=1, seed=0)
-    trainer = MetaOptimizerTrainer(rule, QuadraticTask(dim=3, num_functions=2),
+    trainer = MetaOptimizerTrainer(rule, QuadraticOptimizee(dim=3, num_functions=2),
                                    MetaOptimizerConfig(num_steps=6, unroll_length=2))
     before = [v.numpy().copy() for v in rule.trainable_variables]
     losses = trainer.train(3)
@@ -25,18 +25,18 @@ def test_segment_function_is_traced_once_over_iterations():
     assert any(not np.array_equal(a, v.numpy()) for a, v in zip(before, rule.trainable_variables))
 
 
-def test_second_order_mode_trains_too():
+def test_exact_meta_gradient_mode_trains_too():
     rule = LSTMOptimizer(hidden_size=4, num_layers=1, seed=0)
-    trainer = MetaOptimizerTrainer(rule, MLPDigitsTask(hidden_units=3, batch_size=8),
+    trainer = MetaOptimizerTrainer(rule, MLPDigitsOptimizee(hidden_units=3, batch_size=8),
                                    MetaOptimizerConfig(num_steps=4, unroll_length=2,
-                                                       second_order=True))
+                                                       first_order=False))
     assert all(np.isfinite(trainer.train(2)))
     assert trainer.tracing_count == 1
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"unroll_length": 30}, r"unroll_length \(30\) must divide num_steps \(100\)"),
-    ({"num_steps": 0}, "num_steps must be a positive int; got 0"),
+    ({"num_steps": 0}, "num_steps must be an int >= 1; got 0"),
     ({"loss_weights": (1.0, 2.0)}, r"needs num_steps \(100\) weights; got 2"),
     ({"meta_lr": -1.0}, "meta_lr must be > 0; got -1.0"),
 ])
@@ -46,17 +46,17 @@ def test_bad_meta_config_is_named(kwargs, match):
 
 
 def test_task_families_validate_and_share_seeds():
-    with pytest.raises(ValueError, match=r"Unknown task 'cifar'; expected one of"):
-        get_task("cifar")
+    with pytest.raises(ValueError, match=r"Unknown optimizee 'cifar'; expected one of"):
+        get_optimizee("cifar")
     with pytest.raises(ValueError, match=r"split must be one of \('train', 'heldout'\)"):
-        MLPDigitsTask(split="test")
-    task = QuadraticTask(num_functions=3)
+        MLPDigitsOptimizee(split="test")
+    task = QuadraticOptimizee(num_functions=3)
     with pytest.raises(ValueError, match="shape \\[2\\]; got dtype .* and shape \\(3,\\)"):
         task.init_params(tf.constant([1, 2, 3]))
     a = task.function_losses(task.init_params(tf.constant([0, 1])), tf.constant([0, 1]))
     b = task.function_losses(task.init_params(tf.constant([0, 1])), tf.constant([0, 1]))
     np.testing.assert_array_equal(a.numpy(), b.numpy())
-    train, heldout = MLPDigitsTask(split="train"), MLPDigitsTask(split="heldout")
+    train, heldout = MLPDigitsOptimizee(split="train"), MLPDigitsOptimizee(split="heldout")
     assert train.num_examples + heldout.num_examples == 1797
     rows = {tuple(r) for r in train.x.numpy()}
     assert sum(tuple(r) in rows for r in heldout.x.numpy()) < 0.05 * heldout.num_examples
@@ -64,7 +64,7 @@ def test_task_families_validate_and_share_seeds():
 
 def test_trajectory_of_a_zero_rule_stays_put():
     rule = LSTMOptimizer(output_initializer="zeros")
-    task = QuadraticTask(num_functions=4)
+    task = QuadraticOptimizee(num_functions=4)
     losses, final = tf.function(lambda s: optimizee_trajectory(rule, task, s, 5))(
         tf.constant([0, 9]))
     assert losses.shape == (6, 4)
@@ -73,7 +73,7 @@ def test_trajectory_of_a_zero_rule_stays_put():
 
 
 def test_trajectory_of_the_digits_mlp_runs_in_a_graph():
-    task = MLPDigitsTask(hidden_units=5, batch_size=16, split="heldout")
+    task = MLPDigitsOptimizee(hidden_units=5, batch_size=16, split="heldout")
     rule = LSTMOptimizer(hidden_size=4, num_layers=1, seed=0)
     run = tf.function(lambda s: optimizee_trajectory(rule, task, s, 3))
     losses, final = run(tf.constant([1, 2]))
@@ -87,7 +87,7 @@ def test_trajectory_of_the_digits_mlp_runs_in_a_graph():
 @pytest.mark.slow
 def test_meta_training_on_quadratics_lowers_the_meta_loss():
     rule = LSTMOptimizer(seed=0)
-    trainer = MetaOptimizerTrainer(rule, QuadraticTask(num_functions=8),
+    trainer = MetaOptimizerTrainer(rule, QuadraticOptimizee(num_functions=8),
                                    MetaOptimizerConfig(meta_lr=3e-3, seed=1))
     losses = trainer.train(60)
     first, last = np.mean(losses[:10]), np.mean(losses[-10:])

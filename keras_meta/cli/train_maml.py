@@ -1,0 +1,152 @@
+r"""`keras-meta-train`: meta-trains MAML (sinusoid regression or Omniglot), then tests it.
+
+Examples (`python -m trainers.train_maml` is the same command):
+
+    keras-meta-train --model_dir=runs/sinusoid            # the paper's protocol
+    keras-meta-train --preset=omniglot_5way_1shot --model_dir=runs/o5w1s
+    keras-meta-train --task_family=sinusoid --num_iterations=200 --model_dir=/tmp/s
+
+Re-running the same command resumes from the last checkpoint in --model_dir.
+"""
+
+import dataclasses
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values=FLAGS):
+    """Defines the trainer's flags; every flag is optional (presets give the defaults)."""
+    from keras_meta.training import config as configs
+    from keras_meta.training.presets import PRESETS
+
+    if "task_family" in flag_values:
+        return
+    fv = {"flag_values": flag_values}
+
+    defaults = configs.MAMLTrainConfig()
+    flags.DEFINE_string("preset", None, f"Named settings to start from: {sorted(PRESETS)}. "
+                        "Defaults to the task family's paper preset.", **fv)
+    flags.DEFINE_string("task_family", defaults.task_family,
+                        f"The distribution tasks are drawn from: {configs.TASK_FAMILIES}.", **fv)
+    flags.DEFINE_string("model_dir", "runs/maml", "Where checkpoints, logs and results go.", **fv)
+    flags.DEFINE_float("inner_lr", defaults.inner_lr, "Inner SGD step size (alpha).", **fv)
+    flags.DEFINE_integer("inner_steps", defaults.inner_steps, "Inner steps in meta-training.", **fv)
+    flags.DEFINE_list("eval_inner_steps", [str(s) for s in defaults.eval_inner_steps],
+                      "Inner steps at evaluation (the first is the headline figure).", **fv)
+    flags.DEFINE_boolean("first_order", defaults.first_order, "First-order MAML.", **fv)
+    flags.DEFINE_string("learn_inner_lr", "none",
+                        "Learn inner rates: none, per_variable, per_step, per_coordinate.", **fv)
+    flags.DEFINE_boolean("multi_step_loss", defaults.multi_step_loss, "MAML++ multi-step loss.", **fv)
+    flags.DEFINE_integer("meta_batch_size", defaults.meta_batch_size, "Tasks per outer step.", **fv)
+    flags.DEFINE_float("meta_lr", defaults.meta_lr, "Outer Adam learning rate.", **fv)
+    flags.DEFINE_integer("num_iterations", defaults.num_iterations, "Outer steps.", **fv)
+    flags.DEFINE_integer("ways", defaults.num_ways, "Classes per episode (classification).", **fv)
+    flags.DEFINE_integer("shots", defaults.num_shots, "Support examples per class (or points).", **fv)
+    flags.DEFINE_integer("queries", defaults.num_queries, "Query examples per class (or points).", **fv)
+    flags.DEFINE_integer("eval_shots", defaults.eval_num_shots, "Shots at evaluation.", **fv)
+    flags.DEFINE_integer("eval_queries", defaults.eval_num_queries, "Queries at evaluation.", **fv)
+    flags.DEFINE_string("batch_norm", defaults.batch_norm,
+                        f"Batch-norm mode: {configs.BATCH_NORM_MODES}.", **fv)
+    flags.DEFINE_string("omniglot_protocol", defaults.omniglot_protocol,
+                        f"Omniglot split: {configs.OMNIGLOT_PROTOCOLS}.", **fv)
+    flags.DEFINE_string("omniglot_source_dir", None,
+                        "Local directory with the Omniglot zips and tfds_checksums.tsv "
+                        "(offline). Default: $KERAS_META_OMNIGLOT_DIR when set, else TFDS "
+                        "downloads.", **fv)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory.", **fv)
+    flags.DEFINE_integer("eval_every", defaults.eval_every, "Validate every N iterations (0: off).", **fv)
+    flags.DEFINE_integer("num_val_tasks", defaults.num_val_tasks, "Validation tasks.", **fv)
+    flags.DEFINE_integer("num_eval_tasks", defaults.num_eval_tasks, "Final test tasks.", **fv)
+    flags.DEFINE_integer("checkpoint_every", defaults.checkpoint_every,
+                         "Checkpoint every N iterations.", **fv)
+    flags.DEFINE_integer("log_every", defaults.log_every, "Progress line every N iterations.", **fv)
+    flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
+    flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
+    flags.DEFINE_string("task_batching", defaults.task_batching,
+                        f"How a meta-batch's tasks run: {configs.TASK_BATCHING_MODES}.", **fv)
+    flags.DEFINE_integer("recompute_inner_steps", defaults.recompute_inner_steps,
+                         "0: store the inner steps' activations; k: recompute them in the "
+                         "backward pass in segments of k steps (less memory).", **fv)
+    flags.DEFINE_integer("task_chunk_size", defaults.task_chunk_size,
+                         "Tasks per batched pass (0: the whole meta-batch); bounds memory.", **fv)
+    flags.DEFINE_integer("steps_per_execution", defaults.steps_per_execution,
+                         "Outer steps per compiled call (small models run faster).", **fv)
+    flags.DEFINE_string("strategy", defaults.strategy,
+                        f"tf.distribute strategy of meta-training: {configs.STRATEGIES}. The "
+                        "meta-batch is split across replicas (it must divide by their number).",
+                        **fv)
+    flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc:// address for --strategy=tpu "
+                        "(default: found automatically on a TPU VM or Colab).", **fv)
+    flags.DEFINE_string("mixed_precision", "none",
+                        "Keras dtype policy: none, mixed_float16 (loss-scaled, inner loop "
+                        "included) or mixed_bfloat16. Variables stay float32.", **fv)
+
+
+# Flag name -> MAMLTrainConfig field, where they differ.
+_FIELD_OF_FLAG = {"ways": "num_ways", "shots": "num_shots", "queries": "num_queries",
+                  "eval_shots": "eval_num_shots", "eval_queries": "eval_num_queries"}
+
+
+def config_from_flags(flag_values=FLAGS):
+    """Builds the config: the preset, then every flag given on the command line on top."""
+    from keras_meta.training.config import TASK_FAMILIES
+    from keras_meta.training.presets import DEFAULT_PRESET_FOR_TASK_FAMILY, PRESETS
+
+    family = flag_values.task_family
+    if family not in TASK_FAMILIES:
+        raise app.UsageError(f"--task_family={family!r} is not a known task family; expected "
+                             f"one of {TASK_FAMILIES}.")
+    preset_name = flag_values.preset or DEFAULT_PRESET_FOR_TASK_FAMILY[family]
+    if preset_name not in PRESETS:
+        raise app.UsageError(f"--preset={preset_name!r} is not a known preset; expected one of "
+                             f"{sorted(PRESETS)}.")
+    config = PRESETS[preset_name]
+    fields = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for name in flag_values:
+        if name in ("preset", "model_dir") or not flag_values[name].present:
+            continue
+        field = _FIELD_OF_FLAG.get(name, name)
+        if field not in fields:
+            continue
+        value = flag_values[name].value
+        if field == "eval_inner_steps":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise app.UsageError(f"--eval_inner_steps={','.join(value)!r}: expected a "
+                                     "comma-separated list of integers >= 0.") from None
+        if field in ("learn_inner_lr", "mixed_precision"):
+            value = None if value in ("none", "", None) else value
+        changes[field] = value
+    try:
+        return config.replace(**changes)
+    except ValueError as e:
+        flag_of = {v: k for k, v in _FIELD_OF_FLAG.items()}
+        message = str(e)
+        for field, flag in flag_of.items():
+            message = message.replace(f"Invalid {field}=", f"Invalid --{flag}=")
+        if message.startswith("Invalid ") and not message.startswith("Invalid --"):
+            message = "Invalid --" + message[len("Invalid "):]
+        raise app.UsageError(message) from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from keras_meta.training import train
+
+    # TF's checkpoint saver logs at INFO on every save; progress lines are printed instead.
+    logging.set_verbosity(logging.WARNING)
+    train(config_from_flags(), FLAGS.model_dir)
+
+
+def console_main():
+    """The console script `keras-meta-train`."""
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

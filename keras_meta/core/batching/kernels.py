@@ -1,0 +1,156 @@
+"""Task-batched kernels of the Keras layers the batched call covers.
+
+Each kernel takes `(layer, params, x, layout, num_tasks, conv)`, where `params` are the
+layer's trainable parameters with a leading task axis, and returns `(y, layout)`. They are
+registered by exact layer type (`support.register_batched_kernel`): a subclass may override
+`call`, which the batched form would silently ignore.
+"""
+
+import keras
+import tensorflow as tf
+from tensorflow.python.framework import ops
+from tensorflow.python.ops import control_flow_util
+
+from keras_meta.core.batching.layouts import (GROUPED, TASK_MAJOR, per_task, to_grouped,
+                                               to_task_major)
+from keras_meta.core.batching.support import register_batched_kernel
+
+
+def _dense(layer, params, x, layout, num_tasks, conv=None):
+    x = to_task_major(x, layout, num_tasks)
+    kernel = tf.cast(params[0], x.dtype)
+    if x.shape.rank == 3:
+        y = tf.matmul(x, kernel)
+    else:
+        y = tf.einsum("tn...i,tio->tn...o", x, kernel)
+    if layer.use_bias:
+        y = y + per_task(params[1], y.shape.rank, y.dtype)
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y, TASK_MAJOR
+
+
+def grouped_convolution_available(dtype):
+    """Whether TensorFlow can differentiate a grouped convolution of `dtype` here.
+
+    On CPU only the oneDNN kernels (float32, bfloat16) have grouped-convolution gradients, and
+    only outside XLA; cuDNN and TPUs have them for every float type. Elsewhere the patch
+    (im2col) form is used, which is slower but made of ops that differentiate to any order on
+    any device.
+    """
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        # cuDNN and the TPU compiler both have native grouped convolutions.
+        return True
+    # XLA's CPU backend lowers a grouped convolution to a slow generic loop (about 50x slower
+    # than oneDNN on the Omniglot network), so compiled CPU code takes the patch form.
+    if control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()):
+        return False
+    return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16)
+
+
+def _conv2d(layer, params, x, layout, num_tasks, conv="auto"):
+    kernel = tf.cast(params[0], x.dtype)  # [T, kh, kw, C, O]
+    if conv == "auto":
+        conv = "grouped" if grouped_convolution_available(x.dtype) else "patches"
+    if conv == "grouped":
+        y, layout = _grouped_conv2d(layer, kernel, x, layout, num_tasks)
+    elif conv == "patches":
+        y, layout = _patches_conv2d(layer, kernel, x, layout, num_tasks)
+    else:
+        raise ValueError(f"conv must be 'auto', 'grouped' or 'patches'; got {conv!r}.")
+    if layer.use_bias:
+        bias = tf.cast(params[1], y.dtype)  # [T, O]
+        if layout == GROUPED:
+            y = y + tf.reshape(bias, [-1])
+        else:
+            y = y + per_task(bias, y.shape.rank, y.dtype)
+    if layer.activation is not None:
+        y = layer.activation(y)
+    return y, layout
+
+
+def _grouped_conv2d(layer, kernel, x, layout, num_tasks):
+    x = to_grouped(x, layout, num_tasks)
+    _, kh, kw, c, o = kernel.shape
+    # [kh, kw, C, T * O]: output channel t * O + j belongs to task t, and TensorFlow's grouped
+    # convolution feeds it input channels t * C ... t * C + C - 1, task t's own.
+    kernel = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, c, num_tasks * o])
+    y = tf.nn.conv2d(x, kernel, strides=layer.strides, padding=layer.padding.upper())
+    return y, GROUPED
+
+
+def _output_size_and_padding(size, kernel, stride, padding):
+    if padding == "valid":
+        return (size - kernel) // stride + 1, (0, 0)
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, (total // 2, total - total // 2)
+
+
+def _patches_conv2d(layer, kernel, x, layout, num_tasks):
+    x = to_task_major(x, layout, num_tasks)
+    _, kh, kw, c, o = kernel.shape
+    _, n, h, w, _ = x.shape
+    sh, sw = layer.strides
+    oh, pad_h = _output_size_and_padding(h, kh, sh, layer.padding)
+    ow, pad_w = _output_size_and_padding(w, kw, sw, layer.padding)
+    images = tf.pad(tf.reshape(x, [-1, h, w, c]), [[0, 0], pad_h, pad_w, [0, 0]])
+    # Strided slices, one per kernel tap, in the kernel's (row, column, channel) order: plain
+    # ops whose derivatives of every order exist on every device and dtype.
+    patches = tf.concat(
+        [images[:, dy:dy + (oh - 1) * sh + 1:sh, dx:dx + (ow - 1) * sw + 1:sw, :]
+         for dy in range(kh) for dx in range(kw)], axis=-1)
+    patches = tf.reshape(patches, [num_tasks, -1, kh * kw * c])
+    y = tf.matmul(patches, tf.reshape(kernel, [num_tasks, kh * kw * c, o]))
+    return tf.reshape(y, [num_tasks, -1, oh, ow, o]), TASK_MAJOR
+
+
+def _flatten(layer, params, x, layout, num_tasks, conv=None):
+    x = to_task_major(x, layout, num_tasks)
+    return tf.reshape(x, [num_tasks, -1, _product(x.shape[2:])]), TASK_MAJOR
+
+
+def _product(dims):
+    out = 1
+    for d in dims:
+        out *= d
+    return out
+
+
+def _pool(layer, params, x, layout, num_tasks, conv=None):
+    pool = tf.nn.max_pool2d if isinstance(layer, keras.layers.MaxPooling2D) else tf.nn.avg_pool2d
+    args = (layer.pool_size, layer.strides, layer.padding.upper())
+    if layout == GROUPED:
+        # Pooling acts on each channel alone, so all tasks pool at once in this layout.
+        return pool(x, *args), GROUPED
+    t, n, h, w, c = x.shape
+    y = pool(tf.reshape(x, [-1, h, w, c]), *args)
+    return tf.reshape(y, [t, -1] + y.shape.as_list()[1:]), TASK_MAJOR
+
+
+def _elementwise(layer, params, x, layout, num_tasks, conv=None):
+    return layer.call(x), layout
+
+
+def _channels_last(layer):
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"{type(layer).__name__} {layer.name!r} is channels_first"
+    return None
+
+
+def _conv2d_problem(layer):
+    name = f"{type(layer).__name__} {layer.name!r}"
+    if layer.data_format != "channels_last":
+        return f"{name} is channels_first"
+    if layer.groups != 1 or tuple(layer.dilation_rate) != (1, 1):
+        return f"{name} is grouped or dilated"
+    return None
+
+
+register_batched_kernel(keras.layers.Dense, _dense)
+register_batched_kernel(keras.layers.Conv2D, _conv2d, _conv2d_problem)
+register_batched_kernel(keras.layers.Flatten, _flatten, _channels_last)
+register_batched_kernel(keras.layers.MaxPooling2D, _pool, _channels_last)
+register_batched_kernel(keras.layers.AveragePooling2D, _pool, _channels_last)
+register_batched_kernel(keras.layers.ReLU, _elementwise, _channels_last)
+register_batched_kernel(keras.layers.Activation, _elementwise, _channels_last)

@@ -1,0 +1,105 @@
+"""`MLPDigitsOptimizee`: a one-hidden-layer sigmoid MLP on scikit-learn's 8x8 digits."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_meta._checks import check_int, check_one_of
+from keras_meta.learned_optimizer.optimizees._seeds import as_seed
+
+_SPLITS = ("train", "heldout")
+
+
+def _digits_split(split, heldout_fraction, split_seed):
+    # sklearn ships the 1797 digits with the package, so nothing is downloaded.
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(split_seed).permutation(len(x))
+    num_heldout = int(round(heldout_fraction * len(x)))
+    idx = order[num_heldout:] if split == "train" else order[:num_heldout]
+    return (x[idx] / 16.0).astype(np.float64), y[idx].astype(np.int64)
+
+
+class MLPDigitsOptimizee:
+    """Training an MLP (64 -> hidden sigmoid units -> 10 softmax) on mini-batches of digits.
+
+    A function is a random initialisation plus a random sequence of mini-batches, both named by
+    the seed; the mini-batch of step `t` is drawn (with replacement) from a stateless seed
+    derived from (seed, t). Meta-train on `split="train"` and evaluate on `split="heldout"`
+    (disjoint images) with unseen seeds.
+
+    Args:
+        hidden_units: sigmoid hidden units (20 in the paper).
+        batch_size: examples per mini-batch (128 in the paper).
+        split: `"train"` or `"heldout"`: which part of the digits the batches come from.
+        heldout_fraction: share of the 1797 images in the held-out split.
+        split_seed: seed of the (fixed) train/held-out permutation.
+        dtype: float dtype of the parameters and inputs.
+
+    Example:
+
+    >>> optimizee = MLPDigitsOptimizee(split="train")
+    >>> params = optimizee.init_params(tf.constant([0, 3]))
+    >>> [tuple(p.shape) for p in params]
+    [(64, 20), (20,), (20, 10), (10,)]
+    """
+
+    num_functions = 1
+
+    def __init__(self, hidden_units=20, batch_size=128, split="train", heldout_fraction=0.3,
+                 split_seed=0, dtype="float32"):
+        check_int("MLPDigitsOptimizee hidden_units", hidden_units)
+        check_int("MLPDigitsOptimizee batch_size", batch_size)
+        check_one_of("MLPDigitsOptimizee split", split, _SPLITS)
+        if not 0.0 < heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
+        self.hidden_units = hidden_units
+        self.batch_size = batch_size
+        self.split = split
+        self.heldout_fraction = float(heldout_fraction)
+        self.split_seed = split_seed
+        self.dtype = tf.as_dtype(dtype)
+        x, y = _digits_split(split, heldout_fraction, split_seed)
+        self.x = tf.constant(x, dtype=self.dtype)
+        self.y = tf.constant(y)
+        self.num_examples = len(x)
+
+    def init_params(self, seed):
+        seeds = tf.random.experimental.stateless_split(as_seed(seed), num=2)
+        shapes = [(64, self.hidden_units), (self.hidden_units, 10)]
+        params = []
+        for i, (fan_in, fan_out) in enumerate(shapes):
+            s = seeds[i]  # indexed: iterating a tensor is not allowed inside tf.function
+            kernel = tf.random.stateless_normal([fan_in, fan_out], s, dtype=self.dtype)
+            params += [kernel / np.sqrt(fan_in), tf.zeros([fan_out], dtype=self.dtype)]
+        return params
+
+    def _cross_entropy(self, params, x, y):
+        w1, b1, w2, b2 = params
+        logits = tf.matmul(tf.sigmoid(tf.matmul(x, w1) + b1), w2) + b2
+        return tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+
+    def function_losses(self, params, seed, step=0):
+        batch_seed = tf.random.experimental.stateless_fold_in(
+            as_seed(seed), tf.cast(step, tf.int64))
+        idx = tf.random.stateless_uniform([self.batch_size], batch_seed, 0, self.num_examples,
+                                          dtype=tf.int64)
+        loss = self._cross_entropy(params, tf.gather(self.x, idx), tf.gather(self.y, idx))
+        return loss[None]
+
+    def loss(self, params, seed, step=0):
+        return tf.reduce_sum(self.function_losses(params, seed, step))
+
+    def eval_losses(self, params, seed):
+        """Cross-entropy on the whole split (no mini-batch noise)."""
+        return self._cross_entropy(params, self.x, self.y)[None]
+
+    def get_config(self):
+        return {"hidden_units": self.hidden_units, "batch_size": self.batch_size,
+                "split": self.split, "heldout_fraction": self.heldout_fraction,
+                "split_seed": self.split_seed, "dtype": self.dtype.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,456 @@
+"""`MAML`: a Keras model that meta-learns the initialisation of a base model.
+
+The model is the Keras face of MAML: construction and validation, the learned inner rates
+(variables), `compile`/`fit`/`evaluate`, adaptation for users, and serialization. What it
+optimizes, the post-adaptation query loss, is `MetaObjective` (`objective.py`), built afresh
+in each step from the current settings and rates.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_meta._checks import check_int, check_one_of, is_int
+from keras_meta.core import batching, functional
+from keras_meta.core.losses import replica_loss_weight
+from keras_meta.data.episode import Episode, as_episode
+from keras_meta.maml.objective import MetaObjective
+
+# How the inner learning rate is learned: fixed, one per variable, one per variable and
+# step (MAML++), or one per coordinate (Meta-SGD).
+LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
+# How a meta-batch's tasks run: batched when the model allows it, always batched, or a loop.
+TASK_BATCHING_MODES = ("auto", "batched", "loop")
+
+
+@keras.saving.register_keras_serializable(package="keras_meta")
+class MAML(keras.Model):
+    """Model-Agnostic Meta-Learning (Finn et al. 2017) around any Keras model.
+
+    `fit()` on a dataset of meta-batches of `Episode`s meta-trains the base model's
+    initialisation with the exact second-order meta-gradient (nested `tf.GradientTape`s, no
+    variable assignment in the inner loop). `evaluate()` reports the post-adaptation query loss
+    and the compiled metrics.
+
+    Args:
+        model: the base `keras.Model`, built (give it a `keras.Input`).
+        inner_lr: inner SGD learning rate (initial value when it is learned).
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps in `evaluate`, `adapt` and `adapt_and_predict`
+            (defaults to `inner_steps`).
+        first_order: first-order MAML (inner gradients held constant). Off by default.
+        learn_inner_lr: `None` (fixed), `"per_variable"` (one learned rate per variable),
+            `"per_step"` (one per variable and step, as MAML++), or `"per_coordinate"`
+            (Meta-SGD: a rate tensor of each variable's shape).
+        multi_step_loss_weights: `None` to use only the final query loss, or one weight per
+            inner step: the meta-loss is the weighted sum of the query losses after each step
+            (MAML++'s multi-step loss).
+        update_rule: optional learned inner update rule (e.g. `LSTMOptimizer`) used instead of
+            SGD; its weights are meta-trained with the initialisation.
+        loss: the task loss (also accepted by `compile(loss=...)`).
+        task_batching: how a meta-batch's tasks run. `"batched"`: all tasks in one pass of the
+            network (`keras_meta.task_batching`; stacked per-task parameters, grouped
+            convolutions), much faster; `"loop"`: one fast-weights call per task, unrolled in
+            the graph, for any model; `"auto"` (default): batched when the model's layers and
+            the update rule allow it (SGD, no running statistics), else the loop. Both give
+            the same meta-gradient.
+        task_chunk_size: with task batching, run the meta-batch in chunks of this many tasks
+            (`None`: all at once). The batched pass keeps every task's activations alive at
+            once; chunks bound that, down to the loop's footprint at 1, at some speed.
+        recompute_inner_steps: `False`, `True` or an int `k`: recompute the inner steps in the
+            outer backward pass, in segments of `k` steps (`True`: 1), instead of keeping their
+            activations (`keras_meta.recompute`). Memory then holds one set of per-task
+            parameters per segment and one segment's activations; each step runs once more.
+            Same gradient. Segments of a few steps balance the two when parameters are large
+            next to the support set's activations.
+        inner_loss_scale: a fixed loss scale for the inner gradients (mixed float16), or
+            `None`: then the outer `LossScaleOptimizer`'s current scale is used when there is
+            one (a `mixed_float16` policy wraps the optimizer in one at `compile`), else none.
+
+    Example:
+
+    >>> base = keras.Sequential([keras.Input((1,)), keras.layers.Dense(40, "relu"),
+    ...                          keras.layers.Dense(1)])
+    >>> maml = MAML(base, inner_lr=0.01, inner_steps=1, loss="mse")
+    >>> maml.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> maml.fit(sinusoid_episodes(num_shots=10, meta_batch_size=25), steps_per_epoch=100)
+    """
+
+    def __init__(
+        self,
+        model,
+        inner_lr=0.01,
+        inner_steps=1,
+        eval_inner_steps=None,
+        first_order=False,
+        learn_inner_lr=None,
+        multi_step_loss_weights=None,
+        update_rule=None,
+        loss=None,
+        task_batching="auto",
+        recompute_inner_steps=False,
+        task_chunk_size=None,
+        inner_loss_scale=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"MAML wraps a keras.Model; got {type(model).__name__}.")
+        if not model.built:
+            raise ValueError(
+                f"The base model {model.name!r} is not built; give it a keras.Input or call it "
+                "on a batch before wrapping it in MAML."
+            )
+        check_int("inner_steps", inner_steps, minimum=0)
+        check_int("eval_inner_steps", eval_inner_steps, minimum=0, allow_none=True)
+        if not float(inner_lr) >= 0:
+            raise ValueError(f"inner_lr must be >= 0; got {inner_lr!r}.")
+        check_one_of("learn_inner_lr", learn_inner_lr, LR_MODES)
+        if multi_step_loss_weights is not None:
+            multi_step_loss_weights = [float(w) for w in multi_step_loss_weights]
+            if len(multi_step_loss_weights) != inner_steps:
+                raise ValueError(
+                    f"multi_step_loss_weights needs one weight per inner step ({inner_steps}); "
+                    f"got {len(multi_step_loss_weights)}."
+                )
+        check_one_of("task_batching", task_batching, TASK_BATCHING_MODES)
+        self.model = model
+        self.task_batching = task_batching
+        if not (isinstance(recompute_inner_steps, bool) or (
+                is_int(recompute_inner_steps) and recompute_inner_steps >= 1)):
+            raise ValueError(
+                "recompute_inner_steps must be a bool or a positive int (steps per segment); "
+                f"got {recompute_inner_steps!r}.")
+        self.recompute_inner_steps = recompute_inner_steps
+        check_int("task_chunk_size", task_chunk_size, allow_none=True)
+        self.task_chunk_size = task_chunk_size
+        self.inner_lr = float(inner_lr)
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.first_order = bool(first_order)
+        self.learn_inner_lr = learn_inner_lr
+        self.multi_step_loss_weights = multi_step_loss_weights
+        self.update_rule = update_rule
+        self.loss_fn = keras.losses.get(loss) if loss is not None else None
+        if inner_loss_scale is not None and not float(inner_loss_scale) > 0:
+            raise ValueError(f"inner_loss_scale must be > 0 or None; got {inner_loss_scale!r}.")
+        self.inner_loss_scale = None if inner_loss_scale is None else float(inner_loss_scale)
+        self.inner_lrs = self._make_learning_rates()
+        self.meta_loss_tracker = keras.metrics.Mean(name="loss")
+        if task_batching == "batched":
+            problems = self._batching_problems()
+            if problems:
+                raise ValueError(
+                    "task_batching='batched' is not possible here: " + "; ".join(problems)
+                    + ". Use task_batching='auto' or 'loop'.")
+
+    def _batching_problems(self):
+        problems = batching.unsupported_layers(self.model)
+        if self.update_rule is not None:
+            problems.append(
+                f"the update rule {type(self.update_rule).__name__} is not known to be "
+                "task-batchable (only SGD is)")
+        return problems
+
+    @property
+    def uses_task_batching(self):
+        """Whether meta-batches run task-batched (see `task_batching`)."""
+        if self.task_batching == "loop":
+            return False
+        return not self._batching_problems()
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _make_learning_rates(self):
+        if self.learn_inner_lr is None:
+            return None
+        variables = self.model.trainable_variables
+        num_steps = max(self.inner_steps, self.eval_inner_steps)
+
+        def make(name, shape):
+            return self.add_weight(
+                shape=shape, name=name, initializer=keras.initializers.Constant(self.inner_lr),
+                trainable=True,
+            )
+
+        if self.learn_inner_lr == "per_variable":
+            return [make(f"inner_lr_{i}", ()) for i in range(len(variables))]
+        if self.learn_inner_lr == "per_coordinate":
+            return [make(f"inner_lr_{i}", tuple(v.shape)) for i, v in enumerate(variables)]
+        return [[make(f"inner_lr_s{s}_{i}", ()) for i in range(len(variables))]
+                for s in range(num_steps)]
+
+    def _learning_rate(self):
+        if self.inner_lrs is None:
+            return self.inner_lr
+        if self.learn_inner_lr == "per_step":
+            return [[tf.identity(v.value) for v in step] for step in self.inner_lrs]
+        return [tf.identity(v.value) for v in self.inner_lrs]
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False, **kwargs):
+        """Sets the outer optimizer, the task loss (if not given to the constructor) and metrics."""
+        if loss is not None:
+            self.loss_fn = keras.losses.get(loss)
+        if self.loss_fn is None:
+            raise ValueError(
+                "MAML needs a task loss: pass `loss=` to MAML(...) or to compile(...)."
+            )
+        super().compile(optimizer=optimizer, metrics=metrics, jit_compile=jit_compile, **kwargs)
+        # Slot variables created inside the first traced step would make tf.function trace it
+        # a second time; creating them now keeps the train step at one trace.
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def compile_from_config(self, config):
+        # The task loss travels in get_config(); optimizer, metrics and jit_compile here.
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+
+    def call(self, inputs, training=False):
+        """The base model at the meta-learned initialisation (no adaptation)."""
+        return self.model(inputs, training=training)
+
+    # -- the meta-objective ---------------------------------------------------------------------
+
+    def _inner_loss_scale(self):
+        """The inner loop's loss scale: `None` or a float32 scalar tensor.
+
+        Under `mixed_float16` small inner gradients underflow in float16 as the outer ones do,
+        so the inner loss is scaled too: by the fixed `inner_loss_scale` if given, else by the
+        outer `LossScaleOptimizer`'s current (dynamic) scale. A step whose scaled inner
+        gradients overflow gives a non-finite meta-gradient, which that optimizer skips while
+        it halves the scale.
+        """
+        if self.inner_loss_scale is not None:
+            return tf.constant(self.inner_loss_scale, tf.float32)
+        optimizer = getattr(self, "optimizer", None)
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and optimizer.built:
+            # A constant of the meta-gradient: no gradient flows into the scale.
+            return tf.stop_gradient(tf.cast(optimizer.dynamic_scale.value, tf.float32))
+        return None
+
+    def objective(self, steps=None, first_order=None):
+        """The `MetaObjective` of the current settings and learned rates.
+
+        Args:
+            steps: inner steps (default `inner_steps`); the multi-step loss applies only at
+                `inner_steps`.
+            first_order: default `self.first_order`.
+        """
+        return MetaObjective(
+            model=self.model, loss_fn=self.loss_fn, inner_lr=self._learning_rate(),
+            update_rule=self.update_rule,
+            inner_steps=self.inner_steps if steps is None else steps,
+            first_order=self.first_order if first_order is None else first_order,
+            multi_step_loss_weights=(tuple(self.multi_step_loss_weights)
+                                     if self.multi_step_loss_weights is not None else None),
+            task_batched=self.uses_task_batching, task_chunk_size=self.task_chunk_size,
+            inner_loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps)
+
+    def task_query_loss(self, params, episode, *, steps, first_order, state=None):
+        """Query loss of one (unbatched) task after adaptation: `(loss, predictions, state)`."""
+        self._check_ready()
+        objective = self.objective(steps, first_order).replace(task_batched=False)
+        return objective.task_query_loss(params, episode, state)
+
+    def meta_batch_losses(self, episodes, *, steps=None, first_order=None, return_state=False):
+        """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
+
+        See `MetaObjective.meta_batch_losses`; the parameters are the base model's.
+        """
+        self._check_ready()
+        return self.objective(steps, first_order).meta_batch_losses(
+            functional.get_params(self.model), episodes, return_state=return_state)
+
+    # -- Keras hooks ----------------------------------------------------------------------------
+
+    def meta_gradients(self, episodes):
+        """The mean post-adaptation query loss of a meta-batch and its gradient.
+
+        Returns `(meta_loss, grads, query_preds)`, `grads` aligned with
+        `self.trainable_variables` (the base model's and any learned inner rates or rule).
+        """
+        return self._meta_gradients(episodes)[:3]
+
+    def _meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False):
+        """`(meta_loss, grads, preds, state)`; `grads` of `loss_weight * meta_loss`.
+
+        `loss_weight` is a replica's share of the global mean (`1 / num_replicas`); with
+        `scale_loss` the objective is also scaled by the optimizer (`LossScaleOptimizer`),
+        which unscales the gradients in `apply_gradients`. `meta_loss` is never scaled.
+        """
+        episodes = as_episode(episodes)
+        with tf.GradientTape() as tape:
+            losses, preds, state = self.meta_batch_losses(episodes, return_state=True)
+            meta_loss = tf.reduce_mean(tf.cast(losses, tf.float32))
+            objective = meta_loss if loss_weight == 1.0 else meta_loss * loss_weight
+            if scale_loss:
+                objective = self.optimizer.scale_loss(objective)
+        grads = tape.gradient(objective, self.trainable_variables,
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return meta_loss, grads, preds, state
+
+    def replica_meta_train_step(self, episodes):
+        """One replica's part of an outer step; the single-device step outside any strategy.
+
+        This is the step Keras' `fit` runs on each replica; `keras_meta.training.distribute`
+        runs it with `strategy.run` and reduces what it returns.
+
+        Computes the meta-gradient of this replica's tasks weighted by `1 / num_replicas`
+        and applies it: Keras' TF optimizer all-reduces the replicas' gradients with SUM, so
+        the update uses the mean meta-loss over all tasks of the global meta-batch. Nothing
+        non-trainable is assigned: returns `(meta_loss, preds, state)` with this replica's
+        unweighted mean meta-loss and the running-statistics state after its tasks.
+        Under a strategy, call it through
+        `keras_meta.training.distribute.distributed_meta_train_step`.
+        """
+        weight = replica_loss_weight()
+        meta_loss, grads, preds, state = self._meta_gradients(
+            episodes, loss_weight=weight, scale_loss=True)
+        if weight != 1.0 and isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            grads = _agree_on_finiteness(grads)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return meta_loss, preds, state
+
+    def meta_train_step(self, episodes):
+        """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`.
+
+        Running statistics of the base model (per-step batch norm) take the state reached
+        after the meta-batch's tasks. Under `mixed_float16` (a `LossScaleOptimizer`) the
+        meta-loss is scaled for the gradient and a step with non-finite gradients is skipped.
+        """
+        meta_loss, preds, state = self.replica_meta_train_step(episodes)
+        for variable, value in zip(self.model.non_trainable_variables, state or ()):
+            variable.assign(value)
+        return meta_loss, preds
+
+    def meta_train_steps(self, episodes):
+        """Several outer steps in one call: `episodes` has a leading axis of `K` meta-batches.
+
+        Meant for a `tf.function` (optionally `jit_compile=True`): `K` steps run in one graph
+        loop, which removes the per-call dispatch cost (about 0.3 ms on CPU) that dominates
+        small models such as the sinusoid MLP. Returns the mean meta-loss of the `K` steps.
+        """
+        episodes = as_episode(episodes)
+        num_steps = episodes.support_x.shape[0]
+        if num_steps is None:
+            raise ValueError(
+                "meta_train_steps needs a static number of stacked meta-batches; got "
+                f"support_x with shape {episodes.support_x.shape}.")
+        total = tf.constant(0.0, tf.float32)
+        for k in tf.range(num_steps):
+            loss, _ = self.meta_train_step(Episode(*(x[k] for x in episodes)))
+            total += tf.cast(loss, tf.float32)
+        return total / num_steps
+
+    def train_step(self, data):
+        episodes = as_episode(data)
+        meta_loss, preds = self.meta_train_step(episodes)
+        return self._record(meta_loss, episodes.query_y, preds)
+
+    def test_step(self, data):
+        episodes = as_episode(data)
+        losses, preds = self.meta_batch_losses(
+            episodes, steps=self.eval_inner_steps, first_order=True)
+        return self._record(tf.reduce_mean(losses), episodes.query_y, preds)
+
+    def _record(self, meta_loss, query_y, preds):
+        self.meta_loss_tracker.update_state(meta_loss)
+        results = {"loss": self.meta_loss_tracker.result()}
+        compile_metrics = getattr(self, "_compile_metrics", None)
+        if compile_metrics is not None:
+            compile_metrics.update_state(query_y, preds)
+            results.update(compile_metrics.result())
+        return results
+
+    @property
+    def metrics(self):
+        metrics = [self.meta_loss_tracker]
+        compile_metrics = getattr(self, "_compile_metrics", None)
+        if compile_metrics is not None:
+            metrics.append(compile_metrics)
+        return metrics
+
+    def _check_ready(self):
+        if self.loss_fn is None:
+            raise ValueError("MAML has no task loss: pass `loss=` to MAML(...) or compile(...).")
+
+    # -- adaptation for users -------------------------------------------------------------------
+
+    def adapt_params(self, support_x, support_y, steps=None):
+        """Adapted parameter tensors for one support set (no variable is assigned)."""
+        self._check_ready()
+        support_x = tf.convert_to_tensor(support_x)
+        support_y = tf.convert_to_tensor(support_y)
+        objective = self.objective(self._user_steps(steps), first_order=True)
+        return objective.adapt(functional.get_params(self.model), support_x, support_y)[0]
+
+    def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
+        """Adapts on one support set and returns the predictions for `query_x`."""
+        steps = self._user_steps(steps)
+        adapted = self.adapt_params(support_x, support_y, steps)
+        objective = self.objective(steps, first_order=True)
+        return objective.query(adapted, tf.convert_to_tensor(query_x), steps)[0]
+
+    def _user_steps(self, steps):
+        return self.eval_inner_steps if steps is None else steps
+
+    def adapt(self, support_x, support_y, steps=None):
+        """Returns a new ordinary `keras.Model`: the base model with the adapted weights.
+
+        The meta-learned model is untouched. The copy is a plain Keras model, usable with
+        `predict`, `save` and export.
+        """
+        adapted = self.adapt_params(support_x, support_y, steps)
+        clone = keras.models.clone_model(self.model)
+        if not clone.built:
+            clone.build(self.model.input_shape if hasattr(self.model, "input_shape") else None)
+        clone.set_weights([v.numpy() for v in self.model.weights])
+        functional.assign_params(clone, adapted)
+        return clone
+
+    # -- serialization --------------------------------------------------------------------------
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model=keras.saving.serialize_keras_object(self.model),
+            inner_lr=self.inner_lr,
+            inner_steps=self.inner_steps,
+            eval_inner_steps=self.eval_inner_steps,
+            first_order=self.first_order,
+            learn_inner_lr=self.learn_inner_lr,
+            multi_step_loss_weights=self.multi_step_loss_weights,
+            update_rule=(keras.saving.serialize_keras_object(self.update_rule)
+                         if self.update_rule is not None else None),
+            loss=(keras.saving.serialize_keras_object(self.loss_fn)
+                  if self.loss_fn is not None else None),
+            task_batching=self.task_batching,
+            recompute_inner_steps=self.recompute_inner_steps,
+            task_chunk_size=self.task_chunk_size,
+            inner_loss_scale=self.inner_loss_scale,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["model"] = keras.saving.deserialize_keras_object(config["model"])
+        if config.get("update_rule") is not None:
+            config["update_rule"] = keras.saving.deserialize_keras_object(config["update_rule"])
+        if config.get("loss") is not None:
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
+
+
+def _agree_on_finiteness(grads):
+    """Makes every replica's gradients non-finite when any replica's are.
+
+    `LossScaleOptimizer` decides to skip a step from the first replica's *local* gradients;
+    without this, an overflow on another replica would reach the all-reduced update.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+    context = tf.distribute.get_replica_context()
+    all_finite = context.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32)) > 0
+    poison = tf.where(all_finite, 0.0, float("nan"))
+    return [g + tf.cast(poison, g.dtype) for g in grads]

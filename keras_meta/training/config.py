@@ -1,0 +1,226 @@
+"""`MAMLTrainConfig`: the typed configuration of a MAML meta-training run.
+
+Config is data: the trainer's flags parse into it, `train` writes it beside the run, and the
+exporter rebuilds the model (and its serving preprocessing) from it without any dataset. The
+allowed values of each mode are imported from the package that defines the mode, so that
+there is one list of each.
+"""
+
+import dataclasses
+import json
+from typing import Optional
+
+from keras_meta._checks import is_int
+from keras_meta.data.image_preprocessing import ImagePreprocessing
+from keras_meta.data.omniglot import PROTOCOLS as OMNIGLOT_PROTOCOLS
+from keras_meta.layers import BATCH_NORM_MODES
+from keras_meta.maml import LR_MODES, TASK_BATCHING_MODES
+from keras_meta.training.distribute import STRATEGIES
+from keras_meta.training.task_families import TASK_FAMILIES
+MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
+
+# Fields that shape the variables: a checkpoint cannot be resumed if they change.
+ARCHITECTURE_FIELDS = ("task_family", "num_ways", "batch_norm", "learn_inner_lr", "inner_steps",
+                       "eval_inner_steps", "image_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLTrainConfig:
+    """Everything that defines a MAML meta-training run (the trainer's flags map onto it).
+
+    Args:
+        task_family: the distribution tasks are drawn from: "sinusoid" or "omniglot".
+        inner_lr: inner SGD step size alpha.
+        inner_steps: inner steps during meta-training.
+        eval_inner_steps: inner steps at evaluation; the first is the headline figure, the
+            others are also reported (sinusoid: 1, 5, 10).
+        first_order: first-order MAML (default: exact second order).
+        learn_inner_lr: None, "per_variable", "per_step" (MAML++) or "per_coordinate" (Meta-SGD).
+        multi_step_loss: MAML++ multi-step loss (query loss after every inner step, equal weights).
+        meta_batch_size: tasks per outer step.
+        meta_lr: outer Adam learning rate beta.
+        num_iterations: outer steps.
+        num_ways: classes per episode (classification).
+        num_shots: support examples per class (sinusoid: support points).
+        num_queries: query examples per class (sinusoid: query points).
+        eval_num_shots / eval_num_queries: the same at evaluation (default: as in training).
+        batch_norm: "transductive", "per_step" or "none" (classification backbone).
+        image_size: side of the square images fed to the backbone.
+        omniglot_protocol: "maml" (1100/100/423 character split) or "background_evaluation".
+        omniglot_source_dir: local directory with the Omniglot zips and TFDS checksums
+            (offline); `None` uses `$KERAS_META_OMNIGLOT_DIR` when set, else `tfds.load`
+            online.
+        data_dir: where TFDS data is prepared (default: TFDS's own).
+        eval_every: validate every N iterations (0: never); the best checkpoint is kept.
+        num_val_tasks: validation tasks.
+        num_eval_tasks: final test tasks (the MAML protocol: 600).
+        checkpoint_every: save a checkpoint every N iterations.
+        log_every: print a progress line and write summaries every N iterations.
+        seed: seeds the initialisation and every episode stream.
+        jit_compile: XLA-compile the meta-train step (single device; a TPU compiles anyway).
+        strategy: `tf.distribute` strategy of meta-training: "default" (none), "one_device",
+            "mirrored", "multi_worker" (cluster from TF_CONFIG) or "tpu". The meta-batch is
+            split across replicas, so `meta_batch_size` must divide by their number.
+            Evaluation runs on one replica.
+        tpu: the TPU for strategy "tpu" (name, "local" or grpc:// address; None: auto).
+        mixed_precision: None, "mixed_float16" (with loss scaling, inner loop included) or
+            "mixed_bfloat16": the Keras dtype policy of the model; variables stay float32.
+        task_batching: "auto", "batched" or "loop" (see `MAML`).
+        recompute_inner_steps: 0 (off) or k: recompute inner steps in segments of k.
+        task_chunk_size: 0 (all tasks in one pass) or the tasks per batched pass.
+        steps_per_execution: outer steps per compiled call.
+        image_preprocessing: `ImagePreprocessing.get_config()` of the images the model takes
+            (classification), or `None` for the task family's own (filled in by `train`).
+            Saved with the run, so that an export needs no dataset.
+        client_image_shape: (height, width, channels) of the images clients send to an export
+            (default: the task family's native images, e.g. 105x105x3 for Omniglot).
+    """
+
+    task_family: str = "sinusoid"
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    eval_inner_steps: tuple = (1, 5, 10)
+    first_order: bool = False
+    learn_inner_lr: Optional[str] = None
+    multi_step_loss: bool = False
+    meta_batch_size: int = 25
+    meta_lr: float = 1e-3
+    num_iterations: int = 70000
+    num_ways: int = 1
+    num_shots: int = 10
+    num_queries: int = 10
+    eval_num_shots: Optional[int] = 5
+    eval_num_queries: Optional[int] = 100
+    batch_norm: str = "transductive"
+    image_size: int = 28
+    omniglot_protocol: str = "maml"
+    omniglot_source_dir: Optional[str] = None
+    data_dir: Optional[str] = None
+    eval_every: int = 5000
+    num_val_tasks: int = 100
+    num_eval_tasks: int = 600
+    checkpoint_every: int = 1000
+    log_every: int = 500
+    seed: int = 0
+    jit_compile: bool = False
+    strategy: str = "default"
+    tpu: Optional[str] = None
+    mixed_precision: Optional[str] = None
+    task_batching: str = "auto"
+    recompute_inner_steps: int = 0
+    task_chunk_size: int = 0
+    steps_per_execution: int = 1
+    image_preprocessing: Optional[dict] = None
+    client_image_shape: Optional[tuple] = None
+
+    def __post_init__(self):
+        if isinstance(self.eval_inner_steps, int):
+            object.__setattr__(self, "eval_inner_steps", (self.eval_inner_steps,))
+        else:
+            object.__setattr__(self, "eval_inner_steps", tuple(self.eval_inner_steps))
+        if self.client_image_shape is not None:
+            object.__setattr__(self, "client_image_shape", tuple(self.client_image_shape))
+        self.validate()
+
+    def validate(self):
+        """Raises `ValueError` naming the field, the value and what is allowed."""
+        def bad(name, allowed):
+            raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {allowed}.")
+
+        if self.task_family not in TASK_FAMILIES:
+            bad("task_family", f"one of {TASK_FAMILIES}")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            bad("batch_norm", f"one of {BATCH_NORM_MODES}")
+        if self.learn_inner_lr not in LR_MODES:
+            bad("learn_inner_lr", f"one of {LR_MODES}")
+        if self.omniglot_protocol not in OMNIGLOT_PROTOCOLS:
+            bad("omniglot_protocol", f"one of {OMNIGLOT_PROTOCOLS}")
+        for name in ("inner_steps",):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        if not self.eval_inner_steps or any(not is_int(s) or s < 0 for s in self.eval_inner_steps):
+            bad("eval_inner_steps", "a non-empty list of integers >= 0")
+        for name in ("meta_batch_size", "num_iterations", "num_ways", "num_shots", "num_queries",
+                     "num_val_tasks", "num_eval_tasks", "checkpoint_every", "log_every",
+                     "image_size"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        for name in ("eval_num_shots", "eval_num_queries"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                bad(name, "an integer >= 1 or None")
+        if not is_int(self.eval_every) or self.eval_every < 0:
+            bad("eval_every", "an integer >= 0 (0 disables validation)")
+        if not self.inner_lr >= 0:
+            bad("inner_lr", "a number >= 0")
+        if not self.meta_lr > 0:
+            bad("meta_lr", "a number > 0")
+        if self.classification and self.num_ways < 2:
+            bad("num_ways", "an integer >= 2 for classification")
+        if self.task_batching not in TASK_BATCHING_MODES:
+            bad("task_batching", f"one of {TASK_BATCHING_MODES}")
+        if not is_int(self.task_chunk_size) or self.task_chunk_size < 0:
+            bad("task_chunk_size", "an integer >= 0 (0: all tasks in one pass)")
+        if not is_int(self.recompute_inner_steps) or self.recompute_inner_steps < 0:
+            bad("recompute_inner_steps", "an integer >= 0 (0: off; k: segments of k steps)")
+        if not is_int(self.steps_per_execution) or self.steps_per_execution < 1:
+            bad("steps_per_execution", "an integer >= 1")
+        if self.steps_per_execution > 1 and self.strategy != "default":
+            bad("steps_per_execution", "1 with a tf.distribute strategy (one step per call)")
+        if self.strategy not in STRATEGIES:
+            bad("strategy", f"one of {STRATEGIES}")
+        if self.tpu is not None and (not isinstance(self.tpu, str) or self.strategy != "tpu"):
+            bad("tpu", "None unless strategy='tpu' (then a TPU name, 'local' or grpc:// "
+                "address)")
+        if self.mixed_precision not in MIXED_PRECISION_POLICIES:
+            bad("mixed_precision", "None (flag: none), 'mixed_float16' or 'mixed_bfloat16'")
+        self._validate_serving_inputs(bad)
+        if self.jit_compile and self.strategy not in ("default", "tpu"):
+            bad("jit_compile", f"False with strategy={self.strategy!r} (XLA applies to the "
+                "single-device step; a TPU compiles with XLA anyway)")
+
+    def _validate_serving_inputs(self, bad):
+        if self.image_preprocessing is not None:
+            if not self.classification:
+                bad("image_preprocessing", f"None for task_family={self.task_family!r}")
+            try:
+                prep = ImagePreprocessing.from_config(self.image_preprocessing)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"Invalid image_preprocessing={self.image_preprocessing!r}: "
+                                 f"{error}") from None
+            if tuple(prep.image_size) != (self.image_size, self.image_size):
+                bad("image_preprocessing", f"images of {self.image_size}x{self.image_size} "
+                    f"(image_size), not {tuple(prep.image_size)}")
+        shape = self.client_image_shape
+        if shape is not None and (len(shape) != 3 or not all(is_int(d) and d >= 1 for d in shape)
+                                  or shape[-1] not in (1, 3)):
+            bad("client_image_shape", "(height, width, channels) with 1 or 3 channels")
+
+    @property
+    def classification(self):
+        return self.task_family != "sinusoid"
+
+    @property
+    def shots_at_eval(self):
+        return self.eval_num_shots or self.num_shots
+
+    @property
+    def queries_at_eval(self):
+        return self.eval_num_queries or self.num_queries
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown MAMLTrainConfig fields {unknown}; known: {sorted(known)}.")
+        return cls(**values)

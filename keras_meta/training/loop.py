@@ -1,0 +1,258 @@
+"""The meta-training loop behind `keras-meta-train`: config -> checkpoints -> eval JSON.
+
+A custom loop rather than `fit()`, because it must (1) resume exactly, data included, after a
+kill, (2) refuse to checkpoint a NaN model, and (3) keep the best checkpoint by validation.
+Episode streams are pure functions of (seed, episode index), so resuming at step `s` restarts
+the stream at episode `s * meta_batch_size` instead of serialising iterator buffers.
+"""
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_meta.training.config import ARCHITECTURE_FIELDS, MAMLTrainConfig
+from keras_meta.training.distribute import (distribute_episodes, distributed_meta_train_step,
+                                            make_strategy, replica_meta_batch_size)
+from keras_meta.training.evaluation import TaskEvaluator
+from keras_meta.training.progress import Progress, crossed
+from keras_meta.training.task_families import build_maml, build_task_family, complete_config
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "eval_results.json"
+
+
+def _check_resumable(config, model_dir):
+    path = os.path.join(model_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    current = json.loads(config.to_json())
+    changed = {k: (saved.get(k), current[k]) for k in ARCHITECTURE_FIELDS
+               if saved.get(k) != current[k]}
+    if changed:
+        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(
+            f"{model_dir} holds a run whose variables have another shape ({details}). "
+            "Use a new model_dir, or the saved settings to resume.")
+    # mixed_float16 wraps the outer optimizer in a LossScaleOptimizer (other checkpoint
+    # objects); bfloat16 and float32 runs resume into each other.
+    saved_fp16 = saved.get("mixed_precision") == "mixed_float16"
+    if saved_fp16 != (config.mixed_precision == "mixed_float16"):
+        raise ValueError(
+            f"{model_dir} holds a run with mixed_precision={saved.get('mixed_precision')!r}; "
+            f"now {config.mixed_precision!r}. Only mixed_float16 keeps a loss scale in the "
+            "optimizer's checkpoint: resume with the saved setting, or use a new model_dir.")
+
+
+def _all_finite(variables):
+    return all(bool(np.all(np.isfinite(v.numpy()))) for v in variables)
+
+
+def _headline(summary, classification):
+    steps = next(iter(summary))
+    return summary[steps]["accuracy" if classification else "loss"]["mean"]
+
+
+def _skipped_by_loss_scaling(maml):
+    """Whether a non-finite meta-loss is a step `LossScaleOptimizer` skipped (mixed float16).
+
+    The inner gradients are scaled by the optimizer's loss scale, so while the scale is too
+    high they overflow, the meta-loss itself is non-finite, and the optimizer skips the step
+    and halves the scale. Once the scale has fallen below 1 overflow is no longer the cause.
+    """
+    optimizer = maml.optimizer
+    return (isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+            and float(optimizer.dynamic_scale.numpy()) >= 1.0)
+
+
+def train(config, model_dir, *, verbose=True):
+    """Meta-trains MAML as `config` says, in `model_dir`; resumes if a checkpoint is there.
+
+    Writes `config.json`, checkpoints under `checkpoints/` (latest) and `best/` (by
+    validation), TensorBoard summaries under `logs/`, and the final test summary to
+    `eval_results.json`. Raises `FloatingPointError` on a NaN/Inf meta-loss without
+    checkpointing the diverged model.
+
+    With `config.strategy`, meta-training runs under that `tf.distribute` strategy (each
+    replica takes an equal share of the meta-batch); with `config.mixed_precision`, the Keras
+    global dtype policy is set while the model is built and restored before returning.
+
+    Returns:
+        The dict written to `eval_results.json`.
+    """
+    if not isinstance(config, MAMLTrainConfig):
+        raise TypeError(f"train() needs a MAMLTrainConfig; got {type(config).__name__}.")
+    # The serving inputs travel with the run, so that an export needs no dataset.
+    config = complete_config(config)
+    strategy = make_strategy(config.strategy, tpu=config.tpu)
+    if config.strategy != "default":
+        replica_meta_batch_size(config.meta_batch_size, strategy)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        if config.mixed_precision:
+            keras.config.set_dtype_policy(config.mixed_precision)
+        return _train(config, model_dir, strategy, verbose)
+    finally:
+        # The policy is global: the caller's models must not become mixed precision.
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _chunks(task, config, start, strategy=None):
+    """`(size, episodes)` pairs covering iterations `start .. num_iterations`.
+
+    With `steps_per_execution` K > 1, `size` is K and the episodes are K meta-batches stacked
+    on a leading axis (one call of `MAML.meta_train_steps`); a remainder shorter than K runs
+    one meta-batch at a time. Streams are pure functions of the episode index, so the chunking
+    does not change which episodes are seen.
+    """
+    per_call = config.steps_per_execution
+    remaining = config.num_iterations - start
+    full = remaining // per_call if per_call > 1 else 0
+    if full:
+        stacked = task.train_dataset(start * config.meta_batch_size).batch(
+            per_call, drop_remainder=True)
+        for episodes in stacked.take(full):
+            yield per_call, episodes
+    rest_start = start + full * per_call
+    if rest_start < config.num_iterations:
+        dataset = task.train_dataset(rest_start * config.meta_batch_size).take(
+            config.num_iterations - rest_start)
+        if strategy is not None:
+            dataset = distribute_episodes(strategy, dataset)
+        for episodes in dataset:
+            yield 1, episodes
+
+
+def _train(config, model_dir, strategy, verbose):
+    printer = print if verbose else (lambda *a, **k: None)
+    distributed = config.strategy != "default"
+    os.makedirs(model_dir, exist_ok=True)
+    _check_resumable(config, model_dir)
+    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json())
+
+    keras.utils.set_random_seed(config.seed)
+    # Every variable (model, learned rates, optimizer slots, loss scale) is created under the
+    # strategy's scope, so it is mirrored on each replica.
+    with strategy.scope():
+        task = build_task_family(config)
+        maml = build_maml(config, task.model, task.loss_fn)
+
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    best_metric = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_metric")
+    train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
+    checkpoint = tf.train.Checkpoint(model=maml, optimizer=maml.optimizer, step=step,
+                                     best_metric=best_metric, train_seconds=train_seconds)
+    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                        max_to_keep=3)
+    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
+    if latest.latest_checkpoint:
+        checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+        printer(f"[train] resumed from {latest.latest_checkpoint} at iteration {int(step)}",
+                flush=True)
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
+    if distributed:
+        train_step = tf.function(
+            lambda episodes: distributed_meta_train_step(maml, strategy, episodes))
+    else:
+        train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
+    evaluator = TaskEvaluator(maml, classification=task.classification)
+    higher_is_better = task.classification
+    metric_name = "accuracy" if task.classification else "mse"
+
+    start = int(step)
+    progress = Progress(config.num_iterations, config.log_every, start, printer)
+    if config.steps_per_execution > 1:
+        steps_function = tf.function(maml.meta_train_steps, jit_compile=config.jit_compile)
+
+        def run_chunk(size, episodes):
+            return steps_function(episodes) if size > 1 else train_step(episodes)[0]
+    else:
+        def run_chunk(size, episodes):
+            return train_step(episodes)[0]
+    loop_start = time.perf_counter()
+    timed_from = None
+    last_loss = float("nan")
+    with writer.as_default():
+        for size, episodes in _chunks(task, config, start, strategy if distributed else None):
+            loss = run_chunk(size, episodes)
+            last_loss = float(loss)
+            if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
+                raise FloatingPointError(
+                    f"The meta-loss is {last_loss} at iteration {int(step) + size}. Training "
+                    f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "
+                    "is kept. Lower inner_lr or meta_lr.")
+            step.assign_add(size)
+            s = int(step)
+            if timed_from is None:
+                # The first step traces the graph: time the steady state from here on.
+                timed_from = (s, time.perf_counter())
+            last = s == config.num_iterations
+            if crossed(s, size, config.log_every) or last:
+                rate = progress.maybe_print(s, last_loss)
+                tf.summary.scalar("train/meta_loss", last_loss, step=s)
+                if rate:
+                    tf.summary.scalar("train/iterations_per_second", rate, step=s)
+            if (config.eval_every and task.val_dataset is not None
+                    and (crossed(s, size, config.eval_every) or last)):
+                summary = evaluator.evaluate(task.val_dataset(), config.num_val_tasks,
+                                             config.eval_inner_steps[0])
+                value = _headline(summary, task.classification)
+                tf.summary.scalar(f"val/{metric_name}", value, step=s)
+                improved = (math.isnan(float(best_metric)) or
+                            (value > float(best_metric) if higher_is_better
+                             else value < float(best_metric)))
+                printer(f"[val] iter {s}  {metric_name} {value:.4f}"
+                        + ("  (best)" if improved else ""), flush=True)
+                if improved and _all_finite(maml.trainable_variables):
+                    best_metric.assign(value)
+                    best.save(checkpoint_number=s)
+            if crossed(s, size, config.checkpoint_every) or last:
+                now = time.perf_counter()
+                train_seconds.assign_add(now - loop_start)
+                loop_start = now
+                if _all_finite(maml.trainable_variables):
+                    latest.save(checkpoint_number=s)
+        writer.flush()
+    train_seconds.assign_add(time.perf_counter() - loop_start)
+    seconds_per_iteration = None
+    if timed_from is not None and int(step) > timed_from[0]:
+        seconds_per_iteration = (time.perf_counter() - timed_from[1]) / (int(step) - timed_from[0])
+
+    final_step = int(step)
+    # Read before restoring the best checkpoint, which holds the time of its own iteration.
+    total_train_seconds = float(train_seconds)
+    if best.latest_checkpoint:
+        # Test the model that validated best, as the MAML protocol does.
+        checkpoint.restore(best.latest_checkpoint).expect_partial()
+        printer(f"[test] using the best validation checkpoint {best.latest_checkpoint}", flush=True)
+    eval_start = time.perf_counter()
+    summary = evaluator.evaluate(task.test_dataset(), config.num_eval_tasks,
+                                 config.eval_inner_steps)
+    results = {
+        "task_family": config.task_family,
+        "iterations": final_step,
+        "tested_iteration": int(step),
+        "checkpoint": best.latest_checkpoint or latest.latest_checkpoint,
+        "train_seconds": total_train_seconds,
+        "seconds_per_iteration": seconds_per_iteration,
+        "eval_seconds": time.perf_counter() - eval_start,
+        "num_shots": config.shots_at_eval,
+        "num_ways": config.num_ways if task.classification else None,
+        "results": {str(s): v for s, v in summary.items()},
+        "config": config.to_dict(),
+    }
+    for s, metrics in summary.items():
+        for name, stats in metrics.items():
+            printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "
+                    f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)", flush=True)
+    with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

@@ -1,0 +1,131 @@
+"""The MAML trainer end to end on tiny configs: results, checkpoints, resume, NaN, flags."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from keras_meta.training.config import MAMLTrainConfig
+from keras_meta.training.presets import get_preset
+from keras_meta.training import train
+from trainers import train_maml
+
+TINY = MAMLTrainConfig(num_iterations=6, meta_batch_size=2, num_shots=5, num_queries=5,
+                       eval_every=3, num_val_tasks=4, num_eval_tasks=6, checkpoint_every=2,
+                       log_every=2, eval_inner_steps=(1, 2))
+
+
+def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
+    model_dir = str(tmp_path)
+    results = train(TINY, model_dir)
+    assert results["iterations"] == 6
+    with open(os.path.join(model_dir, "eval_results.json")) as f:
+        saved = json.load(f)
+    assert set(saved["results"]) == {"1", "2"}
+    stats = saved["results"]["1"]["loss"]
+    assert stats["num_tasks"] == 6 and stats["mean"] > 0 and stats["ci95"] > 0
+    # The whole run's time, not the time stored in the best checkpoint restored for testing.
+    assert saved["train_seconds"] >= saved["seconds_per_iteration"] * (saved["iterations"] - 1)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")) is not None
+    assert os.listdir(os.path.join(model_dir, "logs"))
+
+    capsys.readouterr()
+    results = train(TINY.replace(num_iterations=10), model_dir)
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "at iteration 6" in out
+    assert "iter 8/10" in out and "iter 2/10" not in out
+    assert results["iterations"] == 10
+
+
+def test_resume_continues_the_same_episode_stream(tmp_path):
+    straight = train(TINY.replace(eval_every=0), str(tmp_path / "a"), verbose=False)
+    train(TINY.replace(eval_every=0, num_iterations=4), str(tmp_path / "b"), verbose=False)
+    resumed = train(TINY.replace(eval_every=0), str(tmp_path / "b"), verbose=False)
+    a, b = straight["results"]["1"]["loss"]["mean"], resumed["results"]["1"]["loss"]["mean"]
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
+    model_dir = str(tmp_path)
+    train(TINY.replace(num_iterations=4, eval_every=0), model_dir, verbose=False)
+    good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    with pytest.raises(FloatingPointError, match="meta-loss is (nan|inf)"):
+        train(TINY.replace(num_iterations=8, eval_every=0, inner_lr=1e30), model_dir,
+              verbose=False)
+    assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == good
+    reader = tf.train.load_checkpoint(good)
+    for name, _ in tf.train.list_variables(good):
+        if name.endswith("VARIABLE_VALUE") and not name.startswith("best_metric"):
+            assert np.all(np.isfinite(reader.get_tensor(name)))
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path):
+    train(TINY.replace(num_iterations=2, eval_every=0), str(tmp_path), verbose=False)
+    with pytest.raises(ValueError, match="inner_steps: saved 1, now 2"):
+        train(TINY.replace(inner_steps=2), str(tmp_path), verbose=False)
+
+
+def _parse(argv):
+    fv = flags.FlagValues()
+    train_maml.define_flags(fv)
+    fv(["train_maml"] + argv)
+    return train_maml.config_from_flags(fv)
+
+
+def test_flags_start_from_the_preset_and_override():
+    config = _parse(["--preset=omniglot_20way_1shot", "--meta_batch_size=4",
+                     "--eval_inner_steps=1,3"])
+    expected = get_preset("omniglot_20way_1shot")
+    assert config.num_ways == 20 and config.inner_steps == expected.inner_steps
+    assert config.meta_batch_size == 4 and config.eval_inner_steps == (1, 3)
+    assert _parse([]) == get_preset("sinusoid")
+    assert _parse(["--task_family=omniglot"]) == get_preset("omniglot_5way_1shot")
+    assert _parse(["--ways=20", "--task_family=omniglot"]).num_ways == 20
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--task_family=imagenet"], "--task_family='imagenet' is not a known task family"),
+    (["--inner_steps=-1"], "Invalid --inner_steps=-1: expected an integer >= 0"),
+    (["--meta_batch_size=0"], "Invalid --meta_batch_size=0: expected an integer >= 1"),
+    (["--preset=fast"], "--preset='fast' is not a known preset"),
+    (["--batch_norm=group"], "Invalid --batch_norm='group'"),
+    (["--eval_inner_steps=a"], "--eval_inner_steps='a'"),
+    (["--task_family=omniglot", "--ways=1"], "Invalid --ways=1"),
+    (["--task_batching=vmap"], "Invalid --task_batching='vmap': expected one of"),
+    (["--steps_per_execution=0"], "Invalid --steps_per_execution=0: expected an integer >= 1"),
+    (["--steps_per_execution=2", "--strategy=mirrored"], "Invalid --steps_per_execution=2"),
+])
+def test_bad_flags_fail_with_a_clear_message(argv, message):
+    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _parse(argv)
+
+
+def test_steps_per_execution_trains_the_same_model_and_checkpoints_on_time(tmp_path, capsys):
+    config = TINY.replace(num_iterations=7, eval_every=0, checkpoint_every=2, log_every=3)
+    one = train(config, str(tmp_path / "one"), verbose=False)
+    capsys.readouterr()
+    # 7 iterations in calls of 3: two stacked calls, then one single step.
+    three = train(config.replace(steps_per_execution=3, task_batching="batched"),
+                  str(tmp_path / "three"))
+    out = capsys.readouterr().out
+    assert "iter 3/7" in out and "iter 6/7" in out and "iter 7/7" in out
+    assert three["iterations"] == 7
+    assert three["results"]["1"]["loss"]["mean"] == pytest.approx(
+        one["results"]["1"]["loss"]["mean"], rel=1e-4)
+    saved = [int(p.split("-")[-1].split(".")[0])
+             for p in os.listdir(tmp_path / "three" / "checkpoints") if p.endswith(".index")]
+    # Calls end at 3, 6 and 7: each passed a multiple of 2 (or is the last), so each saved.
+    assert sorted(saved) == [3, 6, 7]
+
+
+def test_recompute_and_loop_trainers_agree_with_the_default(tmp_path):
+    config = TINY.replace(num_iterations=3, eval_every=0, inner_steps=2)
+    base = train(config, str(tmp_path / "a"), verbose=False)["results"]["1"]["loss"]["mean"]
+    for name, changes in (("b", dict(recompute_inner_steps=1)),
+                          ("c", dict(task_batching="loop"))):
+        other = train(config.replace(**changes), str(tmp_path / name), verbose=False)
+        assert other["results"]["1"]["loss"]["mean"] == pytest.approx(base, rel=1e-4)
