@@ -1,15 +1,7 @@
 r"""`keras-meta-client`: sends one request to TF Serving (REST or gRPC), or answers it locally.
 
-A few-shot request carries a support set and a query set, whose first dimensions differ, so the
-REST body uses TF Serving's columnar format:
-
-    POST http://HOST:8501/v1/models/NAME[/versions/V]:predict
-    {"signature_name": "serving_default",
-     "inputs": {"support_images": [[[[...]]]], "support_labels": [0, 1, ...],
-                "query_images": [[[[...]]]]}}
-
-and the answer is `{"outputs": {"probabilities": [[...]], "classes": [...], ...}}` (or
-`{"outputs": [...]}` when the signature has a single output).
+The request formats (REST columnar, gRPC `PredictRequest`) are described in
+`keras_meta.export.client`.
 
 Examples:
 

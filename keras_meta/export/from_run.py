@@ -12,11 +12,11 @@ import tensorflow as tf
 
 from keras_meta.export.adapted import export_adapted
 from keras_meta.export.few_shot import export_few_shot
+from keras_meta.export.serving_config import KINDS
 from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.loop import CONFIG_FILE
 from keras_meta.training.task_families import build_maml, build_model
 
-KINDS = ("few_shot", "adapted")
 CHECKPOINTS = ("auto", "best", "latest")
 
 

@@ -13,11 +13,9 @@ from keras_meta._checks import check_int, check_one_of, is_int
 from keras_meta.core import batching, functional
 from keras_meta.core.losses import replica_loss_weight
 from keras_meta.data.episode import Episode, as_episode
+from keras_meta.maml.inner_rates import LR_MODES, make_inner_rates, read_inner_rates
 from keras_meta.maml.objective import MetaObjective
 
-# How the inner learning rate is learned: fixed, one per variable, one per variable and
-# step (MAML++), or one per coordinate (Meta-SGD).
-LR_MODES = (None, "per_variable", "per_step", "per_coordinate")
 # How a meta-batch's tasks run: batched when the model allows it, always batched, or a loop.
 TASK_BATCHING_MODES = ("auto", "batched", "loop")
 
@@ -134,7 +132,9 @@ class MAML(keras.Model):
         if inner_loss_scale is not None and not float(inner_loss_scale) > 0:
             raise ValueError(f"inner_loss_scale must be > 0 or None; got {inner_loss_scale!r}.")
         self.inner_loss_scale = None if inner_loss_scale is None else float(inner_loss_scale)
-        self.inner_lrs = self._make_learning_rates()
+        self.inner_lrs = make_inner_rates(
+            self, self.model.trainable_variables, learn_inner_lr, self.inner_lr,
+            num_steps=max(self.inner_steps, self.eval_inner_steps))
         self.meta_loss_tracker = keras.metrics.Mean(name="loss")
         if task_batching == "batched":
             problems = self._batching_problems()
@@ -157,34 +157,6 @@ class MAML(keras.Model):
         if self.task_batching == "loop":
             return False
         return not self._batching_problems()
-
-    # -- construction -------------------------------------------------------------------------
-
-    def _make_learning_rates(self):
-        if self.learn_inner_lr is None:
-            return None
-        variables = self.model.trainable_variables
-        num_steps = max(self.inner_steps, self.eval_inner_steps)
-
-        def make(name, shape):
-            return self.add_weight(
-                shape=shape, name=name, initializer=keras.initializers.Constant(self.inner_lr),
-                trainable=True,
-            )
-
-        if self.learn_inner_lr == "per_variable":
-            return [make(f"inner_lr_{i}", ()) for i in range(len(variables))]
-        if self.learn_inner_lr == "per_coordinate":
-            return [make(f"inner_lr_{i}", tuple(v.shape)) for i, v in enumerate(variables)]
-        return [[make(f"inner_lr_s{s}_{i}", ()) for i in range(len(variables))]
-                for s in range(num_steps)]
-
-    def _learning_rate(self):
-        if self.inner_lrs is None:
-            return self.inner_lr
-        if self.learn_inner_lr == "per_step":
-            return [[tf.identity(v.value) for v in step] for step in self.inner_lrs]
-        return [tf.identity(v.value) for v in self.inner_lrs]
 
     def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False, **kwargs):
         """Sets the outer optimizer, the task loss (if not given to the constructor) and metrics."""
@@ -238,7 +210,8 @@ class MAML(keras.Model):
             first_order: default `self.first_order`.
         """
         return MetaObjective(
-            model=self.model, loss_fn=self.loss_fn, inner_lr=self._learning_rate(),
+            model=self.model, loss_fn=self.loss_fn, inner_lr=read_inner_rates(self.inner_lrs, learn_inner_lr=self.learn_inner_lr,
+                                      fixed=self.inner_lr),
             update_rule=self.update_rule,
             inner_steps=self.inner_steps if steps is None else steps,
             first_order=self.first_order if first_order is None else first_order,
@@ -264,20 +237,22 @@ class MAML(keras.Model):
 
     # -- Keras hooks ----------------------------------------------------------------------------
 
-    def meta_gradients(self, episodes):
+    def meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False,
+                       return_state=False):
         """The mean post-adaptation query loss of a meta-batch and its gradient.
 
-        Returns `(meta_loss, grads, query_preds)`, `grads` aligned with
-        `self.trainable_variables` (the base model's and any learned inner rates or rule).
-        """
-        return self._meta_gradients(episodes)[:3]
+        Args:
+            episodes: a batched `Episode` (static meta-batch size).
+            loss_weight: the gradient is that of `loss_weight * meta_loss`: a replica's share
+                of the global mean (`1 / num_replicas`) under `tf.distribute`.
+            scale_loss: also scale the objective by the optimizer (`LossScaleOptimizer`,
+                which unscales the gradients in `apply_gradients`).
+            return_state: also return the non-trainable state after the tasks.
 
-    def _meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False):
-        """`(meta_loss, grads, preds, state)`; `grads` of `loss_weight * meta_loss`.
-
-        `loss_weight` is a replica's share of the global mean (`1 / num_replicas`); with
-        `scale_loss` the objective is also scaled by the optimizer (`LossScaleOptimizer`),
-        which unscales the gradients in `apply_gradients`. `meta_loss` is never scaled.
+        Returns:
+            `(meta_loss, grads, query_preds)` (and `state`), `grads` aligned with
+            `self.trainable_variables` (the base model's and any learned inner rates or rule).
+            `meta_loss` is never weighted or scaled.
         """
         episodes = as_episode(episodes)
         with tf.GradientTape() as tape:
@@ -288,7 +263,8 @@ class MAML(keras.Model):
                 objective = self.optimizer.scale_loss(objective)
         grads = tape.gradient(objective, self.trainable_variables,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return meta_loss, grads, preds, state
+        out = (meta_loss, grads, preds)
+        return out + (state,) if return_state else out
 
     def replica_meta_train_step(self, episodes):
         """One replica's part of an outer step; the single-device step outside any strategy.
@@ -305,8 +281,8 @@ class MAML(keras.Model):
         `keras_meta.training.distribute.distributed_meta_train_step`.
         """
         weight = replica_loss_weight()
-        meta_loss, grads, preds, state = self._meta_gradients(
-            episodes, loss_weight=weight, scale_loss=True)
+        meta_loss, grads, preds, state = self.meta_gradients(
+            episodes, loss_weight=weight, scale_loss=True, return_state=True)
         if weight != 1.0 and isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             grads = _agree_on_finiteness(grads)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))

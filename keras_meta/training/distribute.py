@@ -105,7 +105,7 @@ def distributed_meta_gradients(maml, strategy, dist_episodes):
         `(meta_loss, grads)`, `grads` aligned with `maml.trainable_variables`.
     """
     def share(episodes):
-        loss, grads, _, _ = maml._meta_gradients(episodes, loss_weight=replica_loss_weight())
+        loss, grads, _ = maml.meta_gradients(episodes, loss_weight=replica_loss_weight())
         return loss, grads
 
     loss, grads = strategy.run(share, args=(dist_episodes,))
