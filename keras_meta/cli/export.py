@@ -80,8 +80,10 @@ def main(argv):
 
 def console_main():
     """The console script `keras-meta-export`."""
+    from keras_meta.cli import run as cli_run
+
     define_flags()
-    app.run(main)
+    cli_run(main, __name__)
 
 
 if __name__ == "__main__":
