@@ -4,7 +4,6 @@ The run's `config.json` says how to rebuild the model and how clients' images ar
 model inputs (`MAMLTrainConfig.image_preprocessing`), so exporting needs no dataset.
 """
 
-import json
 import os
 
 import numpy as np
@@ -13,36 +12,50 @@ import tensorflow as tf
 from keras_meta.export.adapted import export_adapted
 from keras_meta.export.few_shot import export_few_shot
 from keras_meta.export.serving_config import KINDS
-from keras_meta.training.config import MAMLTrainConfig
-from keras_meta.training.loop import CONFIG_FILE
+from keras_meta.training import run_state
+from keras_meta.training.run_state import CONFIG_FILE
 from keras_meta.training.task_families import build_maml, build_model
 
 CHECKPOINTS = ("auto", "best", "latest")
 
 
-def find_checkpoint(model_dir, which="auto"):
-    """The checkpoint prefix to export: the best by validation, else the latest."""
+def find_checkpoint(model_dir, which="auto", warn=print):
+    """The checkpoint prefix to export: the newest intact best-by-validation one, else the
+    newest intact latest one. Unreadable checkpoints are skipped with a warning naming them."""
     if which not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {CHECKPOINTS}; got {which!r}.")
     candidates = {"best": ["best"], "latest": ["checkpoints"], "auto": ["best", "checkpoints"]}
     for sub in candidates[which]:
-        path = tf.train.latest_checkpoint(os.path.join(model_dir, sub))
-        if path:
-            return path
+        state = tf.train.get_checkpoint_state(os.path.join(model_dir, sub))
+        listed = list(state.all_model_checkpoint_paths) if state else []
+        for path in reversed(listed):
+            if not os.path.isabs(path):
+                path = os.path.join(model_dir, sub, path)
+            if run_state.is_intact(path):
+                return path
+            warn(f"[warning] checkpoint {path} is corrupt (unreadable); skipping it", flush=True)
     raise FileNotFoundError(
-        f"No checkpoint in {model_dir!r} (looked in "
+        f"No intact checkpoint in {model_dir!r} (looked in "
         f"{', '.join(os.path.join(model_dir, s) for s in candidates[which])}). Train first, or "
         "point --model_dir at a trainer's output directory.")
 
 
-def restore_maml(model_dir, which="auto"):
-    """(maml, config, checkpoint path): the run's MAML rebuilt from config.json and restored."""
+def restore_maml(model_dir, which="auto", warn=print):
+    """(maml, config, checkpoint path): the run's MAML rebuilt and restored.
+
+    The config is the one saved inside the exported checkpoint: the settings that produced
+    those weights, whatever a later (failed or changed) resume wrote into `config.json`.
+    """
     config_path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(config_path):
+    if not os.path.exists(config_path) and not any(
+            os.path.isdir(os.path.join(model_dir, sub)) for sub in ("best", "checkpoints")):
         raise FileNotFoundError(f"No {CONFIG_FILE} in {model_dir!r}: not a trainer's model_dir.")
-    with open(config_path) as f:
-        config = MAMLTrainConfig.from_dict(json.load(f))
-    checkpoint_path = find_checkpoint(model_dir, which)
+    checkpoint_path = find_checkpoint(model_dir, which, warn)
+    config = run_state.config_of_checkpoint(checkpoint_path)
+    if config is None:
+        warn(f"[warning] {checkpoint_path} predates configs saved in checkpoints; using "
+             f"{config_path}", flush=True)
+        config = run_state.read_config_file(config_path)
     # The model alone: an export never loads the run's dataset.
     model, loss_fn = build_model(config)
     maml = build_maml(config, model, loss_fn)

@@ -3,7 +3,9 @@
 A custom loop rather than `fit()`, because it must (1) resume exactly, data included, after a
 kill, (2) refuse to checkpoint a NaN model, and (3) keep the best checkpoint by validation.
 Episode streams are pure functions of (seed, episode index), so resuming at step `s` restarts
-the stream at episode `s * meta_batch_size` instead of serialising iterator buffers.
+the stream at episode `s * meta_batch_size` instead of serialising iterator buffers. What a
+run directory keeps about itself (the config inside each checkpoint, the history of resumes,
+corrupt-checkpoint fallback) is `run_state.py`.
 """
 
 import json
@@ -15,39 +17,36 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_meta.training.config import ARCHITECTURE_FIELDS, MAMLTrainConfig
+from keras_meta.training import run_state
+from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.distribute import (distribute_episodes, distributed_meta_train_step,
                                             make_strategy, replica_meta_batch_size)
 from keras_meta.training.evaluation import TaskEvaluator
 from keras_meta.training.progress import Progress, crossed
 from keras_meta.training.task_families import build_maml, build_task_family, complete_config
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = run_state.CONFIG_FILE
 RESULTS_FILE = "eval_results.json"
 
 
-def _check_resumable(config, model_dir):
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    current = json.loads(config.to_json())
-    changed = {k: (saved.get(k), current[k]) for k in ARCHITECTURE_FIELDS
-               if saved.get(k) != current[k]}
-    if changed:
-        details = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(
-            f"{model_dir} holds a run whose variables have another shape ({details}). "
-            "Use a new model_dir, or the saved settings to resume.")
-    # mixed_float16 wraps the outer optimizer in a LossScaleOptimizer (other checkpoint
-    # objects); bfloat16 and float32 runs resume into each other.
-    saved_fp16 = saved.get("mixed_precision") == "mixed_float16"
-    if saved_fp16 != (config.mixed_precision == "mixed_float16"):
-        raise ValueError(
-            f"{model_dir} holds a run with mixed_precision={saved.get('mixed_precision')!r}; "
-            f"now {config.mixed_precision!r}. Only mixed_float16 keeps a loss scale in the "
-            "optimizer's checkpoint: resume with the saved setting, or use a new model_dir.")
+def _saved_config(model_dir, printer):
+    """The config of the run already in `model_dir` (its newest intact checkpoint's), or None.
+
+    Corrupt checkpoints are set aside here, before anything is built, with a warning.
+    """
+    latest, _ = run_state.intact_checkpoints(os.path.join(model_dir, "checkpoints"), printer)
+    run_state.intact_checkpoints(os.path.join(model_dir, "best"), printer)
+    if not latest:
+        return None
+    saved = run_state.config_of_checkpoint(latest[0])
+    if saved is None:
+        # A checkpoint written before configs travelled inside checkpoints.
+        saved = run_state.read_config_file(os.path.join(model_dir, CONFIG_FILE))
+    return saved
+
+
+def _describe(changes):
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
 def _all_finite(variables):
@@ -132,30 +131,54 @@ def _chunks(task, config, start, strategy=None):
 def _train(config, model_dir, strategy, verbose):
     printer = print if verbose else (lambda *a, **k: None)
     distributed = config.strategy != "default"
-    os.makedirs(model_dir, exist_ok=True)
-    _check_resumable(config, model_dir)
-    with open(os.path.join(model_dir, CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
+    for sub in ("checkpoints", "best"):
+        for path in run_state.remove_leftovers(os.path.join(model_dir, sub)):
+            printer(f"[train] removed {path}, left by an interrupted checkpoint write",
+                    flush=True)
+    # Refuse a changed resume before anything is built or written.
+    saved = _saved_config(model_dir, printer)
+    changes = run_state.resume_changes(saved, config) if saved is not None else {}
 
-    keras.utils.set_random_seed(config.seed)
     # Every variable (model, learned rates, optimizer slots, loss scale) is created under the
-    # strategy's scope, so it is mirrored on each replica.
+    # strategy's scope, so it is mirrored on each replica. The data is loaded here too, before
+    # the model_dir exists: a run refused for bad data leaves nothing behind.
     with strategy.scope():
+        # Seeds the model's initialisation after the data is ready (see build_task_family).
         task = build_task_family(config)
         maml = build_maml(config, task.model, task.loss_fn)
+    os.makedirs(model_dir, exist_ok=True)
 
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     best_metric = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_metric")
     train_seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="train_seconds")
-    checkpoint = tf.train.Checkpoint(model=maml, optimizer=maml.optimizer, step=step,
-                                     best_metric=best_metric, train_seconds=train_seconds)
+    # The config that produced the weights is saved inside every checkpoint.
+    run_config = tf.Variable(config.to_json(), dtype=tf.string, trainable=False,
+                             name="run_config")
+    state = dict(model=maml, optimizer=maml.optimizer, step=step, best_metric=best_metric,
+                 train_seconds=train_seconds)
+    checkpoint = tf.train.Checkpoint(run_config=run_config, **state)
     latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
                                         max_to_keep=3)
     best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
     if latest.latest_checkpoint:
-        checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
-        printer(f"[train] resumed from {latest.latest_checkpoint} at iteration {int(step)}",
-                flush=True)
+        restored = checkpoint if run_state.config_of_checkpoint(latest.latest_checkpoint) \
+            else tf.train.Checkpoint(**state)
+        restored.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+        if "meta_lr" in changes:
+            # The optimizer's checkpoint holds the old rate; the new one is applied for real.
+            maml.optimizer.learning_rate = config.meta_lr
+        printer(f"[train] resumed from {latest.latest_checkpoint} at iteration {int(step)}"
+                + (f"; changed: {_describe(changes)}" if changes else ""), flush=True)
+        run_state.append_history(model_dir, "resume", int(step),
+                                 checkpoint=latest.latest_checkpoint, changes=changes)
+    else:
+        run_state.append_history(model_dir, "start", 0)
+    run_config.assign(config.to_json())
+
+    def save(manager, iteration):
+        manager.save(checkpoint_number=iteration)
+        # The copy beside the checkpoints names the settings of the newest one.
+        run_state.write_atomically(os.path.join(model_dir, CONFIG_FILE), config.to_json())
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
     if distributed:
@@ -185,6 +208,8 @@ def _train(config, model_dir, strategy, verbose):
             loss = run_chunk(size, episodes)
             last_loss = float(loss)
             if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
+                run_state.append_history(model_dir, "diverged", int(step) + size,
+                                         meta_loss=last_loss)
                 raise FloatingPointError(
                     f"The meta-loss is {last_loss} at iteration {int(step) + size}. Training "
                     f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "
@@ -213,13 +238,13 @@ def _train(config, model_dir, strategy, verbose):
                         + ("  (best)" if improved else ""), flush=True)
                 if improved and _all_finite(maml.trainable_variables):
                     best_metric.assign(value)
-                    best.save(checkpoint_number=s)
+                    save(best, s)
             if crossed(s, size, config.checkpoint_every) or last:
                 now = time.perf_counter()
                 train_seconds.assign_add(now - loop_start)
                 loop_start = now
                 if _all_finite(maml.trainable_variables):
-                    latest.save(checkpoint_number=s)
+                    save(latest, s)
         writer.flush()
     train_seconds.assign_add(time.perf_counter() - loop_start)
     seconds_per_iteration = None
@@ -229,9 +254,12 @@ def _train(config, model_dir, strategy, verbose):
     final_step = int(step)
     # Read before restoring the best checkpoint, which holds the time of its own iteration.
     total_train_seconds = float(train_seconds)
+    tested_config = config
     if best.latest_checkpoint:
         # Test the model that validated best, as the MAML protocol does.
-        checkpoint.restore(best.latest_checkpoint).expect_partial()
+        tested_config = run_state.config_of_checkpoint(best.latest_checkpoint) or config
+        (checkpoint if tested_config is not config else tf.train.Checkpoint(**state)).restore(
+            best.latest_checkpoint).expect_partial()
         printer(f"[test] using the best validation checkpoint {best.latest_checkpoint}", flush=True)
     eval_start = time.perf_counter()
     summary = evaluator.evaluate(task.test_dataset(), config.num_eval_tasks,
@@ -248,11 +276,15 @@ def _train(config, model_dir, strategy, verbose):
         "num_ways": config.num_ways if task.classification else None,
         "results": {str(s): v for s, v in summary.items()},
         "config": config.to_dict(),
+        # The settings that produced the tested weights (the best checkpoint's, which may
+        # predate a resume that changed meta_lr or num_iterations), and every start/resume.
+        "checkpoint_config": tested_config.to_dict(),
+        "history": run_state.read_history(model_dir),
     }
     for s, metrics in summary.items():
         for name, stats in metrics.items():
             printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "
                     f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)", flush=True)
-    with open(os.path.join(model_dir, RESULTS_FILE), "w") as f:
-        json.dump(results, f, indent=2)
+    run_state.write_atomically(os.path.join(model_dir, RESULTS_FILE),
+                               json.dumps(results, indent=2))
     return results

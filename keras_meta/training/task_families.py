@@ -94,10 +94,9 @@ def _sinusoid(config):
             config.shots_at_eval, config.queries_at_eval, _eval_batch(num_tasks),
             seed=config.seed + seed_offset, num_episodes=num_tasks)
 
-    model, loss_fn = build_model(config)
-    return TaskFamilySpec(model, loss_fn, False, train,
-                          finite(1_000_003, config.num_val_tasks),
-                          finite(2_000_003, config.num_eval_tasks))
+    return dict(classification=False, train_dataset=train,
+                val_dataset=finite(1_000_003, config.num_val_tasks),
+                test_dataset=finite(2_000_003, config.num_eval_tasks))
 
 
 def _omniglot(config):
@@ -124,13 +123,11 @@ def _omniglot(config):
     # Lake et al.'s background/evaluation split has no validation characters: no model
     # selection then, rather than selecting on the test classes.
     val = finite("validation", 1_000_003, config.num_val_tasks) if "validation" in splits else None
-    model, loss_fn = build_model(config)
-    return TaskFamilySpec(
-        model, loss_fn, True,
-        lambda start: train_sampler.dataset(seed=config.seed, start=start),
-        val, finite("test", 2_000_003, config.num_eval_tasks),
-        metadata={"preprocessing": splits["train"].preprocessing.get_config(),
-                  "splits": {k: v.num_classes for k, v in splits.items()}})
+    return dict(classification=True,
+                train_dataset=lambda start: train_sampler.dataset(seed=config.seed, start=start),
+                val_dataset=val, test_dataset=finite("test", 2_000_003, config.num_eval_tasks),
+                metadata={"preprocessing": splits["train"].preprocessing.get_config(),
+                          "splits": {k: v.num_classes for k, v in splits.items()}})
 
 
 _BUILDERS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
@@ -138,11 +135,19 @@ TASK_FAMILIES = tuple(_BUILDERS)
 
 
 def build_task_family(config):
-    """The `TaskFamilySpec` of `config.task_family`: model, loss and episode streams."""
+    """The `TaskFamilySpec` of `config.task_family`: episode streams, then model and loss.
+
+    The data is loaded first and the global seed (`config.seed`) is set after it, right before
+    the model is built: preparing a dataset may draw random numbers, and the same seed must
+    give the same run whether or not this run prepared the data.
+    """
     if config.task_family not in _BUILDERS:
         raise ValueError(f"Unknown task_family {config.task_family!r}; expected one of "
                          f"{sorted(_BUILDERS)}.")
-    return _BUILDERS[config.task_family](config)
+    streams = _BUILDERS[config.task_family](config)
+    keras.utils.set_random_seed(config.seed)
+    model, loss_fn = build_model(config)
+    return TaskFamilySpec(model=model, loss_fn=loss_fn, **streams)
 
 
 def build_maml(config, model, loss_fn):

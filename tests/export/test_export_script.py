@@ -86,7 +86,7 @@ def test_exports_an_image_run_from_its_config_alone(tmp_path, monkeypatch):
     os.makedirs(model_dir)
     with open(os.path.join(model_dir, loop.CONFIG_FILE), "w") as f:
         f.write(config.to_json())
-    with pytest.raises(FileNotFoundError, match="No checkpoint in"):
+    with pytest.raises(FileNotFoundError, match="No intact checkpoint in"):
         export_saved_model.export_from_model_dir(model_dir, base_dir=str(tmp_path))
     keras.utils.set_random_seed(5)
     maml = task_families.build_maml(config, *task_families.build_model(config))

@@ -130,7 +130,7 @@ def test_trainer_sets_the_policy_and_restores_it(tmp_path, policy):
     assert np.isfinite(results["results"]["1"]["loss"]["mean"])
     # Resuming with another loss-scaling setting is refused with a clear message.
     other = "mixed_bfloat16" if policy == "mixed_float16" else "mixed_float16"
-    with pytest.raises(ValueError, match=f"mixed_precision='{policy}'; now '{other}'"):
+    with pytest.raises(ValueError, match=f"mixed_precision: saved '{policy}', now '{other}'"):
         train(config.replace(mixed_precision=other, num_iterations=31), str(tmp_path),
               verbose=False)
     assert keras.config.dtype_policy().name == "float32"

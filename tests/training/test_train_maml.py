@@ -54,12 +54,13 @@ def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
     train(TINY.replace(num_iterations=4, eval_every=0), model_dir, verbose=False)
     good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     with pytest.raises(FloatingPointError, match="meta-loss is (nan|inf)"):
-        train(TINY.replace(num_iterations=8, eval_every=0, inner_lr=1e30), model_dir,
+        # meta_lr may change on resume, and is applied: the first step diverges.
+        train(TINY.replace(num_iterations=8, eval_every=0, meta_lr=1e30), model_dir,
               verbose=False)
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == good
     reader = tf.train.load_checkpoint(good)
     for name, _ in tf.train.list_variables(good):
-        if name.endswith("VARIABLE_VALUE") and not name.startswith("best_metric"):
+        if name.endswith("VARIABLE_VALUE") and not name.startswith(("best_metric", "run_config")):
             assert np.all(np.isfinite(reader.get_tensor(name)))
 
 
