@@ -12,8 +12,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from export_helpers import CLIENT, PREP, WAYS, make_maml
-from keras_meta.export import ServingConfig, export_few_shot, next_version, read_serving_config
+from export_helpers import CLIENT, PREP, WAYS, make_maml, make_task, reference_logits
+from keras_meta.export import (ServingConfig, export_few_shot, freeze_batch_norm, next_version,
+                               read_serving_config)
 from keras_meta.export.warmup import WARMUP_FILE, read_warmup
 
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -67,20 +68,63 @@ def test_config_asset_describes_the_export(exports):
         ServingConfig(kind="other", problem="classification", num_ways=3)
 
 
+def _warmup_reference_logits(maml, kind, inputs):
+    """What the library answers for one warmup request's inputs, computed eagerly."""
+    if kind == "few_shot":
+        return reference_logits(maml, inputs["support_images"], inputs["support_labels"],
+                                inputs["query_images"])
+    # The adapted export: adapted to make_task()'s support set, batch norm frozen on it.
+    support, labels, _, _ = make_task()
+    support_x = PREP(support)
+    adapted = maml.adapt(support_x, tf.constant(labels), maml.eval_inner_steps)
+    served = freeze_batch_norm(adapted, support_x, slot=maml.eval_inner_steps)
+    return served(PREP(inputs["images"]), training=False).numpy()
+
+
 @pytest.mark.parametrize("kind", ["few_shot", "adapted"])
 def test_warmup_requests_parse_and_run(exports, kind):
-    _, path = exports(kind, "transductive")
+    maml, path = exports(kind, "transductive")
     logs = read_warmup(os.path.join(path, WARMUP_FILE))
     loaded = tf.saved_model.load(path)
-    signatures = {log.predict_log.request.model_spec.signature_name for log in logs}
-    assert signatures == {"serving_default", "serving_float"}
-    for log in logs:
-        request = log.predict_log.request
+    config = read_serving_config(path)
+    # One request per signature (the adapted model: batches of 1 and 8 each).
+    requests = [log.predict_log.request for log in logs]
+    names = sorted(r.model_spec.signature_name for r in requests)
+    per_signature = 1 if kind == "few_shot" else 2
+    assert names == sorted(["serving_default", "serving_float"] * per_signature)
+    batch_sizes = []
+    for request in requests:
+        signature = request.model_spec.signature_name
         assert request.model_spec.name == os.path.basename(os.path.dirname(path))
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
-        probabilities = outputs["probabilities"].numpy()
-        np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+        # The request has exactly the signature's inputs, dtypes and the client's image shape.
+        assert {k: v.dtype.name for k, v in inputs.items()} == \
+            config.signatures[signature]["inputs"]
+        images = inputs["query_images" if kind == "few_shot" else "images"]
+        assert images.shape[1:] == CLIENT
+        if signature == "serving_float":
+            assert 0.0 <= images.min() and images.max() <= 1.0
+        if kind == "few_shot":
+            assert inputs["support_images"].shape == (WAYS,) + CLIENT
+            np.testing.assert_array_equal(inputs["support_labels"], np.arange(WAYS))
+            assert len(images) == WAYS
+        batch_sizes.append(len(images))
+
+        outputs = {k: v.numpy() for k, v in
+                   loaded.signatures[signature](**inputs).items()}
+        assert sorted(outputs) == ["classes", "logits", "probabilities"]
+        logits = outputs["logits"]
+        assert logits.shape == (len(images), WAYS)
+        # The logits are the library's own answer to these inputs ...
+        np.testing.assert_allclose(logits, _warmup_reference_logits(maml, kind, inputs),
+                                   atol=1e-4, rtol=1e-4)
+        # ... and the other outputs are derived from them.
+        np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(logits).numpy(),
+                                   atol=1e-6)
+        np.testing.assert_array_equal(outputs["classes"], logits.argmax(-1))
+        assert outputs["classes"].dtype == np.int64
+    if kind == "adapted":
+        assert sorted(batch_sizes) == [1, 1, 8, 8]
 
 
 def _parse_cli(text):

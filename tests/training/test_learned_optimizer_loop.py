@@ -26,11 +26,25 @@ def test_train_checkpoints_resumes_and_writes_summaries(tmp_path):
     assert resumed["iteration"] == 5 and len(resumed["losses"]) == 2
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-5")
 
-    # A run asked to stop where the checkpoint already is restores phi and does nothing.
-    again = learned_optimizer_loop.train_learned_optimizer(script.LearnedOptimizerTrainConfig(num_meta_iterations=3, **TINY), model_dir)
-    assert again["losses"] == []
+    saved = [v.numpy() for v in resumed["lstm_optimizer"].weights]  # phi at ckpt-5
+    assert any(not np.array_equal(a, b) for a, b in zip(phi, saved))  # iterations 4-5 moved phi
+
+    # A run asked to stop at an iteration the checkpoint already passed restores phi (ckpt-5,
+    # bit for bit) and trains nothing.
+    config = script.LearnedOptimizerTrainConfig(num_meta_iterations=3, **TINY)
+    again = learned_optimizer_loop.train_learned_optimizer(config, model_dir)
+    assert again["losses"] == [] and again["iteration"] == 5
     latest = [v.numpy() for v in again["lstm_optimizer"].weights]
-    assert any(not np.array_equal(a, b) for a, b in zip(phi, latest))
+    assert [v.name for v in again["lstm_optimizer"].weights] == [
+        v.name for v in resumed["lstm_optimizer"].weights]
+    assert len(latest) == len(saved) > 0
+    for a, b in zip(saved, latest):
+        np.testing.assert_array_equal(b, a)
+    # ... and what it returns is not the seeded initialisation a fresh run would start from.
+    _, fresh, _ = learned_optimizer_loop.build_learned_optimizer(config)
+    initial = [v.numpy() for v in fresh.weights]
+    assert len(initial) == len(latest)
+    assert any(not np.array_equal(a, b) for a, b in zip(initial, latest))
 
 
 def test_non_finite_meta_loss_stops_without_overwriting_the_checkpoint(tmp_path):
@@ -39,7 +53,8 @@ def test_non_finite_meta_loss_stops_without_overwriting_the_checkpoint(tmp_path)
     checkpoints = os.path.join(model_dir, "checkpoints")
     good = tf.train.latest_checkpoint(checkpoints)
     files_before = sorted(os.listdir(checkpoints))
-    exploding = script.LearnedOptimizerTrainConfig(num_meta_iterations=6, output_scale=1e38, **TINY)
+    # A new meta_lr is applied on resume: 1e300 (inf in float32) makes phi explode at once.
+    exploding = script.LearnedOptimizerTrainConfig(num_meta_iterations=6, meta_lr=1e300, **TINY)
     with pytest.raises(FloatingPointError, match=r"meta-loss became (nan|inf) at meta-iteration 3"):
         learned_optimizer_loop.train_learned_optimizer(exploding, model_dir)
     assert tf.train.latest_checkpoint(checkpoints) == good
