@@ -33,11 +33,12 @@ flags.DEFINE_boolean("tensor_memory", True,
 # "plain" is the baseline every MAML user can write: one tf.function, a Python loop over the
 # tasks, nested tapes, `stateless_call`, and Keras' own BatchNormalization. "loop" is keras-meta
 # with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
-# steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML.
+# steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML;
+# fused: MAML(fused_batch_norm=) (the "_unfused" rows run the batched batch norm as plain ops).
 def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
-            policy=None, chunk=None):
+            policy=None, chunk=None, fused=True):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
-                inner=inner, recompute=recompute, policy=policy, chunk=chunk,
+                inner=inner, recompute=recompute, policy=policy, chunk=chunk, fused=fused,
                 meta_batch=32 if task == "omniglot" else 25)
 
 
@@ -46,12 +47,15 @@ CONFIGS = {
     "omniglot_5w1s_second_plain_xla": _config("omniglot", "plain", jit=True),
     "omniglot_5w1s_second_loop": _config("omniglot", "loop"),
     "omniglot_5w1s_second": _config("omniglot", "batched"),
+    "omniglot_5w1s_second_unfused": _config("omniglot", "batched", fused=False),
     "omniglot_5w1s_second_chunks_of_4": _config("omniglot", "batched", chunk=4),
     "omniglot_5w1s_second_chunks_of_8": _config("omniglot", "batched", chunk=8),
     "omniglot_5w1s_second_chunks_of_16": _config("omniglot", "batched", chunk=16),
     "omniglot_5w1s_first_chunks_of_8": _config("omniglot", "batched", first_order=True, chunk=8),
     "omniglot_5w1s_first_plain": _config("omniglot", "plain", first_order=True),
     "omniglot_5w1s_first": _config("omniglot", "batched", first_order=True),
+    "omniglot_5w1s_first_unfused": _config("omniglot", "batched", first_order=True,
+                                           fused=False),
     "omniglot_5w1s_second_xla": _config("omniglot", "batched", jit=True),
     "omniglot_5w1s_second_bf16": _config("omniglot", "batched", policy="mixed_bfloat16"),
     "omniglot_5w1s_first_bf16": _config("omniglot", "batched", first_order=True,
@@ -158,7 +162,7 @@ def _ours_step(spec):
 
     kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
                   task_batching=spec["impl"], recompute_inner_steps=spec["recompute"],
-                  task_chunk_size=spec["chunk"])
+                  task_chunk_size=spec["chunk"], fused_batch_norm=spec["fused"])
     if spec["task"] == "sinusoid":
         maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", **kwargs)
     else:

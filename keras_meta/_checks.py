@@ -11,6 +11,15 @@ def is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_finite_number(value):
+    """A real number (not a bool) that is neither NaN nor infinite, e.g. a learning rate."""
+    import math
+    import numbers
+
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
 def check_int(name, value, *, minimum=1, allow_none=False):
     """`value` if it is an int >= `minimum` (or None when `allow_none`), else `ValueError`."""
     if value is None and allow_none:

@@ -550,3 +550,16 @@ def test_every_repository_path_in_the_readme_exists():
     assert paths
     missing = [p for p in paths if not (ROOT / p).exists()]
     assert not missing, f"README points to files that do not exist: {missing}"
+
+
+def test_every_test_the_readme_names_exists():
+    # `tests/x.py::test_name` spans (the Reliability table): the file and the test function.
+    named = sorted({s for s in INLINE_SPANS if re.fullmatch(r"tests/[\w./-]+\.py::\w+", s)})
+    assert named
+    missing = []
+    for span in named:
+        path, name = span.split("::")
+        source = (ROOT / path).read_text() if (ROOT / path).exists() else ""
+        if not re.search(rf"^def {name}\(", source, re.M):
+            missing.append(span)
+    assert not missing, f"README names tests that do not exist: {missing}"

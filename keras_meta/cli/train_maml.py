@@ -10,6 +10,8 @@ Re-running the same command resumes from the last checkpoint in --model_dir.
 """
 
 import dataclasses
+import re
+
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -70,6 +72,10 @@ def define_flags(flag_values=FLAGS):
                          "backward pass in segments of k steps (less memory).", **fv)
     flags.DEFINE_integer("task_chunk_size", defaults.task_chunk_size,
                          "Tasks per batched pass (0: the whole meta-batch); bounds memory.", **fv)
+    flags.DEFINE_boolean("fused_batch_norm", defaults.fused_batch_norm,
+                         "Task-batched batch norm through TensorFlow's fused op (faster); "
+                         "--nofused_batch_norm: plain ops. Same meta-gradient up to float32 "
+                         "rounding.", **fv)
     flags.DEFINE_integer("steps_per_execution", defaults.steps_per_execution,
                          "Outer steps per compiled call (small models run faster).", **fv)
     flags.DEFINE_string("strategy", defaults.strategy,
@@ -92,6 +98,7 @@ def config_from_flags(flag_values=FLAGS):
     """Builds the config: the preset, then every flag given on the command line on top."""
     from keras_meta.training.config import TASK_FAMILIES
     from keras_meta.training.presets import DEFAULT_PRESET_FOR_TASK_FAMILY, PRESETS
+    from keras_meta.training.task_families import check_before_run
 
     family = flag_values.task_family
     if family not in TASK_FAMILIES:
@@ -120,16 +127,42 @@ def config_from_flags(flag_values=FLAGS):
         if field in ("learn_inner_lr", "mixed_precision"):
             value = None if value in ("none", "", None) else value
         changes[field] = value
+    _refuse_flags_of_other_families(flag_values, changes,
+                                    changes.get("task_family", config.task_family))
     try:
-        return config.replace(**changes)
+        config = config.replace(**changes)
+        # Sizes the data cannot give or the memory cannot hold: refused before anything loads.
+        check_before_run(config)
     except ValueError as e:
-        flag_of = {v: k for k, v in _FIELD_OF_FLAG.items()}
-        message = str(e)
-        for field, flag in flag_of.items():
-            message = message.replace(f"Invalid {field}=", f"Invalid --{flag}=")
-        if message.startswith("Invalid ") and not message.startswith("Invalid --"):
-            message = "Invalid --" + message[len("Invalid "):]
-        raise app.UsageError(message) from None
+        raise app.UsageError(_in_flag_terms(str(e), flag_values, fields)) from None
+    return config
+
+
+def _refuse_flags_of_other_families(flag_values, changes, family):
+    """A flag given on the command line that the chosen task family would ignore is an error."""
+    from keras_meta.training.task_families import families_using
+
+    flag_of = {v: k for k, v in _FIELD_OF_FLAG.items()}
+    for field in changes:
+        families = families_using(field)
+        if family not in families:
+            flag = flag_of.get(field, field)
+            value = flag_values[flag].value
+            raise app.UsageError(
+                f"Invalid --{flag}={value!r}: applies only to "
+                + " or ".join(f"--task_family={f}" for f in families)
+                + f"; this run's task family is {family!r}. Remove --{flag}.")
+
+
+def _in_flag_terms(message, flag_values, fields):
+    """A config error in the trainer's words: each `field=` that has a flag as `--flag=`."""
+    for name in flag_values:
+        field = _FIELD_OF_FLAG.get(name, name)
+        if field in fields:
+            message = re.sub(rf"(?<![\w-]){re.escape(field)}=", f"--{name}=", message)
+    if message.startswith("Invalid ") and not message.startswith("Invalid --"):
+        message = "Invalid --" + message[len("Invalid "):]
+    return message
 
 
 def main(argv):

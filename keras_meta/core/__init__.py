@@ -14,9 +14,9 @@ from keras_meta.core.functional import assign_params, functional_call, get_param
 from keras_meta.core.inner_loop import adapt_params
 from keras_meta.core.losses import per_task_loss, replica_loss_weight, scalar_loss
 from keras_meta.core.recompute import checkpointed
-from keras_meta.core.step_context import current_inner_step, inner_step
+from keras_meta.core.step_context import current_inner_step, inner_step, is_query_pass
 from keras_meta.core.update_rules import SGDRule
 
 __all__ = ["SGDRule", "adapt_params", "assign_params", "checkpointed", "current_inner_step",
-           "functional_call", "get_params", "get_state", "inner_step", "per_task_loss",
-           "replica_loss_weight", "scalar_loss"]
+           "functional_call", "get_params", "get_state", "inner_step", "is_query_pass",
+           "per_task_loss", "replica_loss_weight", "scalar_loss"]

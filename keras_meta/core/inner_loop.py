@@ -55,6 +55,7 @@ def adapt_params(
     task_batched=False,
     loss_scale=None,
     recompute=False,
+    kernel_options=None,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -90,6 +91,9 @@ def adapt_params(
             so memory holds one set of parameters per segment plus one segment's activations.
             The gradient is unchanged; each step runs once more. With `return_trajectory`,
             every step's parameters are kept (as the trajectory needs them).
+        kernel_options: with `task_batched`, per-call options for the batched kernels,
+            passed to `batching.batched_functional_call` (e.g. `{"fused_batch_norm":
+            False}`); ignored by the per-task path.
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -113,7 +117,8 @@ def adapt_params(
         with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
             tape.watch(params)
             if task_batched:
-                pred = batching.batched_functional_call(model, params, support_x)
+                pred = batching.batched_functional_call(model, params, support_x,
+                                                        kernel_options=kernel_options)
                 loss = tf.reduce_sum(per_task_loss(loss_fn, support_y, pred))
             else:
                 pred, state = functional.functional_call(

@@ -21,6 +21,11 @@ class SGDRule:
             parameter (each a scalar, or a tensor of the parameter's shape as in Meta-SGD); or a
             list of such lists, one per inner step (MAML++ per-step, per-layer rates).
 
+    Per-step rates exist for the inner steps that were trained (MAML's `inner_steps`).
+    Adaptation with more steps than that (e.g. evaluation with 10 steps after training with
+    1) reuses the LAST step's rates for every step past it, as MAML++ does: step `k` uses
+    `learning_rate[min(k, len(learning_rate) - 1)]`.
+
     Example:
 
     >>> rule = SGDRule(0.1)
@@ -39,12 +44,10 @@ class SGDRule:
         lr = self.learning_rate
         if isinstance(lr, (list, tuple)):
             if lr and isinstance(lr[0], (list, tuple)):
-                if step >= len(lr):
-                    raise ValueError(
-                        f"Per-step learning rates cover {len(lr)} inner steps; step {step} was "
-                        "requested. Give at least as many steps of rates as inner steps."
-                    )
-                lr = lr[step]
+                if step < 0:
+                    raise ValueError(f"Inner step must be >= 0; got {step}.")
+                # Past the trained steps, the last step's rates (MAML++).
+                lr = lr[min(step, len(lr) - 1)]
             if len(lr) != num_params:
                 raise ValueError(
                     f"Got {len(lr)} per-variable learning rates for {num_params} parameters."

@@ -17,7 +17,9 @@ data so that later loads take about a second.
 import dataclasses
 import hashlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -134,6 +136,71 @@ def is_prepared(data_dir=None):
     return (data_dir / TFDS_NAME / TFDS_VERSION / "dataset_info.json").is_file()
 
 
+# Scratch folders of `prepare_omniglot` (the extracted zips, ~100 MB) are named
+# "omniglot-downloads-<host>-<pid>-<random>" under the data directory, so that a later run can
+# tell a folder left by a killed preparation (its process is gone) from one in use. Folders
+# named "omniglot-downloads-<random>" were made by versions that did not record their owner.
+_SCRATCH_PREFIX = "omniglot-downloads-"
+_OWNED_SCRATCH = re.compile(
+    re.escape(_SCRATCH_PREFIX) + r"(?P<host>[A-Za-z0-9._]+)-(?P<pid>[0-9]+)-[a-z0-9_]+")
+_UNOWNED_SCRATCH = re.compile(re.escape(_SCRATCH_PREFIX) + r"[a-z0-9_]+")
+
+
+def _host():
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "localhost"
+
+
+def _scratch_prefix(pid=None):
+    """The `tempfile.mkdtemp` prefix of a scratch folder of process `pid` (default: this one)."""
+    return f"{_SCRATCH_PREFIX}{_host()}-{os.getpid() if pid is None else int(pid)}-"
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # Someone else's live process.
+    return True
+
+
+def remove_stale_scratch(data_dir, printer=print):
+    """Removes the scratch folders that killed `prepare_omniglot` runs left under `data_dir`.
+
+    Only folders named like this module's own scratch folders are considered, and of those only
+    the ones whose preparation cannot still be running: made on this machine by a process that
+    no longer exists, or by an older version that did not record its process. A folder of a
+    live process, or of another machine sharing the directory, is kept.
+
+    Returns:
+        The removed folders (`Path`s); each one is also reported through `printer`.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(data_dir.glob(_SCRATCH_PREFIX + "*")):
+        if not path.is_dir() or path.is_symlink():
+            continue
+        owned = _OWNED_SCRATCH.fullmatch(path.name)
+        if owned:
+            pid = int(owned["pid"])
+            if owned["host"] != _host() or _process_alive(pid):
+                continue
+            why = f"its preparation (process {pid}) is gone"
+        elif _UNOWNED_SCRATCH.fullmatch(path.name):
+            why = "made by an interrupted preparation"
+        else:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            removed.append(path)
+            printer(f"[omniglot] removed {path}: scratch files of a killed Omniglot "
+                    f"preparation ({why})", flush=True)
+    return removed
+
+
 def prepare_omniglot(source_dir=None, data_dir=None):
     """Prepares TFDS `omniglot` 3.0.0 under `data_dir`, offline when `source_dir` is given.
 
@@ -141,7 +208,8 @@ def prepare_omniglot(source_dir=None, data_dir=None):
     (size and sha256) first, then TFDS reads them from there instead of downloading; its
     pinned upstream checksums are replaced by the local ones, since a rebuilt copy has other
     bytes. Scratch files (extracted zips) live in a temporary folder under `data_dir` and are
-    removed afterwards; nothing is written anywhere else. A second call returns at once.
+    removed afterwards; nothing is written anywhere else. The folders that killed preparations
+    left there are removed first (`remove_stale_scratch`). A second call returns at once.
 
     Args:
         source_dir: folder with images_background.zip, images_evaluation.zip,
@@ -152,6 +220,8 @@ def prepare_omniglot(source_dir=None, data_dir=None):
         The data directory, as a `Path`.
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    # A killed preparation cannot remove its scratch folder; the next one does.
+    remove_stale_scratch(data_dir)
     if is_prepared(data_dir):
         return data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +249,7 @@ def prepare_omniglot(source_dir=None, data_dir=None):
                      {"name": TFDS_NAME, "url_infos": url_infos, "__module__": __name__},
                      skip_registration=True)
     builder = local_cls(data_dir=os.fspath(data_dir))
-    scratch = Path(tempfile.mkdtemp(prefix="omniglot-downloads-", dir=data_dir))
+    scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(), dir=data_dir))
     try:
         builder.download_and_prepare(
             download_dir=os.fspath(scratch),
@@ -261,6 +331,18 @@ def omniglot_class_splits(protocol="maml", seed=1, num_validation=None):
         test = np.arange(NUM_BACKGROUND_CLASSES, NUM_CLASSES)
     splits = {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
     return {name: ids for name, ids in splits.items() if len(ids)}
+
+
+def omniglot_split_sizes(protocol="maml", rotations=True, num_validation=None):
+    """Classes in each meta-split that `omniglot_splits` gives, without loading any data.
+
+    Returns a dict split name -> number of classes (characters, x4 with `rotations`), e.g.
+    ``{"train": 4400, "validation": 400, "test": 1692}`` for the maml protocol. Every class
+    has `IMAGES_PER_CLASS` images.
+    """
+    turns = 4 if rotations else 1
+    return {name: len(ids) * turns
+            for name, ids in omniglot_class_splits(protocol, num_validation=num_validation).items()}
 
 
 def omniglot_splits(data_dir=None, source_dir="default", protocol="maml", image_size=(28, 28),

@@ -9,7 +9,12 @@ REST body uses TF Serving's columnar format:
                 "query_images": [[[[...]]]]}}
 
 and the answer is `{"outputs": {"probabilities": [[...]], "classes": [...], ...}}` (or
-`{"outputs": [...]}` when the signature has a single output).
+`{"outputs": [...]}` when the signature has a single output). Requests whose inputs share
+their first (batch) dimension, such as an adapted model's `{"images": ...}`, may also use the
+row format (`request_format="row"`): `{"signature_name": ..., "instances": [{"images": ...},
+...]}`, answered `{"predictions": [{"logits": [...], "classes": 2}, ...]}` (a plain list for a
+single output). Errors are `{"error": "..."}` with the HTTP status TF Serving maps the error
+to (400 for a bad request, 404 for an unknown model or version).
 
 The command line is `keras-meta-client` (`keras_meta.cli.serving_client`).
 """
@@ -24,6 +29,7 @@ import tensorflow as tf
 from keras_meta.export.local import predict_local
 
 PROTOCOLS = ("rest", "grpc")
+REST_FORMATS = ("columnar", "row")
 
 
 class ServingError(RuntimeError):
@@ -50,12 +56,32 @@ def _tolist(value):
     return np.asarray(value).tolist()
 
 
-def rest_request_body(inputs, signature_name="serving_default"):
-    """The JSON-ready dict of a columnar REST predict request (`{"signature_name", "inputs"}`)."""
+def rest_request_body(inputs, signature_name="serving_default", request_format="columnar"):
+    """The JSON-ready dict of a REST predict request.
+
+    `request_format="columnar"`: `{"signature_name", "inputs": {name: value}}`, for any inputs.
+    `"row"`: `{"signature_name", "instances": [{name: value[i], ...}, ...]}`, one object per
+    example, which needs every input to have the same first (batch) dimension.
+    """
     if not inputs:
         raise ValueError("A request needs at least one input.")
+    if request_format not in REST_FORMATS:
+        raise ValueError(f"request_format must be one of {REST_FORMATS}; got "
+                         f"{request_format!r}.")
+    if request_format == "columnar":
+        return {"signature_name": signature_name,
+                "inputs": {name: _tolist(value) for name, value in inputs.items()}}
+    arrays = {name: np.asarray(value) for name, value in inputs.items()}
+    sizes = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1 or 0 in sizes.values():
+        raise ValueError(
+            "The row format ('instances') needs every input to have the same non-empty first "
+            f"dimension; got {sizes}. Use request_format='columnar' (e.g. for a few-shot "
+            "request, whose support and query sets differ in size).")
+    rows = next(iter(sizes.values()))
     return {"signature_name": signature_name,
-            "inputs": {name: _tolist(value) for name, value in inputs.items()}}
+            "instances": [{name: a[i].tolist() for name, a in arrays.items()}
+                          for i in range(rows)]}
 
 
 def rest_url(server, model_name, version=None):
@@ -68,26 +94,47 @@ def rest_url(server, model_name, version=None):
 def parse_rest_response(body, output_names=None):
     """Numpy outputs of a REST predict response (bytes, str or the decoded dict).
 
-    A single-output signature answers `{"outputs": [...]}` without the name; it is returned
-    under `output_names[0]` when given, else under `"outputs"`. `{"error": ...}` raises
-    `ServingError`.
+    Columnar (`{"outputs": ...}`, the answer to an `inputs` request) or row format
+    (`{"predictions": [...]}`, the answer to an `instances` request: one object per example
+    with a value per output, stacked here into one array per output). A single-output
+    signature answers without the output's name; it is returned under `output_names[0]` when
+    given, else under `"outputs"` / `"predictions"`. `{"error": ...}` raises `ServingError`.
     """
     if isinstance(body, (bytes, str)):
         body = json.loads(body)
+    if not isinstance(body, dict):
+        raise ValueError(f"Expected a JSON object as the response; got {type(body).__name__}.")
     if "error" in body:
         raise ServingError(body["error"])
-    if "outputs" not in body:
-        raise ValueError(f"Expected a columnar response with 'outputs'; got keys {sorted(body)}.")
-    outputs = body["outputs"]
-    if not isinstance(outputs, dict):
-        return {(output_names[0] if output_names else "outputs"): np.asarray(outputs)}
-    return {name: np.asarray(value) for name, value in outputs.items()}
+    if "outputs" in body:
+        key, outputs = "outputs", body["outputs"]
+        if isinstance(outputs, dict):
+            return {name: np.asarray(value) for name, value in outputs.items()}
+    elif "predictions" in body:
+        key, outputs = "predictions", body["predictions"]
+        if not isinstance(outputs, list):
+            raise ValueError(f"Expected 'predictions' to be a list; got "
+                             f"{type(outputs).__name__}.")
+        if outputs and all(isinstance(row, dict) for row in outputs):
+            names = list(outputs[0])
+            if any(set(row) != set(names) for row in outputs):
+                raise ValueError("The rows of 'predictions' name different outputs.")
+            return {name: np.asarray([row[name] for row in outputs]) for name in names}
+    else:
+        raise ValueError("Expected a columnar response with 'outputs' or a row response with "
+                         f"'predictions'; got keys {sorted(body)}.")
+    return {(output_names[0] if output_names else key): np.asarray(outputs)}
 
 
 def rest_predict(server, model_name, inputs, signature_name="serving_default", version=None,
-                 timeout=30.0):
-    """Sends one REST predict request with `urllib`; returns the outputs as numpy arrays."""
-    data = json.dumps(rest_request_body(inputs, signature_name)).encode()
+                 timeout=30.0, request_format="columnar"):
+    """Sends one REST predict request with `urllib`; returns the outputs as numpy arrays.
+
+    `request_format`: `"columnar"` (`inputs`, any request) or `"row"` (`instances`; inputs
+    with a common first dimension). An error answer raises `ServingError` with the server's
+    message (the `error` field of its JSON) and the HTTP status.
+    """
+    data = json.dumps(rest_request_body(inputs, signature_name, request_format)).encode()
     request = urllib.request.Request(rest_url(server, model_name, version), data=data,
                                      headers={"Content-Type": "application/json"})
     try:
@@ -96,9 +143,11 @@ def rest_predict(server, model_name, inputs, signature_name="serving_default", v
     except urllib.error.HTTPError as error:
         text = error.read().decode(errors="replace")
         try:
-            text = json.loads(text).get("error", text)
+            decoded = json.loads(text)
         except ValueError:
-            pass
+            decoded = None
+        if isinstance(decoded, dict) and "error" in decoded:
+            text = decoded["error"]
         raise ServingError(text, status=error.code) from None
 
 

@@ -98,8 +98,10 @@ def export_few_shot(maml, config_or_preprocessing, base_dir, model_name, version
 
     Each request is one task: the graph adapts to the request's support set for `inner_steps`
     steps with `MAML.adapt_and_predict` (the library's `adapt` and `functional_call`), then
-    predicts the queries. Batch norm behaves exactly as in `adapt_and_predict` (transductive:
-    the query set's statistics), so requests must not be merged by a batching server.
+    predicts the queries. Batch norm behaves exactly as in `adapt_and_predict`: transductive
+    layers normalize with the query set's statistics, so requests must not be merged by a
+    batching server; per-step layers (MAML++) predict from the query slot's running
+    statistics, so each query's answer does not depend on the other queries.
 
     Args:
         maml: a `keras_meta.MAML` with its task loss.

@@ -5,6 +5,10 @@ In a task-batched call each task normalizes with its own statistics. In the grou
 ordinary per-channel moments; in the task-major layout they are taken over all axes but the
 task and feature axes. Transductive, channels-last layers only: per-step layers update running
 statistics task after task, which only the per-task loop reproduces.
+
+The kernel option `fused_batch_norm` (`batched_functional_call(..., kernel_options=)`, set by
+`MAML(fused_batch_norm=)` / `MetaObjective.fused_batch_norm`) chooses, in the grouped layout
+and float32, between TensorFlow's fused batch norm (default) and the plain ops.
 """
 
 import keras
@@ -15,11 +19,14 @@ from keras_meta.core.batching.layouts import GROUPED, per_task
 from keras_meta.layers.batch_norm_ops import moments
 from keras_meta.layers.meta_batch_normalization import MetaBatchNormalization
 
-# Fused batch norm in the grouped layout (off only to measure what it brings).
+# The kernel option that chooses the fused form, and its default when a call does not set it.
+FUSED_OPTION = "fused_batch_norm"
 FUSED_BATCH_NORM = True
 
 
-def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None):
+def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None, options=None):
+    fused = (options or {}).get(FUSED_OPTION)
+    fused = FUSED_BATCH_NORM if fused is None else bool(fused)
     # Statistics in at least float32, as the layer itself does.
     compute = keras.backend.result_type(x.dtype, "float32")
     x = tf.cast(x, compute)
@@ -45,7 +52,7 @@ def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None):
     gamma = params.pop(0) if layer.scale else None
     beta = params.pop(0) if layer.center else None
     # (The fused kernel refuses an epsilon below 1.001e-5; such layers take the plain ops.)
-    if (FUSED_BATCH_NORM and layout == GROUPED and compute == tf.float32
+    if (fused and layout == GROUPED and compute == tf.float32
             and layer.epsilon >= 1.001e-5):
         # In the grouped layout each (task, channel) pair is its own channel, so TensorFlow's
         # fused batch norm computes exactly the per-task statistics, in one pass forward and

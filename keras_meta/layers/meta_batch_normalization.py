@@ -3,7 +3,7 @@
 import keras
 
 from keras_meta._checks import is_int
-from keras_meta.core.step_context import current_inner_step
+from keras_meta.core.step_context import current_inner_step, is_query_pass
 from keras_meta.layers.batch_norm_ops import BATCH_NORM_MODES, broadcast_to_axis, moments
 
 # The layer's own modes; "none" (no layer at all) completes BATCH_NORM_MODES for backbones.
@@ -25,12 +25,18 @@ class MetaBatchNormalization(keras.layers.Layer):
       no running statistics and no non-trainable weights. Predictions for one example depend on
       the rest of the batch (the task's query set).
     * `"per_step"` (MAML++, Antoniou et al. 2019): `num_steps + 1` slots of gamma/beta and of
-      running mean/variance. The slot is the inner step being traced
-      (`keras_meta.core.current_inner_step()`); outside any inner step (`None`, e.g. the
-      query pass or serving) or past the last step, the last slot is used. With
-      `training=True` the batch statistics normalize and the slot's running statistics receive
-      a momentum update; with `training=False` the slot's running statistics normalize, so each
-      example's output depends only on that example (safe for serving).
+      running mean/variance, one per trained inner step plus the query slot (the last). The
+      slot is the inner step being traced (`keras_meta.core.current_inner_step()`):
+      adaptation step `k` uses slot `min(k, num_steps - 1)`, i.e. adapting with more steps
+      than were trained reuses the LAST trained step's slot for every step past it (MAML++);
+      the query pass after `k` steps (`inner_step(k, query=True)`) uses slot
+      `min(k, num_steps)`, the query slot once all trained steps are taken; outside any inner
+      step (`None`: plain `model(x)`, serving) the query slot is used. With `training=True`
+      the batch statistics normalize and the slot's running statistics receive a momentum
+      update; with `training=False` the slot's running statistics normalize, so each
+      example's output depends only on that example (safe for serving). `MAML` adapts in
+      training mode (support-set statistics, as MAML++) and, at evaluation and inference,
+      predicts the queries with `training=False`.
 
     Running statistics (per-step mode only) are updated only when the layer is called with
     `training=True`: `model(x, training=True)` assigns them; inside `stateless_call` /
@@ -41,8 +47,10 @@ class MetaBatchNormalization(keras.layers.Layer):
 
     Args:
         mode: `"transductive"` or `"per_step"`.
-        num_steps: number of inner steps (per-step mode only; a Python int >= 0). The layer
-            keeps `num_steps + 1` slots: one per inner step plus one for the query pass.
+        num_steps: number of trained inner steps (per-step mode only; a Python int >= 0):
+            MAML's `inner_steps`. The layer keeps `num_steps + 1` slots: one per trained
+            inner step plus one for the query pass. More adaptation steps reuse the last
+            step's slot.
         axis: the feature axis (an int; the statistics are taken over all other axes).
         momentum: running-statistics momentum (per-step mode).
         epsilon: added to the variance before the square root.
@@ -163,11 +171,14 @@ class MetaBatchNormalization(keras.layers.Layer):
         if self.mode != "per_step":
             return 0
         step = current_inner_step()
-        if step is None or step >= self.num_steps:
+        if step is None:
             return self.num_steps
         if step < 0:
             raise ValueError(f"Inner step must be >= 0; got {step}.")
-        return step
+        if is_query_pass():
+            return min(step, self.num_steps)
+        # An adaptation step past the trained ones reuses the last trained step's slot.
+        return min(step, max(self.num_steps - 1, 0))
 
     def _broadcast(self, vector, rank, dtype):
         return broadcast_to_axis(vector, self._axis, rank, dtype)

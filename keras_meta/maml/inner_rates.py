@@ -22,7 +22,8 @@ def make_inner_rates(owner, variables, learn_inner_lr, initial, *, num_steps):
         variables: the base model's trainable variables the rates apply to.
         learn_inner_lr: one of `LR_MODES`; `None` creates nothing.
         initial: the initial value of every rate.
-        num_steps: inner steps that need a rate (per-step mode).
+        num_steps: inner steps that need a rate (per-step mode): the trained inner steps.
+            Adaptation with more steps reuses the last step's rates (`SGDRule`).
 
     Returns:
         `None`, a list with one weight per variable, or (per step) a list of such lists.

@@ -53,6 +53,6 @@ def maml_loss(
         model, params, support_x, support_y, loss_fn=loss_fn, inner_lr=inner_lr,
         inner_steps=inner_steps, first_order=first_order, training=training,
     )
-    with inner_step(inner_steps):  # per-step layers: the slot after the last step
+    with inner_step(inner_steps, query=True):  # per-step layers: the slot after the last step
         pred = functional.functional_call(model, adapted, query_x, training=training)
     return scalar_loss(loss_fn, query_y, pred)

@@ -48,6 +48,17 @@ class MetaObjective:
         inner_loss_scale: `None` or a scalar multiplying the support loss (mixed float16).
         recompute: `False`, `True` or a segment length: recompute inner steps in the backward
             pass (`keras_meta.core.recompute`).
+        fused_batch_norm: with `task_batched`, transductive `MetaBatchNormalization` layers
+            in the grouped (tasks-in-channels) float32 layout use TensorFlow's fused batch
+            norm and its registered second derivative (faster); `False`: plain ops. Both are
+            exact to second order; they differ by float32 rounding. The per-task loop
+            always uses plain ops.
+        query_training: the `training` flag of the query pass. `True` in meta-training (per-step
+            batch norm normalizes with the query batch and updates its running statistics, as
+            MAML++); `False` at evaluation and inference, where per-step batch norm uses its
+            running statistics, so each query's answer does not depend on the rest of the
+            query set. Adaptation always runs in training mode (support-set statistics);
+            transductive batch norm uses batch statistics whatever the flag.
 
     Example:
 
@@ -67,9 +78,16 @@ class MetaObjective:
     task_chunk_size: Optional[int] = None
     inner_loss_scale: Any = None
     recompute: Any = False
+    fused_batch_norm: bool = True
+    query_training: bool = True
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    @property
+    def kernel_options(self):
+        """The per-call options of the task-batched kernels (`batched_functional_call`)."""
+        return {"fused_batch_norm": bool(self.fused_batch_norm)}
 
     @property
     def _step_weights(self):
@@ -92,10 +110,12 @@ class MetaObjective:
 
     def query(self, params, query_x, steps_taken, state=None):
         """`(predictions, state)` of `params` on a query set after `steps_taken` steps."""
-        # Per-step layers (MAML++ batch norm) use the slot after the last step taken.
-        with inner_step(steps_taken):
-            return functional.functional_call(self.model, params, query_x, training=True,
-                                              state=state, return_state=True)
+        # Per-step layers (MAML++ batch norm) use the slot after the last step taken: the
+        # query slot once the trained steps are all taken.
+        with inner_step(steps_taken, query=True):
+            return functional.functional_call(self.model, params, query_x,
+                                              training=self.query_training, state=state,
+                                              return_state=True)
 
     def task_query_loss(self, params, episode, state=None):
         """Query loss of one (unbatched) task after adaptation.
@@ -156,13 +176,16 @@ class MetaObjective:
             self.model, stacked, episodes.support_x, episodes.support_y, loss_fn=self.loss_fn,
             inner_lr=self.inner_lr, inner_steps=self.inner_steps, first_order=self.first_order,
             return_trajectory=weights is not None, task_batched=True,
-            loss_scale=self.inner_loss_scale, recompute=self.recompute)
+            loss_scale=self.inner_loss_scale, recompute=self.recompute,
+            kernel_options=self.kernel_options)
         if weights is None:
-            pred = batching.batched_functional_call(self.model, out, episodes.query_x)
+            pred = batching.batched_functional_call(self.model, out, episodes.query_x,
+                                                    kernel_options=self.kernel_options)
             return per_task_loss(self.loss_fn, episodes.query_y, pred), pred
         total = 0.0
         for w, step_params in zip(weights, out[1]):
-            pred = batching.batched_functional_call(self.model, step_params, episodes.query_x)
+            pred = batching.batched_functional_call(self.model, step_params, episodes.query_x,
+                                                    kernel_options=self.kernel_options)
             total += w * per_task_loss(self.loss_fn, episodes.query_y, pred)
         return total, pred
 

@@ -10,9 +10,11 @@ import dataclasses
 import json
 from typing import Optional
 
-from keras_meta._checks import is_int
+from keras_meta._checks import is_finite_number, is_int
 from keras_meta.data.image_preprocessing import ImagePreprocessing
+from keras_meta.data.omniglot import IMAGES_PER_CLASS as OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import PROTOCOLS as OMNIGLOT_PROTOCOLS
+from keras_meta.data.omniglot import omniglot_split_sizes
 from keras_meta.layers import BATCH_NORM_MODES
 from keras_meta.maml import LR_MODES, TASK_BATCHING_MODES
 from keras_meta.training.distribute import STRATEGIES
@@ -20,8 +22,9 @@ from keras_meta.training.task_families import TASK_FAMILIES
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 # Fields that shape the variables: a checkpoint cannot be resumed if they change.
+# (eval_inner_steps no longer does: per-step rates and slots exist for inner_steps only.)
 ARCHITECTURE_FIELDS = ("task_family", "num_ways", "batch_norm", "learn_inner_lr", "inner_steps",
-                       "eval_inner_steps", "image_size")
+                       "image_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +36,8 @@ class MAMLTrainConfig:
         inner_lr: inner SGD step size alpha.
         inner_steps: inner steps during meta-training.
         eval_inner_steps: inner steps at evaluation; the first is the headline figure, the
-            others are also reported (sinusoid: 1, 5, 10).
+            others are also reported (sinusoid: 1, 5, 10). They may exceed `inner_steps`:
+            per-step rates and batch-norm slots then reuse the last trained step's (MAML++).
         first_order: first-order MAML (default: exact second order).
         learn_inner_lr: None, "per_variable", "per_step" (MAML++) or "per_coordinate" (Meta-SGD).
         multi_step_loss: MAML++ multi-step loss (query loss after every inner step, equal weights).
@@ -68,6 +72,9 @@ class MAMLTrainConfig:
         task_batching: "auto", "batched" or "loop" (see `MAML`).
         recompute_inner_steps: 0 (off) or k: recompute inner steps in segments of k.
         task_chunk_size: 0 (all tasks in one pass) or the tasks per batched pass.
+        fused_batch_norm: task-batched batch norm through TensorFlow's fused op (default,
+            faster) or plain ops (`False`); same meta-gradient up to float32 rounding (see
+            `MAML`).
         steps_per_execution: outer steps per compiled call.
         image_preprocessing: `ImagePreprocessing.get_config()` of the images the model takes
             (classification), or `None` for the task family's own (filled in by `train`).
@@ -109,6 +116,7 @@ class MAMLTrainConfig:
     task_batching: str = "auto"
     recompute_inner_steps: int = 0
     task_chunk_size: int = 0
+    fused_batch_norm: bool = True
     steps_per_execution: int = 1
     image_preprocessing: Optional[dict] = None
     client_image_shape: Optional[tuple] = None
@@ -140,6 +148,18 @@ class MAMLTrainConfig:
                 bad(name, "an integer >= 0")
         if not self.eval_inner_steps or any(not is_int(s) or s < 0 for s in self.eval_inner_steps):
             bad("eval_inner_steps", "a non-empty list of integers >= 0")
+        # Per-step settings (learned per-step rates, per-step batch norm) exist for the
+        # `inner_steps` trained steps (plus batch norm's query slot); evaluation with more
+        # steps reuses the last trained step's rate and slot, as MAML++ does. So
+        # eval_inner_steps > inner_steps is accepted: refusing it would reject the default
+        # evaluation (1, 5, 10) of every one-step per-step run, and parameters for untrained
+        # steps would only hold their initial values. What cannot work is checked here, at
+        # the start of a run, not in its final test: per-step rates with no trained step.
+        if self.learn_inner_lr == "per_step" and self.inner_steps < 1:
+            raise ValueError(
+                f"Invalid learn_inner_lr='per_step' with inner_steps={self.inner_steps}: "
+                "per-step rates are learned for the trained inner steps, so inner_steps must "
+                "be >= 1 (or choose another learn_inner_lr).")
         for name in ("meta_batch_size", "num_iterations", "num_ways", "num_shots", "num_queries",
                      "num_val_tasks", "num_eval_tasks", "checkpoint_every", "log_every",
                      "image_size"):
@@ -151,16 +171,19 @@ class MAMLTrainConfig:
                 bad(name, "an integer >= 1 or None")
         if not is_int(self.eval_every) or self.eval_every < 0:
             bad("eval_every", "an integer >= 0 (0 disables validation)")
-        if not self.inner_lr >= 0:
-            bad("inner_lr", "a number >= 0")
-        if not self.meta_lr > 0:
-            bad("meta_lr", "a number > 0")
+        # inf passes a comparison and NaN fails it silently: both are refused by name.
+        if not is_finite_number(self.inner_lr) or not self.inner_lr >= 0:
+            bad("inner_lr", "a finite number >= 0")
+        if not is_finite_number(self.meta_lr) or not self.meta_lr > 0:
+            bad("meta_lr", "a finite number > 0")
         if self.classification and self.num_ways < 2:
             bad("num_ways", "an integer >= 2 for classification")
         if self.task_batching not in TASK_BATCHING_MODES:
             bad("task_batching", f"one of {TASK_BATCHING_MODES}")
         if not is_int(self.task_chunk_size) or self.task_chunk_size < 0:
             bad("task_chunk_size", "an integer >= 0 (0: all tasks in one pass)")
+        if not isinstance(self.fused_batch_norm, bool):
+            bad("fused_batch_norm", "True or False")
         if not is_int(self.recompute_inner_steps) or self.recompute_inner_steps < 0:
             bad("recompute_inner_steps", "an integer >= 0 (0: off; k: segments of k steps)")
         if not is_int(self.steps_per_execution) or self.steps_per_execution < 1:
@@ -175,9 +198,49 @@ class MAMLTrainConfig:
         if self.mixed_precision not in MIXED_PRECISION_POLICIES:
             bad("mixed_precision", "None (flag: none), 'mixed_float16' or 'mixed_bfloat16'")
         self._validate_serving_inputs(bad)
+        if self.task_family == "omniglot":
+            self._validate_omniglot_sizes(bad, evaluation=False)
         if self.jit_compile and self.strategy not in ("default", "tpu"):
             bad("jit_compile", f"False with strategy={self.strategy!r} (XLA applies to the "
                 "single-device step; a TPU compiles with XLA anyway)")
+
+    def validate_episode_sizes(self):
+        """`validate`, and the evaluation episodes against the data (Omniglot: 20 per class).
+
+        `validate` leaves the evaluation sizes out: the dataclass's (5 shots, 100 queries) are
+        the sinusoid protocol's, and configs that only rebuild or export an Omniglot model keep
+        them. `train` calls this before anything is loaded.
+        """
+        self.validate()
+
+        def bad(name, allowed):
+            raise ValueError(f"Invalid {name}={getattr(self, name)!r}: expected {allowed}.")
+
+        if self.task_family == "omniglot":
+            self._validate_omniglot_sizes(bad, evaluation=True)
+
+    def _validate_omniglot_sizes(self, bad, evaluation):
+        """Episodes that the Omniglot splits can give, checked before any data is loaded."""
+        splits = omniglot_split_sizes(self.omniglot_protocol)  # classes, x4 rotations
+        # Training draws from "train"; validation (when the protocol has it) and test too.
+        split, classes = min(splits.items(), key=lambda item: item[1])
+        if self.num_ways > classes:
+            bad("num_ways", f"at most {classes} for task_family='omniglot': the {split} split "
+                f"of omniglot_protocol={self.omniglot_protocol!r} has {classes} classes "
+                f"({classes // 4} characters x 4 rotations)")
+        per_class = OMNIGLOT_IMAGES_PER_CLASS
+        sizes = [("num_shots", "num_queries")]
+        if evaluation:
+            sizes.append(("eval_num_shots" if self.eval_num_shots is not None else "num_shots",
+                          "eval_num_queries" if self.eval_num_queries is not None
+                          else "num_queries"))
+        for shots, queries in sizes:
+            k, q = getattr(self, shots), getattr(self, queries)
+            if k + q > per_class:
+                bad(queries if q > k else shots,
+                    f"at most {per_class} images per class in all for task_family='omniglot' "
+                    f"(each character has {per_class} images, and an episode takes distinct "
+                    f"ones: {shots}={k} + {queries}={q} = {k + q})")
 
     def _validate_serving_inputs(self, bad):
         if self.image_preprocessing is not None:

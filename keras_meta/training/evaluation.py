@@ -58,8 +58,11 @@ class TaskEvaluator:
         if steps not in self._functions:
             def per_task(task):
                 task = as_episode(task)
+                # Inference on the queries (per-step batch norm: running statistics, so each
+                # query's answer does not depend on the rest of the query set).
                 _, pred, _ = self.maml.task_query_loss(
-                    functional.get_params(self.maml.model), task, steps=steps, first_order=True)
+                    functional.get_params(self.maml.model), task, steps=steps, first_order=True,
+                    query_training=False)
                 # The multi-step loss is a training device; report the plain final query loss.
                 loss = scalar_loss(self.maml.loss_fn, task.query_y, pred)
                 out = {"loss": tf.cast(loss, tf.float32)}

@@ -3,7 +3,7 @@
 import dataclasses
 import math
 
-from keras_meta._checks import is_int
+from keras_meta._checks import is_finite_number, is_int
 from keras_meta.learned_optimizer.optimizees import OPTIMIZEE_NAMES
 
 
@@ -57,8 +57,9 @@ class LearnedOptimizerTrainConfig:
             raise ValueError(
                 f"Flag --unroll_length got {self.unroll_length}; allowed values: divisors of "
                 f"--num_steps={self.num_steps}.")
-        if not (isinstance(self.meta_lr, (int, float)) and self.meta_lr > 0):
-            raise ValueError(f"Flag --meta_lr got {self.meta_lr!r}; allowed values: floats > 0.")
+        if not (is_finite_number(self.meta_lr) and self.meta_lr > 0):
+            raise ValueError(f"Flag --meta_lr got {self.meta_lr!r}; allowed values: finite "
+                             "floats > 0.")
         if not (isinstance(self.output_scale, (int, float)) and math.isfinite(self.output_scale)
                 and self.output_scale > 0):
             raise ValueError(f"Flag --output_scale got {self.output_scale!r}; allowed values: "

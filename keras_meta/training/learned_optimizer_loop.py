@@ -18,7 +18,8 @@ from keras_meta.learned_optimizer import (LSTMOptimizer, MetaOptimizerConfig,
                                           MetaOptimizerTrainer)
 from keras_meta.learned_optimizer.optimizees import MLPDigitsOptimizee, QuadraticOptimizee
 from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
-from keras_meta.training.run_state import intact_checkpoints, remove_leftovers, write_atomically
+from keras_meta.training.run_state import (ATOMIC_WRITE_LEFTOVERS, intact_checkpoints,
+                                            remove_leftovers, write_atomically)
 
 
 # Settings that may change when a run resumes; any other change is refused.
@@ -74,7 +75,9 @@ def train_learned_optimizer(config, model_dir, *, verbose=True):
     printer = print if verbose else (lambda *a, **k: None)
     _, rule, trainer = build_learned_optimizer(config)
     os.makedirs(model_dir, exist_ok=True)
-    for path in remove_leftovers(os.path.join(model_dir, "checkpoints")):
+    # Also save()'s atomic copy of config.json, written beside the checkpoints.
+    for path in (remove_leftovers(os.path.join(model_dir, "checkpoints"))
+                 + remove_leftovers(model_dir, patterns=(ATOMIC_WRITE_LEFTOVERS,))):
         printer(f"[train] removed {path}, left by an interrupted checkpoint write", flush=True)
     checkpoint = tf.train.Checkpoint(
         lstm_optimizer=rule, meta_optimizer=trainer.meta_optimizer, iteration=trainer.iteration)

@@ -23,7 +23,8 @@ from keras_meta.training.distribute import (distribute_episodes, distributed_met
                                             make_strategy, replica_meta_batch_size)
 from keras_meta.training.evaluation import TaskEvaluator
 from keras_meta.training.progress import Progress, crossed
-from keras_meta.training.task_families import build_maml, build_task_family, complete_config
+from keras_meta.training.task_families import (build_maml, build_task_family,
+                                               check_before_run, complete_config)
 
 CONFIG_FILE = run_state.CONFIG_FILE
 RESULTS_FILE = "eval_results.json"
@@ -87,6 +88,8 @@ def train(config, model_dir, *, verbose=True):
     """
     if not isinstance(config, MAMLTrainConfig):
         raise TypeError(f"train() needs a MAMLTrainConfig; got {type(config).__name__}.")
+    # Impossible sizes are refused here, before any data loads or any memory is taken.
+    check_before_run(config)
     # The serving inputs travel with the run, so that an export needs no dataset.
     config = complete_config(config)
     strategy = make_strategy(config.strategy, tpu=config.tpu)
@@ -131,10 +134,12 @@ def _chunks(task, config, start, strategy=None):
 def _train(config, model_dir, strategy, verbose):
     printer = print if verbose else (lambda *a, **k: None)
     distributed = config.strategy != "default"
-    for sub in ("checkpoints", "best"):
-        for path in run_state.remove_leftovers(os.path.join(model_dir, sub)):
-            printer(f"[train] removed {path}, left by an interrupted checkpoint write",
-                    flush=True)
+    leftovers = [path for sub in ("checkpoints", "best")
+                 for path in run_state.remove_leftovers(os.path.join(model_dir, sub))]
+    # save()'s atomic copy of config.json is written beside the checkpoints, at every save.
+    leftovers += run_state.remove_leftovers(model_dir, patterns=(run_state.ATOMIC_WRITE_LEFTOVERS,))
+    for path in leftovers:
+        printer(f"[train] removed {path}, left by an interrupted checkpoint write", flush=True)
     # Refuse a changed resume before anything is built or written.
     saved = _saved_config(model_dir, printer)
     changes = run_state.resume_changes(saved, config) if saved is not None else {}

@@ -11,7 +11,8 @@ produced the weights.
   `history.jsonl`.
 * **Corrupt checkpoints are skipped**, newest first, with a warning naming the bad files,
   which are moved into `corrupt/`; when no intact checkpoint is left, the run refuses.
-* **Leftovers of a killed write** (`checkpoint.tmp*`, `*_temp*`) are removed on the next start.
+* **Leftovers of a killed write** (`checkpoint.tmp*`, `*_temp*`, and `write_atomically`'s
+  `<file>.tmp-<pid>` beside `config.json`) are removed on the next start.
 """
 
 import datetime
@@ -38,6 +39,7 @@ RESUME_MAY_CHANGE = (
     "eval_num_shots", "eval_num_queries", "checkpoint_every", "log_every", "data_dir",
     "omniglot_source_dir", "jit_compile", "strategy", "tpu", "task_batching",
     "recompute_inner_steps", "task_chunk_size", "steps_per_execution", "mixed_precision",
+    "fused_batch_norm",
 )
 
 
@@ -137,10 +139,20 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def remove_leftovers(checkpoint_dir):
-    """Removes what a kill during a checkpoint write leaves behind; returns what was removed."""
+# What a kill inside `write_atomically` leaves beside the file it replaces (its pid differs
+# on every run, so no later write overwrites it).
+ATOMIC_WRITE_LEFTOVERS = "*.tmp-*"
+
+
+def remove_leftovers(checkpoint_dir,
+                     patterns=("checkpoint.tmp*", "*_temp*", ATOMIC_WRITE_LEFTOVERS)):
+    """Removes what a kill during a checkpoint write leaves behind; returns what was removed.
+
+    `patterns` (globs in `checkpoint_dir`) default to TensorFlow's temporary checkpoint files;
+    a run directory itself is cleaned with `patterns=(ATOMIC_WRITE_LEFTOVERS,)` only.
+    """
     removed = []
-    for pattern in ("checkpoint.tmp*", "*_temp*", "*.tmp-*"):
+    for pattern in patterns:
         for path in glob.glob(os.path.join(checkpoint_dir, pattern)):
             if os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)

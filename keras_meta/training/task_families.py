@@ -6,11 +6,14 @@ config alone; the episode streams (`build_task_family`) load the dataset.
 """
 
 import dataclasses
+import os
 
 import keras
 
 from keras_meta.backbones import conv4, mlp
 from keras_meta.data.image_preprocessing import ImagePreprocessing
+from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CLASS
+from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
 from keras_meta.data.sinusoid import sinusoid_episodes
 from keras_meta.maml import MAML
 
@@ -78,7 +81,7 @@ def build_model(config):
     if config.task_family == "omniglot":
         size = (config.image_size, config.image_size)
         model = conv4(config.num_ways, input_shape=size + (1,), batch_norm=config.batch_norm,
-                      num_inner_steps=max(config.inner_steps, *config.eval_inner_steps))
+                      num_inner_steps=config.inner_steps)
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     raise ValueError(f"Unknown task_family {config.task_family!r}; expected one of "
                      f"{sorted(_BUILDERS)}.")
@@ -133,6 +136,172 @@ def _omniglot(config):
 _BUILDERS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
 TASK_FAMILIES = tuple(_BUILDERS)
 
+# Config fields that only some task families use (the others apply to every family): a flag
+# that sets one of them for another family is refused by the trainer instead of ignored.
+FAMILIES_OF_FIELD = {
+    "num_ways": ("omniglot",),
+    "batch_norm": ("omniglot",),
+    "fused_batch_norm": ("omniglot",),
+    "image_size": ("omniglot",),
+    "omniglot_protocol": ("omniglot",),
+    "omniglot_source_dir": ("omniglot",),
+    "data_dir": ("omniglot",),
+}
+
+
+def families_using(field):
+    """The task families whose runs use config `field`."""
+    return FAMILIES_OF_FIELD.get(field, TASK_FAMILIES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryPart:
+    """One part of `memory_estimate`: what it is, its bytes, the config fields it grows with."""
+
+    what: str
+    bytes: int
+    fields: tuple
+
+
+# Widths of the layer outputs of `build_model`'s networks (mlp() is 1-40-40-1; conv4 has 64
+# filters and stride-2 "same" convolutions on Omniglot), for the activation estimate.
+_MLP_OUTPUT_WIDTHS = (40, 40, 1)
+_CONV4_FILTERS = 64
+
+
+def _conv4_activations_per_image(image_size):
+    total, side = 0, image_size
+    for _ in range(4):
+        side = -(-side // 2)
+        total += side * side * _CONV4_FILTERS
+    return total + _CONV4_FILTERS  # plus the dense layer's input at most
+
+
+def _eval_size_fields(config):
+    return ("eval_num_shots" if config.eval_num_shots is not None else "num_shots",
+            "eval_num_queries" if config.eval_num_queries is not None else "num_queries")
+
+
+def memory_estimate(config):
+    """A rough lower bound of the memory a run of `config` holds at once; loads nothing.
+
+    Counts the data the run keeps in memory (Omniglot's decoded images), the larger of one
+    training and one evaluation meta-batch of episodes (float32), and the activations of one
+    forward pass over the tasks that run together, each layer's output once (the inner steps
+    and the second-order backward pass need several times that). A real run needs more; a
+    config over this bound cannot run at all.
+
+    Returns:
+        A list of `MemoryPart`s.
+    """
+    act_bytes = 2 if config.mixed_precision else 4
+    shots, queries = _eval_size_fields(config)
+    if config.task_family == "sinusoid":
+        example_bytes = 2 * 4  # x and y, float32
+        act_per_example = sum(_MLP_OUTPUT_WIDTHS)
+        per_task = lambda k, q: k + q  # noqa: E731
+        kind, unit, extra, data = "sinusoid", "points", (), []
+    else:
+        side = config.image_size
+        example_bytes = side * side * 4 + 4  # a float32 image and its int32 label
+        act_per_example = _conv4_activations_per_image(side)
+        per_task = lambda k, q: config.num_ways * (k + q)  # noqa: E731
+        kind, unit, extra = "Omniglot", "images", ("num_ways", "image_size")
+        # The decoded characters (uint8), and all four turns of them in the episode samplers.
+        data = [MemoryPart("the decoded Omniglot images (uint8, and their 4 rotations)",
+                           5 * _OMNIGLOT_CLASSES * _OMNIGLOT_IMAGES_PER_CLASS * side * side,
+                           ("image_size",))]
+    batch = config.meta_batch_size
+    together = 1 if config.task_batching == "loop" else min(
+        config.task_chunk_size or batch, batch)
+    train_examples = per_task(config.num_shots, config.num_queries)
+    train = [
+        MemoryPart(f"one meta-batch of {kind} training episodes ({batch} tasks x "
+                   f"{train_examples} {unit})", batch * train_examples * example_bytes,
+                   ("meta_batch_size", "num_shots", "num_queries") + extra),
+        MemoryPart(f"the activations of one forward pass over {together} task"
+                   + ("s" if together > 1 else ""),
+                   together * train_examples * act_per_example * act_bytes,
+                   ("meta_batch_size", "num_shots", "num_queries") + extra),
+    ]
+    eval_batch = max(_eval_batch(config.num_val_tasks), _eval_batch(config.num_eval_tasks))
+    eval_examples = per_task(config.shots_at_eval, config.queries_at_eval)
+    evaluation = [
+        MemoryPart(f"one meta-batch of {kind} evaluation episodes ({eval_batch} tasks x "
+                   f"{eval_examples} {unit})", eval_batch * eval_examples * example_bytes,
+                   (shots, queries) + extra),
+        MemoryPart("the activations of one forward pass over 1 task",
+                   eval_examples * act_per_example * act_bytes, (shots, queries) + extra),
+    ]
+    heavier = max(train, evaluation, key=lambda parts: sum(p.bytes for p in parts))
+    return data + heavier
+
+
+def machine_memory_bytes():
+    """This machine's physical memory, or its container's limit when lower; None if unknown."""
+    total = None
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        try:
+            import psutil
+
+            total = psutil.virtual_memory().total
+        except ImportError:
+            pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and int(limit) > 0:
+            total = int(limit) if total is None else min(total, int(limit))
+    return total
+
+
+def _gib(num_bytes):
+    return f"{num_bytes / 2**30:.1f} GiB"
+
+
+def check_fits_in_memory(config, available_bytes=None):
+    """Refuses, before anything is built, sizes whose data cannot fit in this machine's memory.
+
+    Compares `memory_estimate(config)` (a lower bound) with `available_bytes` (default:
+    `machine_memory_bytes()`; no check when unknown).
+
+    Returns:
+        The estimate in bytes.
+
+    Raises:
+        ValueError: naming the largest size field and every size the estimate grows with, the
+            estimate by part and the memory there is.
+    """
+    parts = memory_estimate(config)
+    need = sum(p.bytes for p in parts)
+    available = machine_memory_bytes() if available_bytes is None else available_bytes
+    if available is None or need <= available:
+        return need
+    fields = list(dict.fromkeys(f for p in parts for f in p.fields))
+    biggest = max(parts, key=lambda p: p.bytes)
+    lead = max(biggest.fields, key=lambda f: getattr(config, f))
+    sizes = ", ".join(f"{f}={getattr(config, f)!r}" for f in fields)
+    details = "; ".join(f"{p.what}: {_gib(p.bytes)}" for p in parts)
+    raise ValueError(
+        f"Invalid {lead}={getattr(config, lead)!r}: too large for this machine's memory. A "
+        f"{config.task_family} run with {sizes} needs at least {_gib(need)} at once ({details}), "
+        f"and this machine has {_gib(available)}. Expected sizes whose data fit in memory.")
+
+
+def check_before_run(config, available_bytes=None):
+    """What a run checks before it loads or builds anything: sizes the data can give
+    (`config.validate_episode_sizes()`) and sizes that fit in memory (`check_fits_in_memory`).
+
+    Returns the memory estimate in bytes; raises `ValueError` naming the field otherwise.
+    """
+    config.validate_episode_sizes()
+    return check_fits_in_memory(config, available_bytes)
+
 
 def build_task_family(config):
     """The `TaskFamilySpec` of `config.task_family`: episode streams, then model and loss.
@@ -158,6 +327,7 @@ def build_maml(config, model, loss_fn):
                 task_batching=config.task_batching,
                 recompute_inner_steps=config.recompute_inner_steps or False,
                 task_chunk_size=config.task_chunk_size or None,
+                fused_batch_norm=config.fused_batch_norm,
                 eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights,
                 loss=loss_fn)

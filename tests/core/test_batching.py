@@ -222,3 +222,130 @@ def test_per_task_loss_equals_the_scalar_loss_of_each_task():
     mse = per_task_loss(keras.losses.get("mse"), tf.ones([3, 5, 1]),
                                       tf.zeros([3, 5, 1]))
     np.testing.assert_allclose(mse.numpy(), np.ones(3))
+
+
+# -- fused batch norm as an option (MAML(fused_batch_norm=), MetaObjective, --fused_batch_norm) --
+
+def _fused_test_episode(dtype, num_tasks=4, ways=3, shots=2, queries=3, size=12):
+    rng = np.random.default_rng(7)
+    return km.Episode(
+        tf.constant(rng.normal(size=(num_tasks, ways * shots, size, size, 1)), dtype),
+        tf.constant(np.tile(np.repeat(np.arange(ways), shots), (num_tasks, 1)), tf.int32),
+        tf.constant(rng.normal(size=(num_tasks, ways * queries, size, size, 1)), dtype),
+        tf.constant(np.tile(np.repeat(np.arange(ways), queries), (num_tasks, 1)), tf.int32))
+
+
+def _objective(base, dtype, **kwargs):
+    from keras_meta.maml.objective import MetaObjective
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
+    settings = dict(inner_lr=0.4, inner_steps=2, task_batched=True)
+    return MetaObjective(base, loss, **{**settings, **kwargs})
+
+
+def _meta_gradients(base, dtype, **kwargs):
+    _, grads = _objective(base, dtype, **kwargs).meta_gradients(
+        functional.get_params(base), _fused_test_episode(dtype))
+    return [g.numpy().astype(np.float64) for g in grads]
+
+
+def _relative_errors(grads, reference):
+    return np.array([np.linalg.norm(g - r) / np.linalg.norm(r) for g, r in zip(grads, reference)])
+
+
+def test_fused_and_plain_batch_norm_meta_gradients_agree_to_float32_rounding():
+    # conv4 with transductive batch norm, 4 tasks, 2 inner steps, exact second order. In
+    # float32 on CPU the convolutions are grouped, the layout where the fused op applies.
+    keras.utils.set_random_seed(0)
+    base32 = conv4(3, (12, 12, 1), filters=4)
+    base64 = conv4(3, (12, 12, 1), filters=4, dtype="float64")
+    base64.set_weights(base32.get_weights())
+    # The exact meta-gradient, to float64 rounding (float64 never takes the fused op; the
+    # plain path equals the loop and finite differences in float64, tests above).
+    exact = _meta_gradients(base64, "float64", fused_batch_norm=False)
+    plain = _relative_errors(_meta_gradients(base32, "float32", fused_batch_norm=False), exact)
+    fused = _relative_errors(_meta_gradients(base32, "float32", fused_batch_norm=True), exact)
+    # The float32 noise floor of this computation: how far the plain ops, exact to second
+    # order, land from the exact answer in float32 (about 1e-6 relative per tensor here). It
+    # is rounding and nothing else: well above float64's and well below any modelling error.
+    floor = plain.max()
+    assert 1e-8 < floor < 1e-4, plain
+    # The fused op sums in another order (and has its own second derivative), so it lands
+    # elsewhere within that noise: every tensor within a small multiple of the floor (measured
+    # at 1.8x the floor on the worst tensor).
+    assert fused.max() <= 5 * floor, (fused, plain)
+    # This tolerance can fail: dropping the second-order terms (first-order MAML, same
+    # network) lands orders of magnitude outside it.
+    first_order = _relative_errors(
+        _meta_gradients(base32, "float32", fused_batch_norm=True, first_order=True), exact)
+    assert first_order.max() > 1000 * floor, first_order
+
+
+def _op_types(base, **kwargs):
+    objective = _objective(base, "float32", inner_steps=1, **kwargs)
+    step = tf.function(lambda e: objective.meta_gradients(functional.get_params(base), e))
+    graph = step.get_concrete_function(_fused_test_episode("float32", num_tasks=2)).graph
+    return {op.type for op in graph.get_operations()}
+
+
+def test_fused_batch_norm_option_switches_the_op():
+    keras.utils.set_random_seed(0)
+    base = conv4(3, (12, 12, 1), filters=4)
+    fused_ops = {"FusedBatchNormV3", "FusedBatchNormGradV3"}
+    # The default (no option given) is the fused op, forward and backward.
+    assert fused_ops <= _op_types(base)
+    assert fused_ops <= _op_types(base, fused_batch_norm=True)
+    plain = _op_types(base, fused_batch_norm=False)
+    assert not {t for t in plain if t.startswith("FusedBatchNorm")}, plain
+    assert "Rsqrt" in plain  # the plain ops' normalization
+    # batched_functional_call passes the option to the kernel; unknown keys are ignored.
+    x = _fused_test_episode("float32", num_tasks=2).query_x
+    params = [tf.broadcast_to(p, [2] + p.shape.as_list()) for p in functional.get_params(base)]
+
+    def ops_of(options):
+        call = tf.function(lambda x: task_batching.batched_functional_call(
+            base, params, x, kernel_options=options))
+        return {op.type for op in call.get_concrete_function(x).graph.get_operations()}
+
+    assert "FusedBatchNormV3" in ops_of(None)
+    assert "FusedBatchNormV3" in ops_of({"some_other_kernel_option": 1})
+    assert "FusedBatchNormV3" not in ops_of({"fused_batch_norm": False})
+
+
+def test_fused_batch_norm_is_a_maml_setting_a_config_field_and_a_trainer_flag():
+    from absl import flags
+
+    from keras_meta.cli import train_maml
+    from keras_meta.training import build_maml
+    from keras_meta.training.config import MAMLTrainConfig
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    base = conv4(3, (8, 8, 1), filters=2)
+    assert km.MAML(base, loss=loss).objective().fused_batch_norm is True  # the default
+    maml = km.MAML(base, loss=loss, fused_batch_norm=False)
+    assert maml.objective().fused_batch_norm is False
+    config = maml.get_config()
+    assert config["fused_batch_norm"] is False
+    assert km.MAML.from_config(config).fused_batch_norm is False
+    legacy = maml.get_config()  # (a fresh one: deserializing consumes the nested model's)
+    del legacy["fused_batch_norm"]  # a config saved before the option existed
+    assert km.MAML.from_config(legacy).fused_batch_norm is True
+    with pytest.raises(ValueError, match="fused_batch_norm must be True or False"):
+        km.MAML(base, loss=loss, fused_batch_norm="no")
+
+    assert MAMLTrainConfig().fused_batch_norm is True
+    with pytest.raises(ValueError, match="Invalid fused_batch_norm='no'"):
+        MAMLTrainConfig(fused_batch_norm="no")
+
+    def parse(argv):
+        fv = flags.FlagValues()
+        train_maml.define_flags(fv)
+        fv(["train_maml"] + argv)
+        return train_maml.config_from_flags(fv)
+
+    omniglot = ["--task_family=omniglot"]  # (the sinusoid MLP has no batch norm)
+    assert parse(omniglot).fused_batch_norm is True
+    assert parse(omniglot + ["--nofused_batch_norm"]).fused_batch_norm is False
+    assert parse(omniglot + ["--fused_batch_norm=false"]).fused_batch_norm is False
+    run_config = parse(omniglot + ["--nofused_batch_norm"])
+    assert build_maml(run_config, mlp(), "mse").fused_batch_norm is False

@@ -120,3 +120,57 @@ def test_unknown_tfds_split_is_refused(omniglot_data_dir):
                                          r"'omniglot'; expected some of \['small1', 'small2', "
                                          r"'test', 'train'\]"):
         ClassImageSource.from_tfds("omniglot", split="validation", data_dir=omniglot_data_dir)
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_scratch_left_by_a_killed_preparation_is_removed_by_the_next_one(tmp_path, capsys):
+    import tempfile
+    from pathlib import Path
+
+    data_dir = tmp_path / "tfds"
+    data_dir.mkdir()
+    # What a preparation killed while it extracted the zips leaves behind: its scratch folder.
+    dead = Path(tempfile.mkdtemp(prefix=omniglot._scratch_prefix(_dead_pid()), dir=data_dir))
+    (dead / "extracted").mkdir()
+    (dead / "extracted" / "image.png").write_bytes(b"x" * 1000)
+    legacy = data_dir / "omniglot-downloads-k2j_h4x9"  # an older version's name, no owner
+    legacy.mkdir()
+    # Kept: a preparation still running (this process), another machine's, anything else.
+    live = Path(tempfile.mkdtemp(prefix=omniglot._scratch_prefix(), dir=data_dir))
+    elsewhere = data_dir / "omniglot-downloads-elsewhere.example-1-abc_123"
+    assert omniglot._host() != "elsewhere.example"
+    elsewhere.mkdir()
+    unrelated = [data_dir / "omniglot-downloads-not-ours!", data_dir / "downloads"]
+    for path in unrelated:
+        path.mkdir()
+    a_file = data_dir / "omniglot-downloads-abc"
+    a_file.write_text("not a folder")
+
+    # The next preparation removes them first, even when it then fails (no source copy here).
+    with pytest.raises(FileNotFoundError):
+        omniglot.prepare_omniglot(tmp_path / "missing-source", data_dir)
+    out = capsys.readouterr().out
+    assert not dead.exists() and not legacy.exists()
+    assert f"removed {dead}" in out and f"removed {legacy}" in out
+    assert "killed Omniglot preparation" in out
+    assert live.is_dir() and elsewhere.is_dir() and a_file.is_file()
+    assert all(path.is_dir() for path in unrelated)
+    assert str(live) not in out
+
+    # And so does a call that finds the data prepared and returns at once.
+    stale = Path(tempfile.mkdtemp(prefix=omniglot._scratch_prefix(_dead_pid()), dir=data_dir))
+    info = data_dir / omniglot.TFDS_NAME / omniglot.TFDS_VERSION / "dataset_info.json"
+    info.parent.mkdir(parents=True)
+    info.write_text("{}")
+    assert omniglot.prepare_omniglot(tmp_path / "missing-source", data_dir) == data_dir
+    assert not stale.exists() and f"removed {stale}" in capsys.readouterr().out
+    assert omniglot.remove_stale_scratch(data_dir) == []
+    assert omniglot.remove_stale_scratch(tmp_path / "no-such-dir") == []

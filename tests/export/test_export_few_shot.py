@@ -138,3 +138,19 @@ def test_learned_inner_rates_travel_with_the_export(tmp_path):
                                reference_logits(maml, support, labels, query), atol=1e-4)
     assert len(tf.saved_model.load(path).inner_learning_rates) == 2 * len(
         base.trainable_variables)
+
+
+@pytest.mark.parametrize("batch_norm", ["per_step", "transductive"])
+def test_per_step_answers_do_not_depend_on_the_other_queries(exports, batch_norm):
+    # Per-step batch norm (MAML++) predicts the queries from its running statistics, so a
+    # query's answer is the same alone and among 15; transductive batch norm normalizes with
+    # the query batch (the MAML paper), so there the answers differ.
+    _, path = exports("few_shot", batch_norm)
+    support, labels, query, _ = make_task(seed=4, queries=15)
+    batch = predict_local(path, support, labels, query)["logits"]
+    alone = np.concatenate([predict_local(path, support, labels, query[i:i + 1])["logits"]
+                            for i in range(len(query))])
+    if batch_norm == "per_step":
+        np.testing.assert_allclose(alone, batch, rtol=1e-5, atol=1e-5)
+    else:
+        assert np.abs(alone - batch).max() > 1e-3

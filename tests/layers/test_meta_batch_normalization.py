@@ -57,8 +57,10 @@ def test_per_step_slots_follow_the_inner_step():
     bn, x = _per_step_layer(num_steps=2)
     assert bn.gamma.shape == (3, 3) and bn.moving_mean.shape == (3, 3)
     outputs = {}
+    # The query pass after k steps: slot min(k, 2), the query slot once both trained steps
+    # are taken; outside any step (None), the query slot too.
     for step in (0, 1, 2, 7, None):
-        with inner_step(step):
+        with inner_step(step, query=True):
             outputs[step] = bn(x, training=False).numpy()
             assert bn.current_slot() == (2 if step is None or step >= 2 else step)
     assert not np.allclose(outputs[0], outputs[1])
@@ -69,6 +71,27 @@ def test_per_step_slots_follow_the_inner_step():
     mean, var = bn.moving_mean.numpy()[1], bn.moving_variance.numpy()[1]
     expected = (x - mean) / np.sqrt(var + bn.epsilon) * bn.gamma.numpy()[1] + bn.beta.numpy()[1]
     np.testing.assert_allclose(outputs[1], expected, atol=1e-12)
+
+
+def test_adaptation_steps_past_the_trained_ones_reuse_the_last_trained_slot():
+    # MAML++: slots exist for the trained steps (num_steps) plus the query slot. Adapting
+    # with more steps reuses the last trained step's slot (1 here), never the query slot (2),
+    # whose statistics are those of the query pass.
+    bn, x = _per_step_layer(num_steps=2)
+    for step, slot in ((0, 0), (1, 1), (2, 1), (3, 1), (9, 1)):
+        with inner_step(step):
+            assert bn.current_slot() == slot, step
+            before = bn.moving_mean.numpy()
+            out = bn(x, training=True).numpy()
+            moved = np.flatnonzero(np.any(bn.moving_mean.numpy() != before, axis=1))
+            assert list(moved) == [slot], step
+        with inner_step(slot):  # gamma and beta of that slot too
+            np.testing.assert_array_equal(out, bn(x, training=True).numpy())
+    # Without trained steps there is only the query slot, for everything.
+    bn0, _ = _per_step_layer(num_steps=0)
+    for step, query in ((0, False), (4, False), (0, True), (4, True)):
+        with inner_step(step, query=query):
+            assert bn0.current_slot() == 0
 
 
 def test_per_step_inference_does_not_depend_on_the_batch():
@@ -110,8 +133,9 @@ def test_per_step_stateless_call_returns_new_state_without_assigning():
 
 
 def test_per_step_gradients_reach_the_step_and_query_slots():
-    # One adaptation step traced at slot 0, then the query pass at slot 1 (inner_step(1), as
-    # after one step), so both rows of gamma and beta take part in the meta-objective.
+    # One adaptation step traced at slot 0, then the query pass at slot 1 (inner_step(1,
+    # query=True), as after one step), so both rows of gamma and beta take part in the
+    # meta-objective.
     model = tiny_net("per_step", num_steps=2)
     sx, sy, qx, qy = task()
     index = {v.path.split("/")[-1]: i for i, v in enumerate(model.trainable_variables)
@@ -119,7 +143,7 @@ def test_per_step_gradients_reach_the_step_and_query_slots():
     with tf.GradientTape() as tape:
         params = functional.get_params(model)
         adapted = adapt_params(model, params, sx, sy, loss_fn=LOSS, inner_lr=0.5, inner_steps=1)
-        with inner_step(1):
+        with inner_step(1, query=True):
             loss = scalar_loss(LOSS, qy, functional.functional_call(model, adapted, qx,
                                                                     training=True))
     grads = tape.gradient(loss, model.trainable_variables)

@@ -92,6 +92,27 @@ def test_learned_inner_rates_receive_meta_gradients(mode, count):
         assert float(tf.reduce_max(tf.abs(g))) > 0, v.path
 
 
+def test_per_step_rates_exist_for_the_trained_steps_and_longer_adaptation_reuses_the_last():
+    maml = small_maml(learn_inner_lr="per_step", inner_steps=2, eval_inner_steps=5)
+    assert len(maml.inner_lrs) == 2  # not one per evaluation step: those would never train
+    assert [v.path.split("/")[-1] for v in maml.inner_lrs[1]] == [
+        f"inner_lr_s1_{i}" for i in range(4)]
+    for v in maml.inner_lrs[1]:
+        v.assign(0.02)
+    task = next(iter(sinusoid_episodes(5, 5, seed=6)))
+    got = maml.adapt_params(task.support_x, task.support_y)  # eval_inner_steps=5
+    n = len(maml.model.trainable_variables)
+    expected = km.adapt_params(maml.model, km.get_params(maml.model), task.support_x,
+                               task.support_y, loss_fn=keras.losses.get("mse"),
+                               inner_lr=[[0.05] * n] + [[0.02] * n] * 4, inner_steps=5)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    maml.compile(keras.optimizers.Adam(1e-3))
+    assert np.isfinite(maml.evaluate(episodes(seed=9, num_episodes=8), verbose=0))
+    with pytest.raises(ValueError, match="learn_inner_lr='per_step'.*inner_steps=0"):
+        small_maml(learn_inner_lr="per_step", inner_steps=0)
+
+
 def test_every_meta_parameter_gets_a_nonzero_gradient():
     maml = small_maml(inner_steps=2)
     _, grads, _ = maml.meta_gradients(next(iter(episodes())))

@@ -208,3 +208,16 @@ def test_per_variable_and_per_step_rates():
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-14)
     with pytest.raises(ValueError, match="learning rates"):
         km.adapt_params(model, params, task[0], task[1], loss_fn=MSE, inner_lr=[0.1] * (n - 1))
+
+
+def test_steps_past_the_per_step_rates_reuse_the_last_step_rates():
+    # MAML++: rates exist for the trained steps; longer adaptation reuses the last ones.
+    model, task = smooth_mlp(), regression_task()
+    params = km.get_params(model)
+    n = len(params)
+    longer = km.adapt_params(model, params, task[0], task[1], loss_fn=MSE,
+                             inner_lr=[[0.1] * n, [0.05] * n], inner_steps=4)
+    spelled_out = km.adapt_params(model, params, task[0], task[1], loss_fn=MSE,
+                                  inner_lr=[[0.1] * n] + [[0.05] * n] * 3, inner_steps=4)
+    for a, b in zip(longer, spelled_out):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -135,10 +135,11 @@ def test_leftovers_of_an_interrupted_write_are_removed(tmp_path):
 def test_a_run_refused_for_missing_data_creates_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("KERAS_META_OMNIGLOT_DIR", raising=False)
     model_dir = tmp_path / "run"
-    config = MAMLTrainConfig(task_family="omniglot", num_ways=5,
+    config = MAMLTrainConfig(task_family="omniglot", num_ways=5, eval_num_shots=None,
+                             eval_num_queries=None,
                              omniglot_source_dir=str(tmp_path / "missing_zips"),
                              data_dir=str(tmp_path / "tfds"))
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError, match="missing_zips"):
         train(config, str(model_dir), verbose=False)
     assert not model_dir.exists()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -99,9 +100,33 @@ def test_flags_start_from_the_preset_and_override():
     (["--task_batching=vmap"], "Invalid --task_batching='vmap': expected one of"),
     (["--steps_per_execution=0"], "Invalid --steps_per_execution=0: expected an integer >= 1"),
     (["--steps_per_execution=2", "--strategy=mirrored"], "Invalid --steps_per_execution=2"),
+    # Impossible sizes, non-finite rates, flags the task family ignores: refused at parse time.
+    (["--shots=1000000000"], "Invalid --shots=1000000000: too large for this machine's memory. "
+                             "A sinusoid run with --meta_batch_size=25, --shots=1000000000, "
+                             "--queries=10 needs at least"),
+    (["--meta_batch_size=100000000"], "Invalid --meta_batch_size=100000000: too large"),
+    (["--meta_lr=inf"], "Invalid --meta_lr=inf: expected a finite number > 0"),
+    (["--inner_lr=nan"], "Invalid --inner_lr=nan: expected a finite number >= 0"),
+    (["--ways=5"], "Invalid --ways=5: applies only to --task_family=omniglot; this run's task "
+                   "family is 'sinusoid'"),
+    (["--batch_norm=none"], "Invalid --batch_norm='none': applies only to --task_family=omniglot"),
+    (["--omniglot_protocol=maml"], "Invalid --omniglot_protocol='maml': applies only to"),
+    (["--omniglot_source_dir=/data"], "Invalid --omniglot_source_dir='/data': applies only to"),
+    (["--data_dir=/data"], "Invalid --data_dir='/data': applies only to --task_family=omniglot"),
+    (["--task_family=omniglot", "--ways=500"],
+     "Invalid --ways=500: expected at most 400 for --task_family='omniglot': the validation "
+     "split of --omniglot_protocol='maml' has 400 classes"),
+    (["--task_family=omniglot", "--omniglot_protocol=background_evaluation", "--ways=2700"],
+     "Invalid --ways=2700: expected at most 2636"),
+    (["--task_family=omniglot", "--shots=5", "--queries=16"],
+     "Invalid --queries=16: expected at most 20 images per class in all for "
+     "--task_family='omniglot' (each character has 20 images, and an episode takes distinct "
+     "ones: --shots=5 + --queries=16 = 21)"),
+    (["--preset=omniglot_5way_1shot", "--eval_queries=30"],
+     "Invalid --eval_queries=30: expected at most 20 images per class"),
 ])
 def test_bad_flags_fail_with_a_clear_message(argv, message):
-    with pytest.raises(Exception, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(Exception, match=re.escape(message)):
         _parse(argv)
 
 
@@ -130,3 +155,31 @@ def test_recompute_and_loop_trainers_agree_with_the_default(tmp_path):
                           ("c", dict(task_batching="loop"))):
         other = train(config.replace(**changes), str(tmp_path / name), verbose=False)
         assert other["results"]["1"]["loss"]["mean"] == pytest.approx(base, rel=1e-4)
+
+
+def test_per_step_rates_with_more_evaluation_steps_than_trained_complete_the_run(tmp_path):
+    # The default eval_inner_steps (1, 5, 10) exceed inner_steps=1: the final test adapts
+    # with 5 and 10 steps, reusing the last trained per-step rate past step 1 (MAML++).
+    config = MAMLTrainConfig(num_iterations=2, meta_batch_size=2, num_shots=5, num_queries=5,
+                             eval_every=0, num_val_tasks=2, num_eval_tasks=2,
+                             checkpoint_every=1, log_every=1, learn_inner_lr="per_step")
+    assert config.eval_inner_steps == (1, 5, 10) and config.inner_steps == 1
+    results = train(config, str(tmp_path), verbose=False)
+    assert set(results["results"]) == {"1", "5", "10"}
+    assert all(np.isfinite(r["loss"]["mean"]) for r in results["results"].values())
+
+
+def test_per_step_batch_norm_has_slots_for_the_trained_steps_only():
+    from keras_meta.export.freeze import batch_norm_layers
+    from keras_meta.training.task_families import build_model
+    config = get_preset("omniglot_5way_1shot").replace(batch_norm="per_step")
+    assert (config.inner_steps, config.eval_inner_steps) == (1, (3,))
+    model, _ = build_model(config)
+    layers = batch_norm_layers(model)
+    assert layers and all(layer.num_steps == 1 for layer in layers)
+    assert all(layer.moving_mean.shape[0] == 2 for layer in layers)  # step 0 + query slot
+
+
+def test_per_step_rates_without_trained_inner_steps_are_refused_at_the_start():
+    with pytest.raises(ValueError, match=r"learn_inner_lr='per_step'.*inner_steps=0"):
+        TINY.replace(inner_steps=0, learn_inner_lr="per_step")

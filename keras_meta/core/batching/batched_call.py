@@ -25,13 +25,15 @@ single chain of layers (a `Sequential` model, or a functional model without bran
 checks the model with `unsupported_layers` and falls back to the per-task loop otherwise.
 """
 
+import types
+
 import tensorflow as tf
 
 from keras_meta.core.batching.layouts import TASK_MAJOR, to_task_major
-from keras_meta.core.batching.support import chain_of_layers, kernel_for, unsupported_layers
+from keras_meta.core.batching.support import call_kernel, chain_of_layers, unsupported_layers
 
 
-def batched_functional_call(model, params, x, *, conv="auto"):
+def batched_functional_call(model, params, x, *, conv="auto", kernel_options=None):
     """Calls `model` for `T` tasks at once, each with its own parameters.
 
     Args:
@@ -42,6 +44,11 @@ def batched_functional_call(model, params, x, *, conv="auto"):
         conv: how convolutions run: `"grouped"` (one grouped convolution; needs float32 or
             bfloat16 on CPU), `"patches"` (strided slices and one batched matmul; any dtype
             and device), or `"auto"` (grouped where `grouped_convolution_available`).
+        kernel_options: `None` or a dict of per-call options for the registered kernels
+            that take an `options` keyword (`support.register_batched_kernel`); the core
+            only passes it on. Keys a kernel does not know are ignored by it. E.g.
+            `{"fused_batch_norm": False}` makes `MetaBatchNormalization`'s kernel use plain
+            ops instead of TensorFlow's fused batch norm.
 
     Returns:
         The outputs `[T, N] + output_shape`; task `t`'s slice equals
@@ -65,11 +72,13 @@ def batched_functional_call(model, params, x, *, conv="auto"):
                 f"Parameter {i} ({v.path}) has shape {tuple(p.shape)}; expected "
                 f"{(num_tasks,) + tuple(v.shape)} ([tasks] + the variable's shape).")
     index = {id(v): i for i, v in enumerate(variables)}
+    options = types.MappingProxyType(dict(kernel_options or {}))
     layout = TASK_MAJOR
     for layer in chain_of_layers(model):
         # As Keras' autocasting does: each layer computes in its own dtype.
         if x.dtype.is_floating and x.dtype != layer.compute_dtype:
             x = tf.cast(x, layer.compute_dtype)
         layer_params = [params[index[id(v)]] for v in layer.trainable_variables]
-        x, layout = kernel_for(layer)(layer, layer_params, x, layout, num_tasks, conv=conv)
+        x, layout = call_kernel(layer, layer_params, x, layout, num_tasks, conv=conv,
+                                options=options)
     return to_task_major(x, layout, num_tasks)

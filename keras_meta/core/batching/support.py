@@ -6,10 +6,22 @@ in `keras_meta.layers`) registers its own kernel next to its definition, so the 
 imports the layers built on top of it.
 """
 
+import inspect
+
 import keras
 
-# exact layer type -> (kernel, problem); problem(layer) is None or why that instance cannot run.
+# exact layer type -> (kernel, problem, takes_options); problem(layer) is None or why that
+# instance cannot run; takes_options: whether the kernel accepts the `options` keyword.
 _KERNELS = {}
+
+
+def _takes_options(kernel):
+    try:
+        parameters = inspect.signature(kernel).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: the basic signature
+        return False
+    return any(p.name == "options" or p.kind == inspect.Parameter.VAR_KEYWORD
+               for p in parameters)
 
 
 def register_batched_kernel(layer_type, kernel, problem=None):
@@ -18,7 +30,10 @@ def register_batched_kernel(layer_type, kernel, problem=None):
     Args:
         layer_type: a `keras.layers.Layer` subclass (subclasses of it are not covered).
         kernel: `kernel(layer, params, x, layout, num_tasks, conv) -> (y, layout)`, with
-            `params` the layer's trainable parameters, each with a leading task axis.
+            `params` the layer's trainable parameters, each with a leading task axis. A
+            kernel that also takes an `options` keyword receives the call's kernel options
+            (a read-only mapping, possibly empty; see `batched_functional_call`), e.g.
+            `MetaBatchNormalization`'s reads `options.get("fused_batch_norm")`.
         problem: optional `problem(layer) -> str | None`, why an instance cannot run batched
             (a configuration the kernel does not cover).
 
@@ -28,12 +43,20 @@ def register_batched_kernel(layer_type, kernel, problem=None):
     """
     if not (isinstance(layer_type, type) and issubclass(layer_type, keras.layers.Layer)):
         raise TypeError(f"layer_type must be a keras Layer class; got {layer_type!r}.")
-    _KERNELS[layer_type] = (kernel, problem)
+    _KERNELS[layer_type] = (kernel, problem, _takes_options(kernel))
 
 
 def kernel_for(layer):
     """The registered kernel of `layer`'s exact type."""
     return _KERNELS[type(layer)][0]
+
+
+def call_kernel(layer, params, x, layout, num_tasks, *, conv, options):
+    """Runs `layer`'s kernel; `options` (a mapping) goes only to kernels that take it."""
+    kernel, _, takes_options = _KERNELS[type(layer)]
+    if takes_options:
+        return kernel(layer, params, x, layout, num_tasks, conv=conv, options=options)
+    return kernel(layer, params, x, layout, num_tasks, conv=conv)
 
 
 def chain_of_layers(model):
