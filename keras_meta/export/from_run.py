@@ -28,9 +28,8 @@ def find_checkpoint(model_dir, which="auto", warn=print):
     for sub in candidates[which]:
         state = tf.train.get_checkpoint_state(os.path.join(model_dir, sub))
         listed = list(state.all_model_checkpoint_paths) if state else []
+        # get_checkpoint_state has already joined relative entries with the directory.
         for path in reversed(listed):
-            if not os.path.isabs(path):
-                path = os.path.join(model_dir, sub, path)
             if run_state.is_intact(path):
                 return path
             warn(f"[warning] checkpoint {path} is corrupt (unreadable); skipping it", flush=True)

@@ -183,9 +183,8 @@ def intact_checkpoints(directory, warn=print):
         return [], []
     listed = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
     good, bad = [], []
+    # get_checkpoint_state has already joined relative entries with `directory`.
     for path in reversed(listed):
-        if not os.path.isabs(path):
-            path = os.path.join(directory, path)
         (good if is_intact(path) else bad).append(path)
     if bad:
         for path in bad:

@@ -165,3 +165,14 @@ def test_the_learned_optimizer_never_saves_non_finite_phi(tmp_path):
             assert np.all(np.isfinite(value)), name
     with open(os.path.join(model_dir, "config.json")) as f:
         assert json.load(f)["meta_lr"] == LearnedOptimizerTrainConfig().meta_lr
+
+
+def test_a_relative_model_dir_resumes_and_exports(tmp_path, monkeypatch):
+    # `make demo` passes --model_dir=runs/demo: checkpoint paths must work relative to the cwd.
+    monkeypatch.chdir(tmp_path)
+    train(TINY.replace(num_iterations=2), "runs/rel", verbose=False)
+    results = train(TINY, "runs/rel", verbose=False)
+    assert [e["event"] for e in results["history"]] == ["start", "resume"]
+    assert results["history"][1]["iteration"] == 2
+    answers = _export_and_answer("runs/rel", "serving")
+    assert answers.shape == (7, 1)
