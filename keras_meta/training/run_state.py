@@ -93,7 +93,9 @@ def resume_changes(saved, config):
             with both values), or mixed precision changed to or from `mixed_float16`, whose
             loss scale lives in the optimizer's checkpoint.
     """
-    old, new = saved.to_dict(), config.to_dict()
+    # Compared as JSON: a config read back from a checkpoint has lists where a new one may
+    # have tuples (image sizes, shapes), which are the same settings.
+    old, new = json.loads(saved.to_json()), json.loads(config.to_json())
     changes = {k: (old[k], new[k]) for k in new if old.get(k) != new[k]}
     refused = {k: v for k, v in changes.items() if k not in RESUME_MAY_CHANGE}
     if refused:

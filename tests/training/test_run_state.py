@@ -176,3 +176,19 @@ def test_a_relative_model_dir_resumes_and_exports(tmp_path, monkeypatch):
     assert results["history"][1]["iteration"] == 2
     answers = _export_and_answer("runs/rel", "serving")
     assert answers.shape == (7, 1)
+
+
+def test_an_unchanged_image_run_resumes_without_changes():
+    # A config read back from JSON has lists where a fresh one has tuples: not a change.
+    from keras_meta.training.task_families import complete_config
+
+    config = complete_config(MAMLTrainConfig(task_family="omniglot", num_ways=5,
+                                             eval_num_shots=None, eval_num_queries=None))
+    assert isinstance(config.image_preprocessing["image_size"], tuple)
+    saved = MAMLTrainConfig.from_dict(json.loads(config.to_json()))
+    assert run_state.resume_changes(saved, config) == {}
+    changed = run_state.resume_changes(saved, config.replace(meta_lr=0.5))
+    assert changed == {"meta_lr": (0.001, 0.5)}
+    with pytest.raises(ValueError, match="image_preprocessing"):
+        run_state.resume_changes(saved, config.replace(
+            image_preprocessing=dict(config.image_preprocessing, invert=False)))
