@@ -5,6 +5,7 @@
     keras-meta-export           keras_meta.cli.export
     keras-meta-client           keras_meta.cli.serving_client
     keras-meta-demo             keras_meta.cli.demo
+    keras-meta-launch-local     keras_meta.cli.launch_local
 
 Each module's flags live in its `define_flags()`, all optional; `main()` parses them into a
 config and calls the importable function that does the work.

@@ -84,6 +84,10 @@ def define_flags(flag_values=FLAGS):
                         **fv)
     flags.DEFINE_string("tpu", None, "TPU name, 'local' or grpc:// address for --strategy=tpu "
                         "(default: found automatically on a TPU VM or Colab).", **fv)
+    flags.DEFINE_float("worker_timeout_seconds", defaults.worker_timeout_seconds,
+                       "--strategy=multi_worker: how long a worker waits for the others (to "
+                       "join, at each step, between heartbeats) before failing with an error "
+                       "naming them.", **fv)
     flags.DEFINE_string("mixed_precision", "none",
                         "Keras dtype policy: none, mixed_float16 (loss-scaled, inner loop "
                         "included) or mixed_bfloat16. Variables stay float32.", **fv)

@@ -5,10 +5,9 @@ import tensorflow as tf
 from keras_meta.data import sampling
 from keras_meta.data.episode import Episode
 from keras_meta.data.episode_config import EpisodeConfig
+from keras_meta.data.episode_indices import ENDLESS, episode_indices, shard_meta_batch_size
 
 __all__ = ["EpisodeConfig", "EpisodeSampler"]
-
-_ENDLESS = 2**62
 
 
 class EpisodeSampler:
@@ -87,13 +86,15 @@ class EpisodeSampler:
         return sampling.sample_episode(self._images, self._counts, seed, index, c.num_ways,
                                        c.num_shots, c.num_queries, self._rotations)
 
-    def dataset(self, seed=0, start=0):
+    def dataset(self, seed=0, start=0, shard=None):
         """The stream of meta-batches for `seed`.
 
         Args:
             seed: int; equal seeds give equal streams.
             start: index of the first episode (resume without a checkpoint: skipping
                 `n` meta-batches is `start=n * meta_batch_size`).
+            shard: `(worker, num_workers)`: only that worker's share of every meta-batch, a
+                meta-batch of `meta_batch_size / num_workers` tasks (see `episode_indices`).
 
         Returns:
             A `tf.data.Dataset` of `Episode`s with a static meta-batch dimension:
@@ -103,7 +104,7 @@ class EpisodeSampler:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int; got {type(seed).__name__}.")
         c = self.config
-        stop = _ENDLESS if c.num_episodes is None else c.num_episodes
+        stop = ENDLESS if c.num_episodes is None else c.num_episodes
         if not 0 <= start <= stop:
             raise ValueError(f"start must be in [0, {stop}]; got {start}.")
 
@@ -113,10 +114,11 @@ class EpisodeSampler:
         def preprocess(sx, sy, qx, qy):
             return Episode(self.preprocessing(sx), sy, self.preprocessing(qx), qy)
 
-        ds = tf.data.Dataset.range(start, stop, name="episode_index")
+        ds = episode_indices(start, stop, meta_batch_size=c.meta_batch_size, shard=shard)
         ds = ds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
                     name="sample_episode")
-        ds = ds.batch(c.meta_batch_size, drop_remainder=True, name="meta_batch")
+        ds = ds.batch(shard_meta_batch_size(c.meta_batch_size, shard), drop_remainder=True,
+                      name="meta_batch")
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
                     name="preprocess")
         return ds.prefetch(tf.data.AUTOTUNE, name="prefetch")

@@ -10,8 +10,9 @@ import math
 
 import tensorflow as tf
 
-from keras_meta.data.episode import Episode
 from keras_meta._checks import check_int
+from keras_meta.data.episode import Episode
+from keras_meta.data.episode_indices import ENDLESS, episode_indices, shard_meta_batch_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,7 @@ def sample_sinusoid_task(seed, num_shots, num_queries, config=SinusoidConfig(),
 
 def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed=0,
                       num_episodes=None, start_index=0, config=SinusoidConfig(),
-                      dtype=tf.float32):
+                      dtype=tf.float32, shard=None):
     """A `tf.data.Dataset` of sinusoid `Episode`s.
 
     Args:
@@ -67,6 +68,8 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
         start_index: index of the first episode; resuming at `step * meta_batch_size` continues
             a stream exactly where it stopped.
         config: a `SinusoidConfig`.
+        shard: `(worker, num_workers)`: only that worker's share of every meta-batch
+            (`meta_batch_size / num_workers` tasks; see `episode_indices`).
 
     Example:
 
@@ -79,8 +82,8 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
     check_int("num_queries", num_queries)
     check_int("meta_batch_size", meta_batch_size, allow_none=True)
     check_int("start_index", start_index, minimum=0)
-    stop = start_index + num_episodes if num_episodes is not None else 2**62
-    indices = tf.data.Dataset.range(start_index, stop, name="episode_index")
+    stop = start_index + num_episodes if num_episodes is not None else ENDLESS
+    indices = episode_indices(start_index, stop, meta_batch_size=meta_batch_size, shard=shard)
 
     def make(index):
         episode_seed = tf.stack([tf.cast(seed, tf.int64), index])
@@ -89,5 +92,6 @@ def sinusoid_episodes(num_shots=10, num_queries=None, meta_batch_size=None, seed
     ds = indices.map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
                      name="sample_sinusoid")
     if meta_batch_size is not None:
-        ds = ds.batch(meta_batch_size, drop_remainder=True, name="meta_batch")
+        ds = ds.batch(shard_meta_batch_size(meta_batch_size, shard), drop_remainder=True,
+                      name="meta_batch")
     return ds.prefetch(tf.data.AUTOTUNE)

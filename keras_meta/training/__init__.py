@@ -6,7 +6,9 @@ evaluation, `tf.distribute` strategies and accelerators.
 * `loop`: `train(config, model_dir)`, MAML meta-training with checkpoints and resume.
 * `learned_optimizer_config` / `learned_optimizer_loop`: the same for the learned optimizer.
 * `evaluation`: per-task metrics with 95% confidence intervals.
-* `distribute`: strategies by name; the meta-batch split across replicas.
+* `distribute`: strategies by name; the meta-batch split across replicas and workers.
+* `cluster` / `watchdog`: a multi-worker run's roles from `TF_CONFIG`, the cluster start,
+  and the timeouts that keep a lost worker from hanging the others.
 * `accelerator`: which accelerator a session has (`detect_accelerator`), TPU connection.
 """
 

@@ -65,8 +65,12 @@ class MAMLTrainConfig:
         strategy: `tf.distribute` strategy of meta-training: "default" (none), "one_device",
             "mirrored", "multi_worker" (cluster from TF_CONFIG) or "tpu". The meta-batch is
             split across replicas, so `meta_batch_size` must divide by their number.
-            Evaluation runs on one replica.
+            Evaluation runs on one replica; with "multi_worker", each worker evaluates a
+            block of the tasks and the blocks are gathered (the same result as one process).
         tpu: the TPU for strategy "tpu" (name, "local" or grpc:// address; None: auto).
+        worker_timeout_seconds: strategy "multi_worker": how long a worker waits for the
+            others (to join the cluster, at each collective, between heartbeats) before it
+            fails with an error naming them, rather than hanging.
         mixed_precision: None, "mixed_float16" (with loss scaling, inner loop included) or
             "mixed_bfloat16": the Keras dtype policy of the model; variables stay float32.
         task_batching: "auto", "batched" or "loop" (see `MAML`).
@@ -112,6 +116,7 @@ class MAMLTrainConfig:
     jit_compile: bool = False
     strategy: str = "default"
     tpu: Optional[str] = None
+    worker_timeout_seconds: float = 300.0
     mixed_precision: Optional[str] = None
     task_batching: str = "auto"
     recompute_inner_steps: int = 0
@@ -195,6 +200,12 @@ class MAMLTrainConfig:
         if self.tpu is not None and (not isinstance(self.tpu, str) or self.strategy != "tpu"):
             bad("tpu", "None unless strategy='tpu' (then a TPU name, 'local' or grpc:// "
                 "address)")
+        if not is_finite_number(self.worker_timeout_seconds) or self.worker_timeout_seconds <= 0:
+            bad("worker_timeout_seconds", "a number of seconds > 0")
+        if (self.strategy != "multi_worker"
+                and self.worker_timeout_seconds != MAMLTrainConfig.worker_timeout_seconds):
+            bad("worker_timeout_seconds", "the default unless strategy='multi_worker' (only "
+                "a multi-worker run waits for other workers)")
         if self.mixed_precision not in MIXED_PRECISION_POLICIES:
             bad("mixed_precision", "None (flag: none), 'mixed_float16' or 'mixed_bfloat16'")
         self._validate_serving_inputs(bad)

@@ -10,6 +10,9 @@ Running statistics (per-step batch norm) are threaded task after task within a r
 the step every replica's resulting state is averaged (`ReduceOp.MEAN`) and assigned.
 """
 
+import weakref
+
+import numpy as np
 import tensorflow as tf
 
 from keras_meta.core.losses import replica_loss_weight
@@ -92,6 +95,62 @@ def distribute_episodes(strategy, dataset):
                          "dataset with `drop_remainder=True`.")
     replica_meta_batch_size(meta_batch, strategy)
     return strategy.experimental_distribute_dataset(dataset)
+
+
+def worker_episodes(strategy, make_dataset, start_iteration, meta_batch_size):
+    """The distributed stream of meta-batches where each worker samples only its own tasks.
+
+    `make_dataset(start_index, shard=(worker, num_workers))` is a task family's
+    `train_dataset`: worker `w` draws tasks `[w*B/n, (w+1)*B/n)` of every global meta-batch
+    of `B` tasks, a pure function of the seed, the worker and the iteration, so a resumed
+    worker continues its own stream exactly. A worker's replicas take consecutive slices of
+    its share, which keeps the global task order of a one-process run.
+
+    Args:
+        strategy: a multi-worker strategy (any `tf.distribute.Strategy` works).
+        make_dataset: `(start_index, shard) -> dataset` of per-worker meta-batches.
+        start_iteration: the first iteration of the stream (a resumed run's step).
+        meta_batch_size: the global meta-batch size.
+    """
+    per_replica = replica_meta_batch_size(meta_batch_size, strategy)
+
+    def dataset_fn(context):
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        dataset = make_dataset(start_iteration * meta_batch_size, shard=shard)
+        if per_replica * context.num_input_pipelines != meta_batch_size:
+            # Several replicas per worker: each takes the next slice of the worker's share.
+            dataset = dataset.unbatch().batch(per_replica, drop_remainder=True)
+        return dataset
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+# One traced gather per strategy (and shape), dropped with the strategy.
+_GATHER_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def all_gather_rows(strategy, rows):
+    """Every worker's `rows` (the same shape `[k, ...]` on all), stacked in worker order.
+
+    A collective: every worker must call it, with rows of the same shape and dtype.
+
+    Returns:
+        A NumPy array `[num_workers * k, ...]`.
+    """
+    rows = np.asarray(rows)
+    if strategy not in _GATHER_FUNCTIONS:
+        def replica_gather(values):
+            # The copy puts the rows on the replica's own device: the collective cannot
+            # address the host job's device, where the function's input lives.
+            return tf.distribute.get_replica_context().all_gather(tf.identity(values), axis=0)
+
+        _GATHER_FUNCTIONS[strategy] = tf.function(
+            lambda values: strategy.run(replica_gather, args=(values,)))
+    local = strategy.experimental_local_results(_GATHER_FUNCTIONS[strategy](rows))[0].numpy()
+    # Each of a worker's replicas contributed the same rows: keep one block per worker.
+    local_replicas = len(strategy.extended.worker_devices)
+    blocks = local.reshape((-1, local_replicas) + tuple(rows.shape))
+    return blocks[:, 0].reshape((-1,) + tuple(rows.shape[1:]))
 
 
 def distributed_meta_gradients(maml, strategy, dist_episodes):

@@ -103,11 +103,59 @@ class TaskEvaluator:
 
     def evaluate(self, dataset, num_tasks, inner_steps):
         """`{steps: {metric: {"mean", "ci95", "num_tasks"}}}`."""
-        per_task = self.per_task_metrics(dataset, num_tasks, inner_steps)
-        summary = {}
-        for s, metrics in per_task.items():
-            summary[s] = {}
-            for name, values in metrics.items():
-                mean, half = mean_confidence_interval(values)
-                summary[s][name] = {"mean": mean, "ci95": half, "num_tasks": int(values.size)}
-        return summary
+        return summarize(self.per_task_metrics(dataset, num_tasks, inner_steps))
+
+    def sharded_per_task_metrics(self, make_dataset, num_tasks, inner_steps, shard, gather):
+        """`per_task_metrics` of all `num_tasks` tasks, computed by several workers together.
+
+        Worker `i` of `n` (`shard=(i, n)`) adapts on the `i`-th block of `ceil(num_tasks/n)`
+        tasks of the stream, and `gather` (a collective all-gather of equal-shape rows, in
+        worker order) brings every block to every worker. Each task is adapted exactly as
+        `per_task_metrics` would adapt it, so every worker returns the one-process result.
+
+        Args:
+            make_dataset: `() -> dataset` of the batched evaluation stream.
+            num_tasks: tasks in all.
+            inner_steps: an int or a list of ints.
+            shard: `(index, count)` of this worker.
+            gather: `rows [k, c] -> [count * k, c]`, called exactly once by every worker.
+        """
+        index, count = shard
+        steps_list = [inner_steps] if isinstance(inner_steps, int) else list(inner_steps)
+        names = ["loss"] + (["accuracy"] if self.classification else [])
+        block = -(-num_tasks // count)
+        start = min(index * block, num_tasks)
+        mine = min(block, num_tasks - start)
+        rows = np.full([block, len(steps_list) * len(names)], np.nan, np.float32)
+        if mine > 0:
+            dataset = make_dataset().unbatch().skip(start).take(mine).batch(
+                eval_batch_size(mine), drop_remainder=True)
+            metrics = self.per_task_metrics(dataset, mine, steps_list)
+            for j, (s, name) in enumerate((s, n) for s in steps_list for n in names):
+                rows[:mine, j] = metrics[s][name]
+        everything = np.asarray(gather(rows))
+        blocks = [everything[w * block: w * block + max(0, min(block, num_tasks - w * block))]
+                  for w in range(count)]
+        table = np.concatenate(blocks)
+        return {s: {name: table[:, i * len(names) + j].astype(np.float32)
+                    for j, name in enumerate(names)}
+                for i, s in enumerate(steps_list)}
+
+
+def eval_batch_size(num_tasks):
+    """The largest divisor of `num_tasks` up to 25: every task kept with one static batch."""
+    for b in range(min(25, num_tasks), 0, -1):
+        if num_tasks % b == 0:
+            return b
+    return 1
+
+
+def summarize(per_task):
+    """`{steps: {metric: {"mean", "ci95", "num_tasks"}}}` of per-task metric arrays."""
+    summary = {}
+    for s, metrics in per_task.items():
+        summary[s] = {}
+        for name, values in metrics.items():
+            mean, half = mean_confidence_interval(values)
+            summary[s][name] = {"mean": mean, "ci95": half, "num_tasks": int(values.size)}
+    return summary

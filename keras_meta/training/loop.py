@@ -11,17 +11,23 @@ corrupt-checkpoint fallback) is `run_state.py`.
 import json
 import math
 import os
+import shutil
 import time
+import zlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_meta.training import run_state
+from keras_meta.data.episode_indices import shard_meta_batch_size
+from keras_meta.training.cluster import (PEER_ERRORS, TF_CONFIG_ENV, ClusterError,
+                                         cluster_role, start_multi_worker, worker_lost)
 from keras_meta.training.config import MAMLTrainConfig
-from keras_meta.training.distribute import (distribute_episodes, distributed_meta_train_step,
-                                            make_strategy, replica_meta_batch_size)
-from keras_meta.training.evaluation import TaskEvaluator
+from keras_meta.training.distribute import (all_gather_rows, distribute_episodes,
+                                            distributed_meta_train_step, make_strategy,
+                                            replica_meta_batch_size, worker_episodes)
+from keras_meta.training.evaluation import TaskEvaluator, summarize
 from keras_meta.training.progress import Progress, crossed
 from keras_meta.training.task_families import (build_maml, build_task_family,
                                                check_before_run, complete_config)
@@ -30,13 +36,15 @@ CONFIG_FILE = run_state.CONFIG_FILE
 RESULTS_FILE = "eval_results.json"
 
 
-def _saved_config(model_dir, printer):
+def _saved_config(model_dir, printer, writer=True):
     """The config of the run already in `model_dir` (its newest intact checkpoint's), or None.
 
-    Corrupt checkpoints are set aside here, before anything is built, with a warning.
+    Corrupt checkpoints are set aside here, before anything is built, with a warning (by the
+    process that writes the run directory; other workers only read it).
     """
-    latest, _ = run_state.intact_checkpoints(os.path.join(model_dir, "checkpoints"), printer)
-    run_state.intact_checkpoints(os.path.join(model_dir, "best"), printer)
+    latest, _ = run_state.intact_checkpoints(os.path.join(model_dir, "checkpoints"), printer,
+                                             set_aside=writer)
+    run_state.intact_checkpoints(os.path.join(model_dir, "best"), printer, set_aside=writer)
     if not latest:
         return None
     saved = run_state.config_of_checkpoint(latest[0])
@@ -44,6 +52,51 @@ def _saved_config(model_dir, printer):
         # A checkpoint written before configs travelled inside checkpoints.
         saved = run_state.read_config_file(os.path.join(model_dir, CONFIG_FILE))
     return saved
+
+
+def _tidy_and_read(model_dir, config, printer, writer=True):
+    """Removes a killed run's leftovers (writer only); returns the resume's `(saved, changes)`.
+
+    A changed resume is refused here, before anything is built or written.
+    """
+    if writer:
+        leftovers = [path for sub in ("checkpoints", "best")
+                     for path in run_state.remove_leftovers(os.path.join(model_dir, sub))]
+        # save()'s atomic copy of config.json is written beside the checkpoints, at every save.
+        leftovers += run_state.remove_leftovers(
+            model_dir, patterns=(run_state.ATOMIC_WRITE_LEFTOVERS,))
+        for path in leftovers:
+            printer(f"[train] removed {path}, left by an interrupted checkpoint write", flush=True)
+    saved = _saved_config(model_dir, printer, writer)
+    changes = run_state.resume_changes(saved, config) if saved is not None else {}
+    return saved, changes
+
+
+def _refuse_ignored_cluster(config):
+    """A cluster in TF_CONFIG that this run would ignore is an error, not N lone runs."""
+    try:
+        role = cluster_role()
+    except ValueError:
+        return
+    if role.num_workers > 1:
+        raise ValueError(
+            f"{TF_CONFIG_ENV} describes a cluster of {role.num_workers} tasks, but "
+            f"strategy={config.strategy!r}: every task would train alone into the same "
+            "model_dir. Use strategy='multi_worker' (--strategy=multi_worker), or unset "
+            f"{TF_CONFIG_ENV}.")
+
+
+def _printer(verbose, role):
+    if not verbose:
+        return lambda *a, **k: None
+    if role is None or role.is_chief:
+        return print
+
+    # The chief reports the run; the other workers print only what concerns them.
+    def worker_printer(message, **kwargs):
+        if message.startswith(("[cluster]", "[warning]")):
+            print(message, **kwargs)
+    return worker_printer
 
 
 def _describe(changes):
@@ -92,20 +145,35 @@ def train(config, model_dir, *, verbose=True):
     check_before_run(config)
     # The serving inputs travel with the run, so that an export needs no dataset.
     config = complete_config(config)
-    strategy = make_strategy(config.strategy, tpu=config.tpu)
+    role = None
+    if config.strategy != "multi_worker" and os.environ.get(TF_CONFIG_ENV):
+        _refuse_ignored_cluster(config)
+    if config.strategy == "multi_worker":
+        # Who this process is, and whether the meta-batch splits, before anything starts.
+        role = cluster_role()
+        shard_meta_batch_size(config.meta_batch_size, (0, role.num_workers))
+    printer = _printer(verbose, role)
+    # Every worker reads the run directory before the cluster forms; the chief also tidies
+    # it first. Forming the cluster is a barrier, and the chief joins only once it is done,
+    # so every worker then restores the same checkpoint (checked after the restore).
+    resume = _tidy_and_read(model_dir, config, printer, writer=role is None or role.is_chief)
+    if role is not None:
+        strategy = start_multi_worker(role, config.worker_timeout_seconds, printer)
+    else:
+        strategy = make_strategy(config.strategy, tpu=config.tpu)
     if config.strategy != "default":
         replica_meta_batch_size(config.meta_batch_size, strategy)
     previous_policy = keras.config.dtype_policy()
     try:
         if config.mixed_precision:
             keras.config.set_dtype_policy(config.mixed_precision)
-        return _train(config, model_dir, strategy, verbose)
+        return _train(config, model_dir, strategy, role, resume, printer)
     finally:
         # The policy is global: the caller's models must not become mixed precision.
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _chunks(task, config, start, strategy=None):
+def _chunks(task, config, start, strategy=None, role=None):
     """`(size, episodes)` pairs covering iterations `start .. num_iterations`.
 
     With `steps_per_execution` K > 1, `size` is K and the episodes are K meta-batches stacked
@@ -122,27 +190,27 @@ def _chunks(task, config, start, strategy=None):
         for episodes in stacked.take(full):
             yield per_call, episodes
     rest_start = start + full * per_call
-    if rest_start < config.num_iterations:
-        dataset = task.train_dataset(rest_start * config.meta_batch_size).take(
-            config.num_iterations - rest_start)
-        if strategy is not None:
-            dataset = distribute_episodes(strategy, dataset)
-        for episodes in dataset:
-            yield 1, episodes
+    if rest_start >= config.num_iterations:
+        return
+    if role is not None:
+        # Each worker samples only its own share of every meta-batch.
+        iterator = iter(worker_episodes(strategy, task.train_dataset, rest_start,
+                                        config.meta_batch_size))
+        for _ in range(config.num_iterations - rest_start):
+            yield 1, next(iterator)
+        return
+    dataset = task.train_dataset(rest_start * config.meta_batch_size).take(
+        config.num_iterations - rest_start)
+    if strategy is not None:
+        dataset = distribute_episodes(strategy, dataset)
+    for episodes in dataset:
+        yield 1, episodes
 
 
-def _train(config, model_dir, strategy, verbose):
-    printer = print if verbose else (lambda *a, **k: None)
+def _train(config, model_dir, strategy, role, resume, printer):
     distributed = config.strategy != "default"
-    leftovers = [path for sub in ("checkpoints", "best")
-                 for path in run_state.remove_leftovers(os.path.join(model_dir, sub))]
-    # save()'s atomic copy of config.json is written beside the checkpoints, at every save.
-    leftovers += run_state.remove_leftovers(model_dir, patterns=(run_state.ATOMIC_WRITE_LEFTOVERS,))
-    for path in leftovers:
-        printer(f"[train] removed {path}, left by an interrupted checkpoint write", flush=True)
-    # Refuse a changed resume before anything is built or written.
-    saved = _saved_config(model_dir, printer)
-    changes = run_state.resume_changes(saved, config) if saved is not None else {}
+    writes_run = role is None or role.is_chief
+    _, changes = resume
 
     # Every variable (model, learned rates, optimizer slots, loss scale) is created under the
     # strategy's scope, so it is mirrored on each replica. The data is loaded here too, before
@@ -152,6 +220,13 @@ def _train(config, model_dir, strategy, verbose):
         task = build_task_family(config)
         maml = build_maml(config, task.model, task.loss_fn)
     os.makedirs(model_dir, exist_ok=True)
+    # TensorFlow's multi-worker checkpointing: every worker saves (a save may need the
+    # others), the chief into the run directory and the others into a scratch directory of
+    # their own that is removed after each save; every worker restores the chief's.
+    save_root = model_dir if writes_run else os.path.join(model_dir,
+                                                          f"workertemp_{role.worker_index}")
+    if not writes_run:
+        shutil.rmtree(save_root, ignore_errors=True)
 
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     best_metric = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_metric")
@@ -162,30 +237,38 @@ def _train(config, model_dir, strategy, verbose):
     state = dict(model=maml, optimizer=maml.optimizer, step=step, best_metric=best_metric,
                  train_seconds=train_seconds)
     checkpoint = tf.train.Checkpoint(run_config=run_config, **state)
-    latest = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+    latest = tf.train.CheckpointManager(checkpoint, os.path.join(save_root, "checkpoints"),
                                         max_to_keep=3)
-    best = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "best"), max_to_keep=1)
-    if latest.latest_checkpoint:
-        restored = checkpoint if run_state.config_of_checkpoint(latest.latest_checkpoint) \
+    best = tf.train.CheckpointManager(checkpoint, os.path.join(save_root, "best"), max_to_keep=1)
+    restore_from = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if restore_from:
+        restored = checkpoint if run_state.config_of_checkpoint(restore_from) \
             else tf.train.Checkpoint(**state)
-        restored.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+        restored.restore(restore_from).assert_existing_objects_matched()
         if "meta_lr" in changes:
             # The optimizer's checkpoint holds the old rate; the new one is applied for real.
             maml.optimizer.learning_rate = config.meta_lr
-        printer(f"[train] resumed from {latest.latest_checkpoint} at iteration {int(step)}"
+        printer(f"[train] resumed from {restore_from} at iteration {int(step)}"
                 + (f"; changed: {_describe(changes)}" if changes else ""), flush=True)
-        run_state.append_history(model_dir, "resume", int(step),
-                                 checkpoint=latest.latest_checkpoint, changes=changes)
-    else:
+        if writes_run:
+            run_state.append_history(model_dir, "resume", int(step), checkpoint=restore_from,
+                                     changes=changes)
+    elif writes_run:
         run_state.append_history(model_dir, "start", 0)
     run_config.assign(config.to_json())
+    if role is not None:
+        _check_workers_agree(strategy, role, config, int(step))
 
     def save(manager, iteration):
         manager.save(checkpoint_number=iteration)
-        # The copy beside the checkpoints names the settings of the newest one.
-        run_state.write_atomically(os.path.join(model_dir, CONFIG_FILE), config.to_json())
+        if writes_run:
+            # The copy beside the checkpoints names the settings of the newest one.
+            run_state.write_atomically(os.path.join(model_dir, CONFIG_FILE), config.to_json())
+        else:
+            shutil.rmtree(save_root, ignore_errors=True)
 
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "logs"))
+    writer = (tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if writes_run
+              else tf.summary.create_noop_writer())
     if distributed:
         train_step = tf.function(
             lambda episodes: distributed_meta_train_step(maml, strategy, episodes))
@@ -194,6 +277,15 @@ def _train(config, model_dir, strategy, verbose):
     evaluator = TaskEvaluator(maml, classification=task.classification)
     higher_is_better = task.classification
     metric_name = "accuracy" if task.classification else "mse"
+
+    def evaluate(make_dataset, num_tasks, inner_steps):
+        if role is None:
+            return evaluator.evaluate(make_dataset(), num_tasks, inner_steps)
+        # Each worker adapts on its block of the tasks; every worker gets all the results.
+        return summarize(evaluator.sharded_per_task_metrics(
+            make_dataset, num_tasks, inner_steps,
+            shard=(role.worker_index, role.num_workers),
+            gather=lambda rows: all_gather_rows(strategy, rows)))
 
     start = int(step)
     progress = Progress(config.num_iterations, config.log_every, start, printer)
@@ -208,72 +300,94 @@ def _train(config, model_dir, strategy, verbose):
     loop_start = time.perf_counter()
     timed_from = None
     last_loss = float("nan")
-    with writer.as_default():
-        for size, episodes in _chunks(task, config, start, strategy if distributed else None):
-            loss = run_chunk(size, episodes)
-            last_loss = float(loss)
-            if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
-                run_state.append_history(model_dir, "diverged", int(step) + size,
-                                         meta_loss=last_loss)
-                raise FloatingPointError(
-                    f"The meta-loss is {last_loss} at iteration {int(step) + size}. Training "
-                    f"stopped; the last good checkpoint ({latest.latest_checkpoint or 'none'}) "
-                    "is kept. Lower inner_lr or meta_lr.")
-            step.assign_add(size)
-            s = int(step)
-            if timed_from is None:
-                # The first step traces the graph: time the steady state from here on.
-                timed_from = (s, time.perf_counter())
-            last = s == config.num_iterations
-            if crossed(s, size, config.log_every) or last:
-                rate = progress.maybe_print(s, last_loss)
-                tf.summary.scalar("train/meta_loss", last_loss, step=s)
-                if rate:
-                    tf.summary.scalar("train/iterations_per_second", rate, step=s)
-            if (config.eval_every and task.val_dataset is not None
-                    and (crossed(s, size, config.eval_every) or last)):
-                summary = evaluator.evaluate(task.val_dataset(), config.num_val_tasks,
-                                             config.eval_inner_steps[0])
-                value = _headline(summary, task.classification)
-                tf.summary.scalar(f"val/{metric_name}", value, step=s)
-                improved = (math.isnan(float(best_metric)) or
-                            (value > float(best_metric) if higher_is_better
-                             else value < float(best_metric)))
-                printer(f"[val] iter {s}  {metric_name} {value:.4f}"
-                        + ("  (best)" if improved else ""), flush=True)
-                if improved and _all_finite(maml.trainable_variables):
-                    best_metric.assign(value)
-                    save(best, s)
-            if crossed(s, size, config.checkpoint_every) or last:
-                now = time.perf_counter()
-                train_seconds.assign_add(now - loop_start)
-                loop_start = now
-                if _all_finite(maml.trainable_variables):
-                    save(latest, s)
-        writer.flush()
-    train_seconds.assign_add(time.perf_counter() - loop_start)
-    seconds_per_iteration = None
-    if timed_from is not None and int(step) > timed_from[0]:
-        seconds_per_iteration = (time.perf_counter() - timed_from[1]) / (int(step) - timed_from[0])
+    try:
+        with writer.as_default():
+            for size, episodes in _chunks(task, config, start,
+                                          strategy if distributed else None, role):
+                loss = run_chunk(size, episodes)
+                last_loss = float(loss)
+                if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
+                    if writes_run:
+                        run_state.append_history(model_dir, "diverged", int(step) + size,
+                                                 meta_loss=last_loss)
+                    raise FloatingPointError(
+                        f"The meta-loss is {last_loss} at iteration {int(step) + size}. "
+                        f"Training stopped; the last good checkpoint "
+                        f"({latest.latest_checkpoint or 'none'}) is kept. Lower inner_lr or "
+                        "meta_lr.")
+                step.assign_add(size)
+                s = int(step)
+                if timed_from is None:
+                    # The first step traces the graph: time the steady state from here on.
+                    timed_from = (s, time.perf_counter())
+                last = s == config.num_iterations
+                if crossed(s, size, config.log_every) or last:
+                    rate = progress.maybe_print(s, last_loss)
+                    tf.summary.scalar("train/meta_loss", last_loss, step=s)
+                    if rate:
+                        tf.summary.scalar("train/iterations_per_second", rate, step=s)
+                if (config.eval_every and task.val_dataset is not None
+                        and (crossed(s, size, config.eval_every) or last)):
+                    summary = evaluate(task.val_dataset, config.num_val_tasks,
+                                       config.eval_inner_steps[0])
+                    value = _headline(summary, task.classification)
+                    tf.summary.scalar(f"val/{metric_name}", value, step=s)
+                    improved = (math.isnan(float(best_metric)) or
+                                (value > float(best_metric) if higher_is_better
+                                 else value < float(best_metric)))
+                    printer(f"[val] iter {s}  {metric_name} {value:.4f}"
+                            + ("  (best)" if improved else ""), flush=True)
+                    if improved and _all_finite(maml.trainable_variables):
+                        best_metric.assign(value)
+                        save(best, s)
+                if crossed(s, size, config.checkpoint_every) or last:
+                    now = time.perf_counter()
+                    train_seconds.assign_add(now - loop_start)
+                    loop_start = now
+                    if _all_finite(maml.trainable_variables):
+                        save(latest, s)
+            writer.flush()
+        train_seconds.assign_add(time.perf_counter() - loop_start)
+        seconds_per_iteration = None
+        if timed_from is not None and int(step) > timed_from[0]:
+            seconds_per_iteration = ((time.perf_counter() - timed_from[1])
+                                     / (int(step) - timed_from[0]))
+        final_step = int(step)
+        if role is not None:
+            # The chief's last saves are on disk before any worker reads them.
+            _check_workers_agree(strategy, role, config, final_step)
+        return _test(config, model_dir, task, evaluate, checkpoint, state, printer,
+                     writes_run, final_step, seconds_per_iteration, float(train_seconds))
+    except PEER_ERRORS as error:
+        if role is None:
+            raise
+        newest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+        raise worker_lost(role, error, int(step) + 1, newest) from None
+    finally:
+        if not writes_run:
+            shutil.rmtree(save_root, ignore_errors=True)
 
-    final_step = int(step)
-    # Read before restoring the best checkpoint, which holds the time of its own iteration.
-    total_train_seconds = float(train_seconds)
+
+def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_run,
+          final_step, seconds_per_iteration, total_train_seconds):
+    """Tests the best validated checkpoint (else the last weights); writes the results JSON."""
+    step = state["step"]
     tested_config = config
-    if best.latest_checkpoint:
+    best_checkpoint = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
+    if best_checkpoint:
         # Test the model that validated best, as the MAML protocol does.
-        tested_config = run_state.config_of_checkpoint(best.latest_checkpoint) or config
+        tested_config = run_state.config_of_checkpoint(best_checkpoint) or config
         (checkpoint if tested_config is not config else tf.train.Checkpoint(**state)).restore(
-            best.latest_checkpoint).expect_partial()
-        printer(f"[test] using the best validation checkpoint {best.latest_checkpoint}", flush=True)
+            best_checkpoint).expect_partial()
+        printer(f"[test] using the best validation checkpoint {best_checkpoint}", flush=True)
     eval_start = time.perf_counter()
-    summary = evaluator.evaluate(task.test_dataset(), config.num_eval_tasks,
-                                 config.eval_inner_steps)
+    summary = evaluate(task.test_dataset, config.num_eval_tasks, config.eval_inner_steps)
     results = {
         "task_family": config.task_family,
         "iterations": final_step,
         "tested_iteration": int(step),
-        "checkpoint": best.latest_checkpoint or latest.latest_checkpoint,
+        "checkpoint": best_checkpoint or tf.train.latest_checkpoint(
+            os.path.join(model_dir, "checkpoints")),
         "train_seconds": total_train_seconds,
         "seconds_per_iteration": seconds_per_iteration,
         "eval_seconds": time.perf_counter() - eval_start,
@@ -290,6 +404,31 @@ def _train(config, model_dir, strategy, verbose):
         for name, stats in metrics.items():
             printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "
                     f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)", flush=True)
-    run_state.write_atomically(os.path.join(model_dir, RESULTS_FILE),
-                               json.dumps(results, indent=2))
+    if writes_run:
+        run_state.write_atomically(os.path.join(model_dir, RESULTS_FILE),
+                                   json.dumps(results, indent=2))
     return results
+
+
+# Settings that name places on one machine: workers on different machines may differ there.
+_PER_MACHINE_FIELDS = ("data_dir", "omniglot_source_dir")
+
+
+def _check_workers_agree(strategy, role, config, iteration):
+    """Every worker runs the same settings from the same iteration, or the run stops here.
+
+    Workers launched with other flags, or that do not see the chief's run directory (no
+    shared filesystem), would otherwise train silently on different things.
+    """
+    values = {k: v for k, v in json.loads(config.to_json()).items()
+              if k not in _PER_MACHINE_FIELDS}
+    digest = zlib.crc32(json.dumps(values, sort_keys=True).encode())
+    rows = all_gather_rows(strategy, np.array([[iteration, digest]], np.int64))
+    if (rows == rows[0]).all():
+        return
+    described = "; ".join(f"{role.task_name(i)}: iteration {int(r[0])}, settings #{int(r[1]):08x}"
+                          for i, r in enumerate(rows))
+    raise ClusterError(
+        f"The workers disagree ({described}). Every worker must run the same command and see "
+        "the same model_dir (a shared filesystem), so that each restores the chief's "
+        "checkpoint.")

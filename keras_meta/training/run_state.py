@@ -37,7 +37,8 @@ RUN_CONFIG_KEY = "run_config/.ATTRIBUTES/VARIABLE_VALUE"
 RESUME_MAY_CHANGE = (
     "num_iterations", "meta_lr", "eval_every", "num_val_tasks", "num_eval_tasks",
     "eval_num_shots", "eval_num_queries", "checkpoint_every", "log_every", "data_dir",
-    "omniglot_source_dir", "jit_compile", "strategy", "tpu", "task_batching",
+    "omniglot_source_dir", "jit_compile", "strategy", "tpu", "worker_timeout_seconds",
+    "task_batching",
     "recompute_inner_steps", "task_chunk_size", "steps_per_execution", "mixed_precision",
     "fused_batch_norm",
 )
@@ -164,7 +165,7 @@ def remove_leftovers(checkpoint_dir,
     return removed
 
 
-def set_aside(checkpoint_path):
+def _set_aside(checkpoint_path):
     """Moves a checkpoint's files into `<its dir>/corrupt/`; returns the new folder."""
     folder = os.path.join(os.path.dirname(checkpoint_path), "corrupt")
     os.makedirs(folder, exist_ok=True)
@@ -173,12 +174,13 @@ def set_aside(checkpoint_path):
     return folder
 
 
-def intact_checkpoints(directory, warn=print):
+def intact_checkpoints(directory, warn=print, set_aside=True):
     """The checkpoints listed in `directory` that can be read, newest first.
 
     Unreadable ones are moved into `corrupt/` with a warning naming them, and the directory's
     state file is rewritten without them, so that neither this run nor a later one trips over
-    them again. Returns `(intact, corrupt)` lists of checkpoint prefixes.
+    them again. With `set_aside=False` (a worker that only reads the chief's run directory)
+    nothing is moved or rewritten. Returns `(intact, corrupt)` lists of checkpoint prefixes.
     """
     state = tf.train.get_checkpoint_state(directory)
     if state is None:
@@ -188,9 +190,9 @@ def intact_checkpoints(directory, warn=print):
     # get_checkpoint_state has already joined relative entries with `directory`.
     for path in reversed(listed):
         (good if is_intact(path) else bad).append(path)
-    if bad:
+    if bad and set_aside:
         for path in bad:
-            folder = set_aside(path)
+            folder = _set_aside(path)
             warn(f"[warning] checkpoint {path} is corrupt (unreadable); moved it to {folder}; "
                  f"using {good[0] if good else 'no checkpoint'} instead", flush=True)
         kept = list(reversed(good))

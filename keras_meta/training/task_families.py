@@ -16,6 +16,7 @@ from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CL
 from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
 from keras_meta.data.sinusoid import sinusoid_episodes
 from keras_meta.maml import MAML
+from keras_meta.training.evaluation import eval_batch_size
 
 # The images an Omniglot client sends (TFDS's 105x105 RGB) and how the model sees them.
 _OMNIGLOT_CLIENT_IMAGE_SHAPE = (105, 105, 3)
@@ -28,18 +29,12 @@ class TaskFamilySpec:
     model: keras.Model
     loss_fn: object
     classification: bool
-    train_dataset: callable  # start_index -> batched endless dataset
+    # (start_index, shard=None) -> batched endless dataset; with shard=(worker, num_workers),
+    # that worker's share of each meta-batch.
+    train_dataset: callable
     val_dataset: callable  # () -> batched finite dataset, or None
     test_dataset: callable  # () -> batched finite dataset
     metadata: dict = dataclasses.field(default_factory=dict)
-
-
-def _eval_batch(num_tasks):
-    # A divisor of num_tasks keeps every task (fixed streams keep a static batch); at most 25.
-    for b in range(min(25, num_tasks), 0, -1):
-        if num_tasks % b == 0:
-            return b
-    return 1
 
 
 def default_image_preprocessing(config):
@@ -88,13 +83,13 @@ def build_model(config):
 
 
 def _sinusoid(config):
-    def train(start_index):
+    def train(start_index, shard=None):
         return sinusoid_episodes(config.num_shots, config.num_queries, config.meta_batch_size,
-                                 seed=config.seed, start_index=start_index)
+                                 seed=config.seed, start_index=start_index, shard=shard)
 
     def finite(seed_offset, num_tasks):
         return lambda: sinusoid_episodes(
-            config.shots_at_eval, config.queries_at_eval, _eval_batch(num_tasks),
+            config.shots_at_eval, config.queries_at_eval, eval_batch_size(num_tasks),
             seed=config.seed + seed_offset, num_episodes=num_tasks)
 
     return dict(classification=False, train_dataset=train,
@@ -120,14 +115,15 @@ def _omniglot(config):
 
     def finite(split, seed_offset, num_tasks):
         s = sampler(split, config.shots_at_eval, config.queries_at_eval,
-                    _eval_batch(num_tasks), num_tasks)
+                    eval_batch_size(num_tasks), num_tasks)
         return lambda: s.dataset(seed=config.seed + seed_offset)
 
     # Lake et al.'s background/evaluation split has no validation characters: no model
     # selection then, rather than selecting on the test classes.
     val = finite("validation", 1_000_003, config.num_val_tasks) if "validation" in splits else None
     return dict(classification=True,
-                train_dataset=lambda start: train_sampler.dataset(seed=config.seed, start=start),
+                train_dataset=lambda start, shard=None: train_sampler.dataset(
+                    seed=config.seed, start=start, shard=shard),
                 val_dataset=val, test_dataset=finite("test", 2_000_003, config.num_eval_tasks),
                 metadata={"preprocessing": splits["train"].preprocessing.get_config(),
                           "splits": {k: v.num_classes for k, v in splits.items()}})
@@ -224,7 +220,7 @@ def memory_estimate(config):
                    together * train_examples * act_per_example * act_bytes,
                    ("meta_batch_size", "num_shots", "num_queries") + extra),
     ]
-    eval_batch = max(_eval_batch(config.num_val_tasks), _eval_batch(config.num_eval_tasks))
+    eval_batch = max(eval_batch_size(config.num_val_tasks), eval_batch_size(config.num_eval_tasks))
     eval_examples = per_task(config.shots_at_eval, config.queries_at_eval)
     evaluation = [
         MemoryPart(f"one meta-batch of {kind} evaluation episodes ({eval_batch} tasks x "

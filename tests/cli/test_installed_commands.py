@@ -38,6 +38,7 @@ COMMANDS = {
     "keras-meta-export": "--kind",
     "keras-meta-client": "--saved_model_dir",
     "keras-meta-demo": "--omniglot_source_dir",
+    "keras-meta-launch-local": "--num_workers",
 }
 
 
