@@ -173,7 +173,7 @@ def distributed_meta_gradients(maml, strategy, dist_episodes):
     return loss, grads
 
 
-def distributed_meta_train_step(maml, strategy, dist_episodes):
+def distributed_meta_train_step(maml, strategy, dist_episodes, return_preds=True):
     """One outer step with the meta-batch split across the strategy's replicas.
 
     Every replica runs `maml.replica_meta_train_step` on its tasks; the optimizer sums the
@@ -182,13 +182,18 @@ def distributed_meta_train_step(maml, strategy, dist_episodes):
     one device the state would instead be threaded through all tasks in turn).
     Wrap it in a `tf.function`.
 
+    Args:
+        return_preds: gather the query predictions of every replica (a collective each step:
+            the trainer, which does not use them, passes False).
+
     Returns:
         `(meta_loss, query_preds)`: the mean meta-loss over all tasks and the predictions
-        gathered in the global task order.
+        gathered in the global task order (`None` with `return_preds=False`).
     """
     loss, preds, state = strategy.run(maml.replica_meta_train_step, args=(dist_episodes,))
     loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
     for variable, value in zip(maml.model.non_trainable_variables, state or ()):
         variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))
-    preds = strategy.gather(preds, axis=0)
-    return loss, preds
+    if not return_preds:
+        return loss, None
+    return loss, strategy.gather(preds, axis=0)

@@ -271,7 +271,8 @@ def _train(config, model_dir, strategy, role, resume, printer):
               else tf.summary.create_noop_writer())
     if distributed:
         train_step = tf.function(
-            lambda episodes: distributed_meta_train_step(maml, strategy, episodes))
+            lambda episodes: distributed_meta_train_step(maml, strategy, episodes,
+                                                         return_preds=False))
     else:
         train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
     evaluator = TaskEvaluator(maml, classification=task.classification)
