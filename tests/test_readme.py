@@ -275,12 +275,14 @@ CONSOLE_SCRIPTS = {
     "keras-meta-export": "keras_meta.cli.export",
     "keras-meta-client": "keras_meta.cli.serving_client",
     "keras-meta-demo": "keras_meta.cli.demo",
+    "keras-meta-launch-local": "keras_meta.cli.launch_local",
 }
 # The `python -m` wrappers kept at the top of a checkout, and the module each re-exports.
 WRAPPERS = {
     "trainers.train_maml": "keras_meta.cli.train_maml",
     "trainers.train_learned_optimizer": "keras_meta.cli.train_learned_optimizer",
     "trainers.demo": "keras_meta.cli.demo",
+    "trainers.launch_local": "keras_meta.cli.launch_local",
     "export.export_saved_model": "keras_meta.cli.export",
     "export.serving_client": "keras_meta.cli.serving_client",
 }
@@ -290,6 +292,8 @@ WRAPPERS = {
 # - `tensorflow_model_server`: TF Serving's own binary (not installed here, not ours); its flags
 #   are TF Serving's documented ones.
 SKIPPED = {"make", "tensorflow_model_server"}
+# The local launcher runs the MAML trainer with the flags after its `--`.
+LAUNCHER, LAUNCHED = "keras_meta.cli.launch_local", "keras_meta.cli.train_maml"
 
 
 def _logical_lines(block):
@@ -331,6 +335,9 @@ COMMANDS = _commands()
 
 def resolve(argv):
     """(kind, target, flag argv) of a command line; kind is module, file, make or skip."""
+    # Leading environment assignments (`TF_CONFIG=... keras-meta-train ...`) are not the program.
+    while argv and re.match(r"^[A-Z_][A-Z0-9_]*=", argv[0]):
+        argv = argv[1:]
     program = argv[0]
     if program in SKIPPED:
         return ("make" if program == "make" else "skip"), program, argv[1:]
@@ -486,6 +493,12 @@ def test_command_line_flags_exist(item):
         parse_in_child(target, flag_argv)
         for alt in alternatives:
             parse_in_child(target, flag_argv + alt)
+        return
+    if target == LAUNCHER and "--" in flag_argv:
+        # The launcher's own flags, then the trainer's, which every worker gets.
+        split = flag_argv.index("--")
+        check_module_flags(target, flag_argv[:split])
+        check_module_flags(LAUNCHED, flag_argv[split + 1:])
         return
     check_module_flags(target, flag_argv)
     for alt in alternatives:

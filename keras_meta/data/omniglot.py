@@ -15,6 +15,7 @@ data so that later loads take about a second.
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import os
 import re
@@ -225,11 +226,27 @@ def prepare_omniglot(source_dir=None, data_dir=None):
     if is_prepared(data_dir):
         return data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Several processes may share one data directory (the workers of a local multi-worker
+    # run): one prepares, the others wait and find the dataset ready.
+    with open(data_dir / _LOCK_FILENAME, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not is_prepared(data_dir):
+                _prepare(source_dir, data_dir)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return data_dir
+
+
+_LOCK_FILENAME = ".keras_meta_omniglot.lock"
+
+
+def _prepare(source_dir, data_dir):
     import tensorflow_datasets as tfds
 
     if source_dir is None:
         tfds.builder(TFDS_NAME, data_dir=os.fspath(data_dir)).download_and_prepare()
-        return data_dir
+        return
 
     source_dir = Path(source_dir)
     entries = verify_source_dir(source_dir)
@@ -261,7 +278,6 @@ def prepare_omniglot(source_dir=None, data_dir=None):
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return data_dir
 
 
 @dataclasses.dataclass(frozen=True)

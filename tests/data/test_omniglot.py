@@ -174,3 +174,32 @@ def test_scratch_left_by_a_killed_preparation_is_removed_by_the_next_one(tmp_pat
     assert not stale.exists() and f"removed {stale}" in capsys.readouterr().out
     assert omniglot.remove_stale_scratch(data_dir) == []
     assert omniglot.remove_stale_scratch(tmp_path / "no-such-dir") == []
+
+
+def test_processes_sharing_a_data_dir_prepare_it_once(tmp_path, monkeypatch):
+    """Workers of a local multi-worker run share one data directory: one prepares, the
+    others wait for it and find the dataset ready, instead of preparing over each other."""
+    import threading
+    import time
+
+    from keras_meta.data import omniglot
+
+    prepared, inside, overlaps = [], [], []
+
+    def slow_prepare(source_dir, data_dir):
+        if inside:
+            overlaps.append(True)
+        inside.append(True)
+        time.sleep(0.3)
+        prepared.append(data_dir)
+        inside.pop()
+
+    monkeypatch.setattr(omniglot, "_prepare", slow_prepare)
+    monkeypatch.setattr(omniglot, "is_prepared", lambda data_dir: bool(prepared))
+    threads = [threading.Thread(target=omniglot.prepare_omniglot, args=(None, tmp_path))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not overlaps and len(prepared) == 1
