@@ -250,9 +250,16 @@ PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
 
 def worker_lost(role, error, iteration, checkpoint):
     """The `ClusterError` to raise when a collective of iteration `iteration` failed."""
-    first = str(error).strip().splitlines()
-    detail = next((line for line in first if "task" in line or "unhealthy" in line),
-                  first[0] if first else "")
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # TensorFlow names the lost task on the line after "...unhealthy (stopped sending
+    # heartbeats):", or in a line mentioning the remote task.
+    detail = lines[0] if lines else ""
+    for i, line in enumerate(lines):
+        if "unhealthy" in line:
+            detail = line + (" " + lines[i + 1] if i + 1 < len(lines) else "")
+            break
+        if "task" in line and detail == (lines[0] if lines else ""):
+            detail = line
     return ClusterError(
         f"{role.name}: another worker failed or stopped answering during iteration "
         f"{iteration} ({type(error).__name__}: {detail[:300]}). The last checkpoint is "

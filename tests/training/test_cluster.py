@@ -99,3 +99,19 @@ def test_worker_timeout_applies_to_multi_worker_only():
     with pytest.raises(ValueError, match="a number of seconds > 0"):
         _config(worker_timeout_seconds=0)
     assert _config(worker_timeout_seconds=10.0).worker_timeout_seconds == 10.0
+
+
+def test_a_lost_worker_is_named_with_the_checkpoint_to_resume_from():
+    import tensorflow as tf
+
+    from keras_meta.training.cluster import worker_lost
+
+    role = parse_tf_config(_tf_config(TWO, index=0))
+    error = tf.errors.UnavailableError(
+        None, None, "{{function_node f}} Collective ops is aborted by: The following tasks "
+        "are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\nmore")
+    message = str(worker_lost(role, error, 12, "/runs/x/checkpoints/ckpt-10"))
+    assert message.startswith("worker 0 (chief): another worker failed or stopped answering "
+                              "during iteration 12")
+    assert "stopped sending heartbeats): /job:worker/replica:0/task:1" in message
+    assert "ckpt-10; relaunch every worker with the same command" in message
