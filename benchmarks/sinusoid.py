@@ -21,6 +21,8 @@ flags.DEFINE_string("model_dir", "runs/bench_sinusoid", "Where both runs go.")
 flags.DEFINE_integer("num_iterations", 70000, "Outer steps of each run.")
 flags.DEFINE_integer("num_eval_tasks", 600, "Test tasks.")
 flags.DEFINE_integer("seed", 0, "Seed.")
+flags.DEFINE_boolean("tolerate_divergence", False,
+                     "Exit 0 even if some test task diverged (a non-finite loss).")
 
 PAPER = {"maml": {1: 0.67, 5: 0.38, 10: 0.35}, "pretrained": {1: 2.41, 5: 2.23, 10: 2.19}}
 
@@ -43,12 +45,18 @@ def main(argv):
 
     command = "python " + " ".join(sys.argv)
     lines = [f"command: {command}", "",
-             "| model | steps | 5-shot MSE (ours, 95% CI) | paper |", "|---|---|---|---|"]
+             "| model | steps | 5-shot MSE (ours, 95% CI) | median | diverged tasks | paper |",
+             "|---|---|---|---|---|---|"]
+    diverged = []
     for name, res in results.items():
         for steps in (1, 5, 10):
             stats = res["results"][str(steps)]["loss"]
             lines.append(f"| {name} | {steps} | {stats['mean']:.3f} +/- {stats['ci95']:.3f} | "
+                         f"{stats['median']:.3f} | {stats['num_diverged']} | "
                          f"{PAPER[name][steps]} |")
+            if stats["num_diverged"]:
+                diverged.append(f"{name} at {steps} steps: {stats['num_diverged']} of "
+                                f"{stats['num_tasks']}")
     m = results["maml"]
     lines += ["", f"MAML meta-training: {m['iterations']} iterations, "
                   f"{m['train_seconds']:.0f} s wall clock, "
@@ -60,6 +68,12 @@ def main(argv):
         f.write(text + "\n")
     with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
         json.dump({k: v["results"] for k, v in results.items()}, f, indent=2)
+    if diverged:
+        message = "Test tasks diverged (non-finite loss): " + "; ".join(diverged) + "."
+        if not FLAGS.tolerate_divergence:
+            sys.exit(message + " The per-task losses are in each run's eval_results.json "
+                     "(null: diverged). --tolerate_divergence exits 0 anyway.")
+        print("warning: " + message)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ class TaskEvaluator:
                 for s, m in collected.items()}
 
     def evaluate(self, dataset, num_tasks, inner_steps):
-        """`{steps: {metric: {"mean", "ci95", "num_tasks"}}}`."""
+        """`{steps: {metric: {"mean", "ci95", "median", "num_tasks", "num_diverged"}}}`."""
         return summarize(self.per_task_metrics(dataset, num_tasks, inner_steps))
 
     def sharded_per_task_metrics(self, make_dataset, num_tasks, inner_steps, shard, gather):
@@ -151,11 +151,31 @@ def eval_batch_size(num_tasks):
 
 
 def summarize(per_task):
-    """`{steps: {metric: {"mean", "ci95", "num_tasks"}}}` of per-task metric arrays."""
+    """`{steps: {metric: {"mean", "ci95", "median", "num_tasks", "num_diverged"}}}`.
+
+    A task diverged when its loss is not finite (its inner loop blew up). Its loss counts as
+    +inf, so the mean says so (inf, with no CI) rather than hiding it; the median and the
+    number of diverged tasks say how many and how typical. Every metric of a step reports the
+    same `num_diverged`.
+    """
     summary = {}
     for s, metrics in per_task.items():
         summary[s] = {}
+        losses = metrics.get("loss")
+        diverged = int(np.sum(~np.isfinite(losses))) if losses is not None else 0
         for name, values in metrics.items():
-            mean, half = mean_confidence_interval(values)
-            summary[s][name] = {"mean": mean, "ci95": half, "num_tasks": int(values.size)}
+            values = np.asarray(values, np.float64)
+            if name == "loss":
+                values = np.where(np.isfinite(values), values, np.inf)
+            with np.errstate(invalid="ignore"):
+                mean, half = mean_confidence_interval(values)
+            summary[s][name] = {"mean": mean, "ci95": half, "median": float(np.median(values)),
+                                "num_tasks": int(values.size), "num_diverged": diverged}
     return summary
+
+
+def per_task_lists(per_task):
+    """`{steps: {metric: [value or None]}}` for JSON: a diverged task's loss is `None`."""
+    return {str(s): {name: [float(v) if np.isfinite(v) else None for v in values]
+                     for name, values in metrics.items()}
+            for s, metrics in per_task.items()}

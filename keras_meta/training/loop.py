@@ -27,7 +27,7 @@ from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.distribute import (all_gather_rows, distribute_episodes,
                                             distributed_meta_train_step, make_strategy,
                                             replica_meta_batch_size, worker_episodes)
-from keras_meta.training.evaluation import TaskEvaluator, summarize
+from keras_meta.training.evaluation import TaskEvaluator, per_task_lists, summarize
 from keras_meta.training.progress import Progress, crossed
 from keras_meta.training.task_families import (build_maml, build_task_family,
                                                check_before_run, complete_config)
@@ -280,13 +280,14 @@ def _train(config, model_dir, strategy, role, resume, printer):
     metric_name = "accuracy" if task.classification else "mse"
 
     def evaluate(make_dataset, num_tasks, inner_steps):
+        """Per-task metrics `{steps: {metric: array}}`."""
         if role is None:
-            return evaluator.evaluate(make_dataset(), num_tasks, inner_steps)
+            return evaluator.per_task_metrics(make_dataset(), num_tasks, inner_steps)
         # Each worker adapts on its block of the tasks; every worker gets all the results.
-        return summarize(evaluator.sharded_per_task_metrics(
+        return evaluator.sharded_per_task_metrics(
             make_dataset, num_tasks, inner_steps,
             shard=(role.worker_index, role.num_workers),
-            gather=lambda rows: all_gather_rows(strategy, rows)))
+            gather=lambda rows: all_gather_rows(strategy, rows))
 
     start = int(step)
     progress = Progress(config.num_iterations, config.log_every, start, printer)
@@ -329,8 +330,8 @@ def _train(config, model_dir, strategy, role, resume, printer):
                         tf.summary.scalar("train/iterations_per_second", rate, step=s)
                 if (config.eval_every and task.val_dataset is not None
                         and (crossed(s, size, config.eval_every) or last)):
-                    summary = evaluate(task.val_dataset, config.num_val_tasks,
-                                       config.eval_inner_steps[0])
+                    summary = summarize(evaluate(task.val_dataset, config.num_val_tasks,
+                                                 config.eval_inner_steps[0]))
                     value = _headline(summary, task.classification)
                     tf.summary.scalar(f"val/{metric_name}", value, step=s)
                     improved = (math.isnan(float(best_metric)) or
@@ -382,7 +383,8 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
             best_checkpoint).expect_partial()
         printer(f"[test] using the best validation checkpoint {best_checkpoint}", flush=True)
     eval_start = time.perf_counter()
-    summary = evaluate(task.test_dataset, config.num_eval_tasks, config.eval_inner_steps)
+    per_task = evaluate(task.test_dataset, config.num_eval_tasks, config.eval_inner_steps)
+    summary = summarize(per_task)
     results = {
         "task_family": config.task_family,
         "iterations": final_step,
@@ -395,6 +397,8 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
         "num_shots": config.shots_at_eval,
         "num_ways": config.num_ways if task.classification else None,
         "results": {str(s): v for s, v in summary.items()},
+        # Every test task's metrics, in task order (a diverged task's loss is null).
+        "per_task": per_task_lists(per_task),
         "config": config.to_dict(),
         # The settings that produced the tested weights (the best checkpoint's, which may
         # predate a resume that changed meta_lr or num_iterations), and every start/resume.
@@ -404,7 +408,12 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
     for s, metrics in summary.items():
         for name, stats in metrics.items():
             printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "
-                    f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)", flush=True)
+                    f"{stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI), median "
+                    f"{stats['median']:.4f}", flush=True)
+        diverged = next(iter(metrics.values()))["num_diverged"]
+        if diverged:
+            printer(f"[test] warning: {diverged} of {config.num_eval_tasks} tasks diverged "
+                    f"(non-finite loss) at {s} inner steps", flush=True)
     if writes_run:
         run_state.write_atomically(os.path.join(model_dir, RESULTS_FILE),
                                    json.dumps(results, indent=2))
