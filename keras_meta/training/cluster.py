@@ -227,7 +227,10 @@ def start_multi_worker(role, timeout_seconds, printer=print):
     # TensorFlow's own registration deadline ends a waiting worker with an error; the chief
     # waits without one, so the watchdog ends it a little later.
     try:
-        with watchdog.Watchdog(timeout_seconds + 5, f"{role.name} waiting for the cluster",
+        # The margin lets TensorFlow's deadline, which starts once the runtime is up, speak
+        # first where it exists.
+        with watchdog.Watchdog(timeout_seconds + max(10.0, 0.1 * timeout_seconds),
+                               f"{role.name} waiting for the cluster",
                                role.peers(), advice=_START_ADVICE):
             strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=tf.distribute.experimental.CommunicationOptions(

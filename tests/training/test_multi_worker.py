@@ -230,10 +230,13 @@ def test_a_peer_that_never_comes_fails_within_seconds(tmp_path):
     worker_out, _ = worker.communicate(timeout=90)
     assert time.monotonic() - start < 60
     assert chief.returncode == -signal.SIGKILL
-    assert (f"waiting for the cluster took more than 10 s: no answer from 127.0.0.1:{ports[1]} "
+    assert (f"waiting for the cluster took more than 15 s: no answer from 127.0.0.1:{ports[1]} "
             "(worker 1)") in chief_out
-    assert worker.returncode == 1
-    assert (f"worker 1 could not join the cluster within 5 s (DeadlineExceededError): no "
-            f"answer from 127.0.0.1:{ports[2]} (worker 0)") in worker_out
+    # TensorFlow's registration deadline usually ends the worker first (a ClusterError); on a
+    # loaded machine the watchdog may. Either way it stops, naming the silent address.
+    assert worker.returncode in (1, -signal.SIGKILL), worker_out[-2000:]
+    assert f"no answer from 127.0.0.1:{ports[2]} (worker 0)" in worker_out
+    if worker.returncode == 1:
+        assert "worker 1 could not join the cluster within 5 s (DeadlineExceededError)" in worker_out
     # Nothing was written before the cluster formed.
     assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
