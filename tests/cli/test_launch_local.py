@@ -130,14 +130,20 @@ def test_arguments_after_double_dash_reach_the_workers_unchanged(tmp_path):
 
 
 def test_a_failed_worker_ends_the_launch_with_its_code(tmp_path):
-    script = _script(tmp_path, "worker.py", """\
+    ready = tmp_path / "worker1_ready"
+    # Worker 0 fails only once worker 1 is up (a file, not a delay), so that the launcher
+    # surely has a live worker to end.
+    script = _script(tmp_path, "worker.py", f"""\
         import json, os, sys, time
         index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
         if index == 0:
-            time.sleep(0.5)
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(ready)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
             print("failing")
             sys.exit(3)
         print("sleeping", flush=True)
+        open({str(ready)!r}, "w").close()
         time.sleep(1000)
     """)
     out = _Lines()
@@ -145,7 +151,7 @@ def test_a_failed_worker_ends_the_launch_with_its_code(tmp_path):
     code = launch([], num_workers=2, program=script, grace_seconds=1.0, out=out)
     elapsed = time.monotonic() - start
     assert code == 3
-    assert elapsed < 1.0 + 5.0, elapsed
+    assert elapsed < 1.0 + 10.0, elapsed
     lines = out.lines()
     pids = [int(m.group(1)) for m in (re.fullmatch(r"\[launch\] worker \d: pid (\d+), .*", l)
                                       for l in lines) if m]

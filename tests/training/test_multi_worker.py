@@ -237,6 +237,7 @@ def test_a_peer_that_never_comes_fails_within_seconds(tmp_path):
     assert worker.returncode in (1, -signal.SIGKILL), worker_out[-2000:]
     assert f"no answer from 127.0.0.1:{ports[2]} (worker 0)" in worker_out
     if worker.returncode == 1:
-        assert "worker 1 could not join the cluster within 5 s (DeadlineExceededError)" in worker_out
+        assert ("worker 1 could not join the cluster within 5 s (DeadlineExceededError)"
+                in worker_out)
     # Nothing was written before the cluster formed.
     assert not (tmp_path / "run0").exists() and not (tmp_path / "run1").exists()
