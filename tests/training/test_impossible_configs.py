@@ -58,7 +58,7 @@ def test_omniglot_episodes_larger_than_a_character_are_refused_by_the_config():
         OMNIGLOT.replace(num_shots=5, num_queries=16)
     with pytest.raises(ValueError, match=r"Invalid num_shots=20: .*num_shots=20 \+ "
                                          r"num_queries=15 = 35"):
-        OMNIGLOT.replace(num_shots=20)
+        OMNIGLOT.replace(num_shots=20, num_queries=15)
 
 
 def test_omniglot_evaluation_sizes_are_checked_before_the_data_loads(tmp_path, monkeypatch):
