@@ -339,6 +339,12 @@ def _train(config, model_dir, strategy, role, resume, printer):
                                  else value < float(best_metric)))
                     printer(f"[val] iter {s}  {metric_name} {value:.4f}"
                             + ("  (best)" if improved else ""), flush=True)
+                    if writes_run:
+                        # Seconds of training so far, resumes included: the time axis of
+                        # accuracy-against-time curves (benchmarks/time_to_accuracy.py).
+                        run_state.append_history(
+                            model_dir, "val", s, **{metric_name: value},
+                            train_seconds=float(train_seconds) + time.perf_counter() - loop_start)
                     if improved and _all_finite(maml.trainable_variables):
                         best_metric.assign(value)
                         save(best, s)
