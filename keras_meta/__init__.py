@@ -8,6 +8,7 @@ The subpackages, from the bottom up (a layer imports only layers below it; see t
 
     core          fast-weights calls, the pure inner loop, update rules, task batching
     data          Episode, episode samplers, image sources, sinusoid, Omniglot
+    presets       the pretrained presets' files: find, read, verify (sha256)
     layers        batch norm with exact second derivatives
     backbones     conv4, mlp
     maml          MetaObjective, the MAML Keras model, maml_loss
@@ -22,7 +23,7 @@ from keras_meta._backend import ensure_tensorflow_backend as _ensure_tensorflow_
 _ensure_tensorflow_backend()
 
 # Full module paths, never names from this file: nothing below imports `keras_meta` itself.
-from keras_meta import backbones, core, data, layers, learned_optimizer, maml  # noqa: E402
+from keras_meta import backbones, core, data, layers, learned_optimizer, maml, presets  # noqa: E402
 from keras_meta.core.functional import functional_call, get_params, get_state  # noqa: E402
 from keras_meta.core.inner_loop import adapt_params  # noqa: E402
 from keras_meta.core.update_rules import SGDRule  # noqa: E402

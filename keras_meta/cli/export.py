@@ -4,6 +4,7 @@ Examples (`python -m export.export_saved_model` is the same command):
 
     keras-meta-export --model_dir=runs/o5w1s --base_dir=serving \
         --model_name=omniglot_5way_1shot                       # few-shot: adapts in the graph
+    keras-meta-export --preset=omniglot_5way_1shot --base_dir=serving   # pretrained, no training
     keras-meta-export --model_dir=runs/o5w1s --kind=adapted \
         --support_npz=support.npz --model_name=omniglot_task7   # one adapted task, batchable
 
@@ -16,7 +17,8 @@ import os
 
 from absl import app, flags
 
-from keras_meta.export.from_run import CHECKPOINTS, KINDS, export_from_model_dir
+from keras_meta.export.from_run import (CHECKPOINTS, KINDS, export_from_model_dir,
+                                       export_from_preset)
 
 FLAGS = flags.FLAGS
 
@@ -28,6 +30,9 @@ def define_flags(flag_values=FLAGS):
     fv = {"flag_values": flag_values}
     flags.DEFINE_string("model_dir", "runs/demo", "The trainer's model_dir (config.json, "
                         "best/ and checkpoints/).", **fv)
+    flags.DEFINE_string("preset", None, "Export a pretrained preset instead of a run: a name "
+                        "(keras_meta.presets.list_presets()) or a preset directory. Needs no "
+                        "training and no dataset.", **fv)
     flags.DEFINE_string("kind", "few_shot", f"What to export: {KINDS}.", **fv)
     flags.DEFINE_string("base_dir", "serving", "TF Serving base directory.", **fv)
     flags.DEFINE_string("model_name", None, "TF Serving model name (default: "
@@ -67,12 +72,32 @@ def main(argv):
         except ValueError:
             raise app.UsageError(f"--client_image_shape={','.join(FLAGS.client_image_shape)!r}:"
                                  " expected H,W,C integers.") from None
+    if FLAGS.preset is not None:
+        from keras_meta.presets import Preset, PresetError
+
+        for name in ("model_dir", "checkpoint"):
+            if FLAGS[name].present:
+                raise app.UsageError(f"--{name} applies to a training run, not to --preset; "
+                                     "give one or the other.")
+        try:
+            Preset.load(FLAGS.preset)
+        except PresetError as error:
+            raise app.UsageError(f"--preset={FLAGS.preset!r}: {error}") from None
+        path = export_from_preset(
+            FLAGS.preset, FLAGS.kind, FLAGS.base_dir, FLAGS.model_name, FLAGS.version,
+            FLAGS.jit_compile, FLAGS.support_npz, FLAGS.num_shots, FLAGS.inner_steps, shape)
+        _report(path)
+        return
     if not os.path.isdir(FLAGS.model_dir):
         raise app.UsageError(f"--model_dir={FLAGS.model_dir!r} is not a directory.")
     path = export_from_model_dir(
         FLAGS.model_dir, FLAGS.kind, FLAGS.base_dir, FLAGS.model_name, FLAGS.version,
         FLAGS.jit_compile, FLAGS.support_npz, FLAGS.num_shots, FLAGS.inner_steps, shape,
         FLAGS.checkpoint)
+    _report(path)
+
+
+def _report(path):
     print(f"Exported {FLAGS.kind} model to {path}")
     print(f"Serve: tensorflow_model_server --rest_api_port=8501 --model_config_file="
           f"{os.path.abspath(os.path.join(FLAGS.base_dir, 'models.config'))}")

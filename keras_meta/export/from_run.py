@@ -12,7 +12,10 @@ import tensorflow as tf
 from keras_meta.export.adapted import export_adapted
 from keras_meta.export.few_shot import export_few_shot
 from keras_meta.export.serving_config import KINDS
+from keras_meta.maml import MAML
+from keras_meta.presets import Preset
 from keras_meta.training import run_state
+from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.run_state import CONFIG_FILE
 from keras_meta.training.task_families import build_maml, build_model
 
@@ -89,6 +92,27 @@ def export_from_model_dir(model_dir, kind="few_shot", base_dir="serving", model_
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
     maml, config, _ = restore_maml(model_dir, checkpoint)
+    return _export(maml, config, kind, base_dir, model_name, version, jit_compile, support_npz,
+                   num_shots, inner_steps, client_image_shape)
+
+
+def export_from_preset(preset, kind="few_shot", base_dir="serving", model_name=None,
+                       version=None, jit_compile=False, support_npz=None, num_shots=None,
+                       inner_steps=None, client_image_shape=None):
+    """Exports a pretrained preset (a name or a preset directory); returns the version
+    directory written. No training run and no dataset: the preset carries its weights, and
+    its run config says how clients' images become model inputs."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}; got {kind!r}.")
+    info = Preset.load(preset)
+    maml = MAML.from_preset(info.directory)
+    config = MAMLTrainConfig.from_dict(info.train_config)
+    return _export(maml, config, kind, base_dir, model_name or info.name, version, jit_compile,
+                   support_npz, num_shots, inner_steps, client_image_shape)
+
+
+def _export(maml, config, kind, base_dir, model_name, version, jit_compile, support_npz,
+            num_shots, inner_steps, client_image_shape):
     steps = config.eval_inner_steps[0] if inner_steps is None else inner_steps
     name = model_name or f"{config.task_family}_{kind}"
     shape = tuple(int(d) for d in client_image_shape) if client_image_shape else None

@@ -15,6 +15,7 @@ from keras_meta.core.losses import replica_loss_weight
 from keras_meta.data.episode import Episode, as_episode
 from keras_meta.maml.inner_rates import LR_MODES, make_inner_rates, read_inner_rates
 from keras_meta.maml.objective import MetaObjective
+from keras_meta.presets import Preset, PresetError
 
 # How a meta-batch's tasks run: batched when the model allows it, always batched, or a loop.
 TASK_BATCHING_MODES = ("auto", "batched", "loop")
@@ -450,6 +451,35 @@ class MAML(keras.Model):
             fused_batch_norm=self.fused_batch_norm,
         )
         return config
+
+    @classmethod
+    def from_preset(cls, preset):
+        """A meta-trained `MAML` from a pretrained preset, ready to adapt and predict.
+
+        Args:
+            preset: a shipped preset's name (`keras_meta.presets.list_presets()`) or a preset
+                directory. Its files are checked against their sha256 before any is read.
+
+        Example:
+
+        >>> maml = MAML.from_preset("omniglot_5way_1shot")
+        >>> logits = maml.adapt_and_predict(support_images, support_labels, query_images)
+        """
+        info = Preset.load(preset)
+        maml = cls.from_config(info.model_config)
+        status = tf.train.Checkpoint(model=maml).read(info.weights_prefix)
+        saved = [name for name, _ in tf.train.list_variables(info.weights_prefix)
+                 if name.startswith("model/")]
+        try:
+            # Every weight of the model from the preset, and nothing in the preset unused.
+            status.assert_existing_objects_matched()
+            if len(saved) != len(maml.variables):
+                raise AssertionError(f"the preset holds {len(saved)} values, the model has "
+                                     f"{len(maml.variables)} variables")
+        except AssertionError as error:
+            raise PresetError(f"Preset {info.name!r}: its weights do not fit the model its "
+                              f"{info.directory}/model.json describes: {error}") from None
+        return maml
 
     @classmethod
     def from_config(cls, config):

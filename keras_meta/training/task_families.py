@@ -315,8 +315,9 @@ def build_task_family(config):
     return TaskFamilySpec(model=model, loss_fn=loss_fn, **streams)
 
 
-def build_maml(config, model, loss_fn):
-    """The compiled `MAML` of a run around `model`."""
+def build_maml(config, model, loss_fn, compile=True):
+    """The `MAML` of a run around `model`, compiled with the run's outer optimizer unless
+    `compile=False` (then it holds the model's variables only, as a preset does)."""
     weights = [1.0 / config.inner_steps] * config.inner_steps if (
         config.multi_step_loss and config.inner_steps > 0) else None
     maml = MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
@@ -327,5 +328,7 @@ def build_maml(config, model, loss_fn):
                 eval_inner_steps=config.eval_inner_steps[0], first_order=config.first_order,
                 learn_inner_lr=config.learn_inner_lr, multi_step_loss_weights=weights,
                 loss=loss_fn)
+    if not compile:
+        return maml
     maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)
     return maml
