@@ -40,6 +40,19 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string("learn_inner_lr", "none",
                         "Learn inner rates: none, per_variable, per_step, per_coordinate.", **fv)
     flags.DEFINE_boolean("multi_step_loss", defaults.multi_step_loss, "MAML++ multi-step loss.", **fv)
+    flags.DEFINE_integer("multi_step_loss_anneal_iterations",
+                         defaults.multi_step_loss_anneal_iterations,
+                         "With --multi_step_loss: move its weights onto the last step over the "
+                         "first N iterations (MAML++), then last step only (0: equal weights).",
+                         **fv)
+    flags.DEFINE_integer("first_order_iterations", defaults.first_order_iterations,
+                         "First-order MAML for the first N iterations, then exact second "
+                         "order (MAML++'s derivative-order annealing; 0: off).", **fv)
+    flags.DEFINE_string("meta_lr_schedule", defaults.meta_lr_schedule,
+                        "Outer learning rate: constant or cosine (down to --meta_lr_min over "
+                        "--num_iterations, MAML++).", **fv)
+    flags.DEFINE_float("meta_lr_min", defaults.meta_lr_min,
+                       "Final outer learning rate of --meta_lr_schedule=cosine.", **fv)
     flags.DEFINE_integer("meta_batch_size", defaults.meta_batch_size, "Tasks per outer step.", **fv)
     flags.DEFINE_float("meta_lr", defaults.meta_lr, "Outer Adam learning rate.", **fv)
     flags.DEFINE_integer("num_iterations", defaults.num_iterations, "Outer steps.", **fv)

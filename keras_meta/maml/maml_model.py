@@ -14,6 +14,7 @@ from keras_meta.core import batching, functional
 from keras_meta.core.losses import replica_loss_weight
 from keras_meta.data.episode import Episode, as_episode
 from keras_meta.maml.inner_rates import LR_MODES, make_inner_rates, read_inner_rates
+from keras_meta.maml.multi_step_loss import MultiStepLossSchedule
 from keras_meta.maml.objective import MetaObjective
 from keras_meta.presets import Preset, PresetError
 
@@ -47,9 +48,10 @@ class MAML(keras.Model):
             more steps (`eval_inner_steps`, `steps=`) reuses the last trained step's rates for
             every step past it, as MAML++ does. Per-step batch norm in the base model follows
             the same rule (`MetaBatchNormalization`): build it with `num_steps=inner_steps`.
-        multi_step_loss_weights: `None` to use only the final query loss, or one weight per
-            inner step: the meta-loss is the weighted sum of the query losses after each step
-            (MAML++'s multi-step loss).
+        multi_step_loss_weights: `None` to use only the final query loss, one weight per
+            inner step (the meta-loss is the weighted sum of the query losses after each
+            step, MAML++'s multi-step loss), or a `MultiStepLossSchedule`: weights that
+            follow the outer optimizer's iteration count (MAML++'s annealing).
         update_rule: optional learned inner update rule (e.g. `LSTMOptimizer`) used instead of
             SGD; its weights are meta-trained with the initialisation.
         loss: the task loss (also accepted by `compile(loss=...)`).
@@ -123,7 +125,15 @@ class MAML(keras.Model):
                 "learn_inner_lr='per_step' learns one rate per trained inner step; with "
                 f"inner_steps={inner_steps} there is none. Use inner_steps >= 1 or another "
                 "learn_inner_lr.")
-        if multi_step_loss_weights is not None:
+        if isinstance(multi_step_loss_weights, dict):
+            multi_step_loss_weights = keras.saving.deserialize_keras_object(
+                multi_step_loss_weights)
+        if isinstance(multi_step_loss_weights, MultiStepLossSchedule):
+            if multi_step_loss_weights.num_steps != inner_steps:
+                raise ValueError(
+                    f"The MultiStepLossSchedule has {multi_step_loss_weights.num_steps} steps; "
+                    f"inner_steps is {inner_steps}.")
+        elif multi_step_loss_weights is not None:
             multi_step_loss_weights = [float(w) for w in multi_step_loss_weights]
             if len(multi_step_loss_weights) != inner_steps:
                 raise ValueError(
@@ -243,11 +253,21 @@ class MAML(keras.Model):
             update_rule=self.update_rule,
             inner_steps=self.inner_steps if steps is None else steps,
             first_order=self.first_order if first_order is None else first_order,
-            multi_step_loss_weights=(tuple(self.multi_step_loss_weights)
-                                     if self.multi_step_loss_weights is not None else None),
+            multi_step_loss_weights=self._step_loss_weights(),
             task_batched=self.uses_task_batching, task_chunk_size=self.task_chunk_size,
             inner_loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps,
             fused_batch_norm=self.fused_batch_norm, query_training=query_training)
+
+    def _step_loss_weights(self):
+        weights = self.multi_step_loss_weights
+        if weights is None:
+            return None
+        if isinstance(weights, MultiStepLossSchedule):
+            # The schedule follows the outer step count, which the outer optimizer keeps and
+            # checkpoints; before `compile` (no optimizer) it is at its start.
+            iteration = self.optimizer.iterations if self.optimizer is not None else 0
+            return tuple(tf.unstack(weights(iteration)))
+        return tuple(weights)
 
     def task_query_loss(self, params, episode, *, steps, first_order, state=None,
                         query_training=True):
@@ -275,7 +295,7 @@ class MAML(keras.Model):
     # -- Keras hooks ----------------------------------------------------------------------------
 
     def meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False,
-                       return_state=False):
+                       return_state=False, first_order=None):
         """The mean post-adaptation query loss of a meta-batch and its gradient.
 
         Args:
@@ -285,6 +305,8 @@ class MAML(keras.Model):
             scale_loss: also scale the objective by the optimizer (`LossScaleOptimizer`,
                 which unscales the gradients in `apply_gradients`).
             return_state: also return the non-trainable state after the tasks.
+            first_order: `None` (the model's `first_order`) or a bool for this step: a
+                trainer anneals the derivative order this way (MAML++).
 
         Returns:
             `(meta_loss, grads, query_preds)` (and `state`), `grads` aligned with
@@ -293,7 +315,8 @@ class MAML(keras.Model):
         """
         episodes = as_episode(episodes)
         with tf.GradientTape() as tape:
-            losses, preds, state = self.meta_batch_losses(episodes, return_state=True)
+            losses, preds, state = self.meta_batch_losses(episodes, first_order=first_order,
+                                                          return_state=True)
             meta_loss = tf.reduce_mean(tf.cast(losses, tf.float32))
             objective = meta_loss if loss_weight == 1.0 else meta_loss * loss_weight
             if scale_loss:
@@ -303,7 +326,7 @@ class MAML(keras.Model):
         out = (meta_loss, grads, preds)
         return out + (state,) if return_state else out
 
-    def replica_meta_train_step(self, episodes):
+    def replica_meta_train_step(self, episodes, first_order=None):
         """One replica's part of an outer step; the single-device step outside any strategy.
 
         This is the step Keras' `fit` runs on each replica; `keras_meta.training.distribute`
@@ -319,25 +342,26 @@ class MAML(keras.Model):
         """
         weight = replica_loss_weight()
         meta_loss, grads, preds, state = self.meta_gradients(
-            episodes, loss_weight=weight, scale_loss=True, return_state=True)
+            episodes, loss_weight=weight, scale_loss=True, return_state=True,
+            first_order=first_order)
         if weight != 1.0 and isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             grads = _agree_on_finiteness(grads)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return meta_loss, preds, state
 
-    def meta_train_step(self, episodes):
+    def meta_train_step(self, episodes, first_order=None):
         """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`.
 
         Running statistics of the base model (per-step batch norm) take the state reached
         after the meta-batch's tasks. Under `mixed_float16` (a `LossScaleOptimizer`) the
         meta-loss is scaled for the gradient and a step with non-finite gradients is skipped.
         """
-        meta_loss, preds, state = self.replica_meta_train_step(episodes)
+        meta_loss, preds, state = self.replica_meta_train_step(episodes, first_order)
         for variable, value in zip(self.model.non_trainable_variables, state or ()):
             variable.assign(value)
         return meta_loss, preds
 
-    def meta_train_steps(self, episodes):
+    def meta_train_steps(self, episodes, first_order=None):
         """Several outer steps in one call: `episodes` has a leading axis of `K` meta-batches.
 
         Meant for a `tf.function` (optionally `jit_compile=True`): `K` steps run in one graph
@@ -352,7 +376,7 @@ class MAML(keras.Model):
                 f"support_x with shape {episodes.support_x.shape}.")
         total = tf.constant(0.0, tf.float32)
         for k in tf.range(num_steps):
-            loss, _ = self.meta_train_step(Episode(*(x[k] for x in episodes)))
+            loss, _ = self.meta_train_step(Episode(*(x[k] for x in episodes)), first_order)
             total += tf.cast(loss, tf.float32)
         return total / num_steps
 
@@ -439,7 +463,10 @@ class MAML(keras.Model):
             eval_inner_steps=self.eval_inner_steps,
             first_order=self.first_order,
             learn_inner_lr=self.learn_inner_lr,
-            multi_step_loss_weights=self.multi_step_loss_weights,
+            multi_step_loss_weights=(
+                keras.saving.serialize_keras_object(self.multi_step_loss_weights)
+                if isinstance(self.multi_step_loss_weights, MultiStepLossSchedule)
+                else self.multi_step_loss_weights),
             update_rule=(keras.saving.serialize_keras_object(self.update_rule)
                          if self.update_rule is not None else None),
             loss=(keras.saving.serialize_keras_object(self.loss_fn)

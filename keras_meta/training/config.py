@@ -20,6 +20,7 @@ from keras_meta.maml import LR_MODES, TASK_BATCHING_MODES
 from keras_meta.training.distribute import STRATEGIES
 from keras_meta.training.task_families import TASK_FAMILIES
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
+META_LR_SCHEDULES = ("constant", "cosine")
 
 # Fields that shape the variables: a checkpoint cannot be resumed if they change.
 # (eval_inner_steps no longer does: per-step rates and slots exist for inner_steps only.)
@@ -41,6 +42,14 @@ class MAMLTrainConfig:
         first_order: first-order MAML (default: exact second order).
         learn_inner_lr: None, "per_variable", "per_step" (MAML++) or "per_coordinate" (Meta-SGD).
         multi_step_loss: MAML++ multi-step loss (query loss after every inner step, equal weights).
+        multi_step_loss_anneal_iterations: with `multi_step_loss`, 0 keeps the weights equal;
+            N > 0 moves them onto the last step over the first N iterations, as MAML++ does
+            (`MultiStepLossSchedule`), then trains on the last step's loss only.
+        first_order_iterations: derivative-order annealing (MAML++): first-order MAML for
+            the first N iterations, exact second order afterwards (0: from the start).
+        meta_lr_schedule: "constant" or "cosine": cosine annealing of the outer learning
+            rate from `meta_lr` to `meta_lr_min` over `num_iterations` (MAML++).
+        meta_lr_min: the outer learning rate at the end of a cosine schedule.
         meta_batch_size: tasks per outer step.
         meta_lr: outer Adam learning rate beta.
         num_iterations: outer steps.
@@ -94,6 +103,10 @@ class MAMLTrainConfig:
     first_order: bool = False
     learn_inner_lr: Optional[str] = None
     multi_step_loss: bool = False
+    multi_step_loss_anneal_iterations: int = 0
+    first_order_iterations: int = 0
+    meta_lr_schedule: str = "constant"
+    meta_lr_min: float = 1e-5
     meta_batch_size: int = 25
     meta_lr: float = 1e-3
     num_iterations: int = 70000
@@ -214,6 +227,22 @@ class MAMLTrainConfig:
         if self.jit_compile and self.strategy not in ("default", "tpu"):
             bad("jit_compile", f"False with strategy={self.strategy!r} (XLA applies to the "
                 "single-device step; a TPU compiles with XLA anyway)")
+        for name in ("multi_step_loss_anneal_iterations", "first_order_iterations"):
+            if not is_int(getattr(self, name)) or getattr(self, name) < 0:
+                bad(name, "an integer >= 0 (0: off)")
+        if self.multi_step_loss_anneal_iterations and not self.multi_step_loss:
+            bad("multi_step_loss_anneal_iterations",
+                "0 unless multi_step_loss is on (it anneals the multi-step loss's weights)")
+        if self.first_order_iterations and self.first_order:
+            bad("first_order_iterations", "0 with first_order=True (every step is first "
+                "order already)")
+        if self.first_order_iterations % self.steps_per_execution:
+            bad("first_order_iterations", f"a multiple of steps_per_execution="
+                f"{self.steps_per_execution} (the order changes between compiled calls)")
+        if self.meta_lr_schedule not in META_LR_SCHEDULES:
+            bad("meta_lr_schedule", f"one of {META_LR_SCHEDULES}")
+        if not is_finite_number(self.meta_lr_min) or not 0 <= self.meta_lr_min <= self.meta_lr:
+            bad("meta_lr_min", f"a finite number in [0, meta_lr={self.meta_lr}]")
 
     def validate_episode_sizes(self):
         """`validate`, and the evaluation episodes against the data (Omniglot: 20 per class).

@@ -173,7 +173,8 @@ def distributed_meta_gradients(maml, strategy, dist_episodes):
     return loss, grads
 
 
-def distributed_meta_train_step(maml, strategy, dist_episodes, return_preds=True):
+def distributed_meta_train_step(maml, strategy, dist_episodes, return_preds=True,
+                                first_order=None):
     """One outer step with the meta-batch split across the strategy's replicas.
 
     Every replica runs `maml.replica_meta_train_step` on its tasks; the optimizer sums the
@@ -190,7 +191,8 @@ def distributed_meta_train_step(maml, strategy, dist_episodes, return_preds=True
         `(meta_loss, query_preds)`: the mean meta-loss over all tasks and the predictions
         gathered in the global task order (`None` with `return_preds=False`).
     """
-    loss, preds, state = strategy.run(maml.replica_meta_train_step, args=(dist_episodes,))
+    loss, preds, state = strategy.run(maml.replica_meta_train_step,
+                                      args=(dist_episodes,), kwargs={"first_order": first_order})
     loss = strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
     for variable, value in zip(maml.model.non_trainable_variables, state or ()):
         variable.assign(strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None))

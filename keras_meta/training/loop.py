@@ -30,7 +30,8 @@ from keras_meta.training.distribute import (all_gather_rows, distribute_episodes
 from keras_meta.training.evaluation import TaskEvaluator, per_task_lists, summarize
 from keras_meta.training.progress import Progress, crossed
 from keras_meta.training.task_families import (build_maml, build_task_family,
-                                               check_before_run, complete_config)
+                                               check_before_run, complete_config,
+                                               meta_learning_rate)
 
 CONFIG_FILE = run_state.CONFIG_FILE
 RESULTS_FILE = "eval_results.json"
@@ -245,9 +246,11 @@ def _train(config, model_dir, strategy, role, resume, printer):
         restored = checkpoint if run_state.config_of_checkpoint(restore_from) \
             else tf.train.Checkpoint(**state)
         restored.restore(restore_from).assert_existing_objects_matched()
-        if "meta_lr" in changes:
-            # The optimizer's checkpoint holds the old rate; the new one is applied for real.
-            maml.optimizer.learning_rate = config.meta_lr
+        if {"meta_lr", "num_iterations"} & set(changes) and (
+                "meta_lr" in changes or config.meta_lr_schedule != "constant"):
+            # The optimizer's checkpoint holds the old rate; the new one (or the schedule
+            # over the new length) is applied for real.
+            maml.optimizer.learning_rate = meta_learning_rate(config)
         printer(f"[train] resumed from {restore_from} at iteration {int(step)}"
                 + (f"; changed: {_describe(changes)}" if changes else ""), flush=True)
         if writes_run:
@@ -269,12 +272,21 @@ def _train(config, model_dir, strategy, role, resume, printer):
 
     writer = (tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if writes_run
               else tf.summary.create_noop_writer())
-    if distributed:
-        train_step = tf.function(
-            lambda episodes: distributed_meta_train_step(maml, strategy, episodes,
-                                                         return_preds=False))
-    else:
-        train_step = tf.function(maml.meta_train_step, jit_compile=config.jit_compile)
+    # Derivative-order annealing (MAML++): a first-order step function for the first
+    # `first_order_iterations`, the run's own order after; each is traced once.
+    def step_function(first_order):
+        if distributed:
+            return tf.function(lambda episodes: distributed_meta_train_step(
+                maml, strategy, episodes, return_preds=False, first_order=first_order))
+        return tf.function(lambda episodes: maml.meta_train_step(episodes, first_order),
+                           jit_compile=config.jit_compile)
+
+    step_functions = {False: step_function(None)}
+    if config.first_order_iterations:
+        step_functions[True] = step_function(True)
+
+    def train_step(episodes, first_order=False):
+        return step_functions[first_order](episodes)
     evaluator = TaskEvaluator(maml, classification=task.classification)
     higher_is_better = task.classification
     metric_name = "accuracy" if task.classification else "mse"
@@ -292,13 +304,19 @@ def _train(config, model_dir, strategy, role, resume, printer):
     start = int(step)
     progress = Progress(config.num_iterations, config.log_every, start, printer)
     if config.steps_per_execution > 1:
-        steps_function = tf.function(maml.meta_train_steps, jit_compile=config.jit_compile)
+        steps_functions = {
+            first_order: tf.function(
+                lambda episodes, f=first_order: maml.meta_train_steps(episodes, f or None),
+                jit_compile=config.jit_compile)
+            for first_order in step_functions}
 
-        def run_chunk(size, episodes):
-            return steps_function(episodes) if size > 1 else train_step(episodes)[0]
+        def run_chunk(size, episodes, first_order):
+            if size > 1:
+                return steps_functions[first_order](episodes)
+            return train_step(episodes, first_order)[0]
     else:
-        def run_chunk(size, episodes):
-            return train_step(episodes)[0]
+        def run_chunk(size, episodes, first_order):
+            return train_step(episodes, first_order)[0]
     loop_start = time.perf_counter()
     timed_from = None
     last_loss = float("nan")
@@ -306,7 +324,7 @@ def _train(config, model_dir, strategy, role, resume, printer):
         with writer.as_default():
             for size, episodes in _chunks(task, config, start,
                                           strategy if distributed else None, role):
-                loss = run_chunk(size, episodes)
+                loss = run_chunk(size, episodes, int(step) < config.first_order_iterations)
                 last_loss = float(loss)
                 if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                     if writes_run:

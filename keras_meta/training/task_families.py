@@ -15,7 +15,7 @@ from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
 from keras_meta.data.sinusoid import sinusoid_episodes
-from keras_meta.maml import MAML
+from keras_meta.maml import MAML, MultiStepLossSchedule
 from keras_meta.training.evaluation import eval_batch_size
 
 # The images an Omniglot client sends (TFDS's 105x105 RGB) and how the model sees them.
@@ -318,8 +318,12 @@ def build_task_family(config):
 def build_maml(config, model, loss_fn, compile=True):
     """The `MAML` of a run around `model`, compiled with the run's outer optimizer unless
     `compile=False` (then it holds the model's variables only, as a preset does)."""
-    weights = [1.0 / config.inner_steps] * config.inner_steps if (
-        config.multi_step_loss and config.inner_steps > 0) else None
+    weights = None
+    if config.multi_step_loss and config.inner_steps > 0:
+        weights = ([1.0 / config.inner_steps] * config.inner_steps
+                   if not config.multi_step_loss_anneal_iterations else
+                   MultiStepLossSchedule(config.inner_steps,
+                                         config.multi_step_loss_anneal_iterations))
     maml = MAML(model, inner_lr=config.inner_lr, inner_steps=config.inner_steps,
                 task_batching=config.task_batching,
                 recompute_inner_steps=config.recompute_inner_steps or False,
@@ -330,5 +334,16 @@ def build_maml(config, model, loss_fn, compile=True):
                 loss=loss_fn)
     if not compile:
         return maml
-    maml.compile(optimizer=keras.optimizers.Adam(config.meta_lr), jit_compile=config.jit_compile)
+    maml.compile(optimizer=keras.optimizers.Adam(meta_learning_rate(config)),
+                 jit_compile=config.jit_compile)
     return maml
+
+
+def meta_learning_rate(config):
+    """The outer Adam's learning rate: `meta_lr`, or its cosine schedule (MAML++: from
+    `meta_lr` down to `meta_lr_min` over the run's `num_iterations`)."""
+    if config.meta_lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            config.meta_lr, decay_steps=config.num_iterations,
+            alpha=config.meta_lr_min / config.meta_lr)
+    return config.meta_lr
