@@ -63,6 +63,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("eval_queries", defaults.eval_num_queries, "Queries at evaluation.", **fv)
     flags.DEFINE_string("batch_norm", defaults.batch_norm,
                         f"Batch-norm mode: {configs.BATCH_NORM_MODES}.", **fv)
+    flags.DEFINE_boolean("eval_within_alphabet", defaults.eval_within_alphabet,
+                         "Omniglot: also test on tasks drawn within one alphabet (Lake et "
+                         "al.).", **fv)
     flags.DEFINE_string("omniglot_protocol", defaults.omniglot_protocol,
                         f"Omniglot split: {configs.OMNIGLOT_PROTOCOLS}.", **fv)
     flags.DEFINE_string("omniglot_source_dir", None,

@@ -26,6 +26,10 @@ class EpisodeSampler:
             every image in memory (4x the uint8 bytes; sampling is then a plain gather, about
             3x faster) instead of turning the chosen images in-graph per episode. Both give
             the same episodes.
+        class_groups: `None`, or groups of the source's class ids (a list of int arrays,
+            e.g. the characters of each Omniglot alphabet): every episode then takes all its
+            classes from one group, chosen uniformly among the groups with at least
+            `num_ways` classes (smaller ones are left out; none left is an error).
 
     Example:
 
@@ -35,7 +39,8 @@ class EpisodeSampler:
     TensorShape([4, 5, 28, 28, 1])
     """
 
-    def __init__(self, source, config, preprocessing=None, precompute_rotations=True):
+    def __init__(self, source, config, preprocessing=None, precompute_rotations=True,
+                 class_groups=None):
         if not isinstance(config, EpisodeConfig):
             raise TypeError(f"config must be an EpisodeConfig; got {type(config).__name__}.")
         if config.num_ways > source.num_classes:
@@ -48,6 +53,9 @@ class EpisodeSampler:
                 f"class has only {source.min_count}.")
         self.source = source
         self.config = config
+        self._class_groups = None
+        if class_groups is not None:
+            self._class_groups = _group_tensors(class_groups, source, config.num_ways)
         self.preprocessing = preprocessing or source.preprocessing
         # One tensor per sampler: every dataset built from it shares this memory.
         images = tf.constant(source.images)
@@ -84,7 +92,8 @@ class EpisodeSampler:
     def _sample(self, seed, index):
         c = self.config
         return sampling.sample_episode(self._images, self._counts, seed, index, c.num_ways,
-                                       c.num_shots, c.num_queries, self._rotations)
+                                       c.num_shots, c.num_queries, self._rotations,
+                                       class_groups=self._class_groups)
 
     def dataset(self, seed=0, start=0, shard=None):
         """The stream of meta-batches for `seed`.
@@ -131,3 +140,29 @@ def _all_turns(images, counts):
     turns = tf.stack([tf.reshape(tf.image.rot90(flat, k), [n, m, h, w, c]) for k in range(4)],
                      axis=1)
     return tf.reshape(turns, [n * 4, m, h, w, c]), tf.repeat(counts, 4)
+
+
+def _group_tensors(class_groups, source, num_ways):
+    """`(groups [G, M] int32, sizes [G] int32)` of the groups that can fill an episode."""
+    import numpy as np
+
+    kept = []
+    for group in class_groups:
+        ids = np.asarray(group, np.int64).ravel()
+        bad = ids[(ids < 0) | (ids >= source.num_classes)]
+        if bad.size:
+            raise ValueError(f"{source.name}: class_groups holds class ids {bad[:10].tolist()} "
+                             f"outside [0, {source.num_classes}).")
+        if len(np.unique(ids)) != ids.size:
+            raise ValueError(f"{source.name}: a class group repeats a class id.")
+        if ids.size >= num_ways:
+            kept.append(ids)
+    if not kept:
+        sizes = sorted(len(np.ravel(g)) for g in class_groups)
+        raise ValueError(f"{source.name}: no class group has {num_ways} classes for "
+                         f"{num_ways}-way episodes (group sizes: {sizes}).")
+    width = max(ids.size for ids in kept)
+    groups = np.zeros([len(kept), width], np.int32)
+    for row, ids in enumerate(kept):
+        groups[row, :ids.size] = ids
+    return tf.constant(groups), tf.constant([ids.size for ids in kept], tf.int32)

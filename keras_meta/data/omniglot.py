@@ -319,6 +319,53 @@ def load_omniglot_classes(data_dir=None, source_dir="default", image_size=(28, 2
     return source
 
 
+def omniglot_alphabets(data_dir=None, source_dir="default"):
+    """`[1623]` int array: the alphabet (TFDS's `alphabet` label) of each character label.
+
+    Read once from the prepared TFDS data (preparing it when needed, as
+    `load_omniglot_classes`) and cached beside the image cache.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    cache = Path(data_dir) / "keras_meta_cache" / f"{TFDS_NAME}-{TFDS_VERSION}-alphabets.npy"
+    if cache.is_file():
+        return np.load(cache)
+    if not is_prepared(data_dir):
+        prepare_omniglot(default_omniglot_source_dir() if source_dir == "default"
+                         else source_dir, data_dir)
+    import tensorflow_datasets as tfds
+
+    ds = tfds.load(TFDS_NAME, split="train+test", data_dir=os.fspath(data_dir), download=False,
+                   decoders={"image": tfds.decode.SkipDecoding()})
+    alphabet = np.full(NUM_CLASSES, -1, np.int64)
+    for label, alpha in ds.map(lambda e: (e["label"], e["alphabet"])).as_numpy_iterator():
+        if alphabet[label] not in (-1, alpha):
+            raise ValueError(f"TFDS {TFDS_NAME} gives character {label} two alphabets.")
+        alphabet[label] = alpha
+    if (alphabet < 0).any():
+        raise ValueError(f"TFDS {TFDS_NAME} under {data_dir} lacks characters "
+                         f"{np.flatnonzero(alphabet < 0)[:10].tolist()}.")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}.npy")
+    np.save(tmp, alphabet)
+    os.replace(tmp, cache)
+    return alphabet
+
+
+def alphabet_class_groups(class_ids, alphabet, rotations=1):
+    """Class groups for `EpisodeSampler(class_groups=)`: one per alphabet, of a split.
+
+    Args:
+        class_ids: the split's character labels, in the split's class order
+            (`ClassImageSource.class_ids`).
+        alphabet: `omniglot_alphabets()`.
+        rotations: the split's rotations; only the unturned class of each character (id
+            `rotations * j`) is grouped, as Lake et al.'s within-alphabet tasks use upright
+            characters.
+    """
+    of_class = np.asarray(alphabet)[np.asarray(class_ids)]
+    return [rotations * np.flatnonzero(of_class == a) for a in np.unique(of_class)]
+
+
 def omniglot_class_splits(protocol="maml", seed=1, num_validation=None):
     """Character (TFDS label) ids of the train / validation / test meta-splits.
 

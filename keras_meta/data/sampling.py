@@ -14,6 +14,7 @@ import tensorflow as tf
 _CLASS_STREAM = 0
 _LABEL_STREAM = 1
 _IMAGE_STREAM = 2
+_GROUP_STREAM = 3
 
 
 def episode_seed(seed, index):
@@ -93,7 +94,24 @@ def rotate_per_class(images, turns):
     return tf.reshape(tf.gather(pixels, maps, axis=2, batch_dims=1), [n, m, h, w, c])
 
 
-def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries, rotations=1):
+def choose_grouped_classes(seed, groups, group_sizes, num_ways):
+    """`num_ways` distinct class ids, all from one group: a group uniformly, then classes in
+    it uniformly (Lake et al.'s within-alphabet tasks).
+
+    Args:
+        seed: stateless seed, shape [2].
+        groups: `[G, M]` int32 class ids, each row a group padded past its size.
+        group_sizes: `[G]` int32 sizes, each >= `num_ways`.
+        num_ways: how many to choose (Python int).
+    """
+    g = tf.random.stateless_uniform([], _stream_seed(seed, _GROUP_STREAM), minval=0,
+                                    maxval=tf.shape(groups)[0], dtype=tf.int32)
+    picks = choose_classes(seed, group_sizes[g], num_ways)
+    return tf.gather(groups[g], picks)
+
+
+def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries, rotations=1,
+                   class_groups=None):
     """One uint8 episode gathered from `images` for episode `index` of stream `seed`.
 
     Class id `c` of the split means base class `c // rotations` turned by `c % rotations`
@@ -106,6 +124,8 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
         index: scalar int64 tensor, the episode index.
         num_ways, num_shots, num_queries: N, K and Q (Python ints).
         rotations: 1 (none) or 4 (each quarter turn is a class).
+        class_groups: `None` (classes from the whole split), or `(groups, sizes)` for
+            `choose_grouped_classes`: every episode's classes come from one group.
 
     Returns:
         `(support_x, support_y, query_x, query_y)`: uint8 `[N*K, h, w, c]`, int32 `[N*K]`,
@@ -116,7 +136,11 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
         raise ValueError(f"images need a static [height, width, channels]; got {images.shape}.")
     ep = episode_seed(seed, index)
     num_classes = tf.shape(images)[0] * rotations
-    classes = choose_classes(_stream_seed(ep, _CLASS_STREAM), num_classes, num_ways)
+    if class_groups is None:
+        classes = choose_classes(_stream_seed(ep, _CLASS_STREAM), num_classes, num_ways)
+    else:
+        classes = choose_grouped_classes(_stream_seed(ep, _CLASS_STREAM), *class_groups,
+                                         num_ways)
     labels = random_labels(_stream_seed(ep, _LABEL_STREAM), num_ways)
     max_count = images.shape[1] if images.shape[1] is not None else tf.shape(images)[1]
     per_class = num_shots + num_queries

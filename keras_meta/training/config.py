@@ -60,6 +60,9 @@ class MAMLTrainConfig:
         batch_norm: "transductive", "per_step" or "none" (classification backbone).
         image_size: side of the square images fed to the backbone.
         omniglot_protocol: "maml" (1100/100/423 character split) or "background_evaluation".
+        eval_within_alphabet: Omniglot: the final test also reports `num_ways`-way tasks
+            whose characters all come from one alphabet, upright (Lake et al.'s harder
+            within-alphabet tasks), under "within_alphabet" in the results.
         omniglot_source_dir: local directory with the Omniglot zips and TFDS checksums
             (offline); `None` uses `$KERAS_META_OMNIGLOT_DIR` when set, else `tfds.load`
             online.
@@ -118,6 +121,7 @@ class MAMLTrainConfig:
     batch_norm: str = "transductive"
     image_size: int = 28
     omniglot_protocol: str = "maml"
+    eval_within_alphabet: bool = False
     omniglot_source_dir: Optional[str] = None
     data_dir: Optional[str] = None
     eval_every: int = 5000
@@ -239,6 +243,8 @@ class MAMLTrainConfig:
         if self.first_order_iterations % self.steps_per_execution:
             bad("first_order_iterations", f"a multiple of steps_per_execution="
                 f"{self.steps_per_execution} (the order changes between compiled calls)")
+        if not isinstance(self.eval_within_alphabet, bool):
+            bad("eval_within_alphabet", "True or False")
         if self.meta_lr_schedule not in META_LR_SCHEDULES:
             bad("meta_lr_schedule", f"one of {META_LR_SCHEDULES}")
         if not is_finite_number(self.meta_lr_min) or not 0 <= self.meta_lr_min <= self.meta_lr:

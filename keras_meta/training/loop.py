@@ -438,6 +438,15 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
         if diverged:
             printer(f"[test] warning: {diverged} of {config.num_eval_tasks} tasks diverged "
                     f"(non-finite loss) at {s} inner steps", flush=True)
+    for name, make_dataset in task.extra_test_datasets.items():
+        extra = summarize(evaluate(make_dataset, config.num_eval_tasks,
+                                   config.eval_inner_steps))
+        results[name] = {str(s): v for s, v in extra.items()}
+        for s, metrics in extra.items():
+            for metric, stats in metrics.items():
+                printer(f"[test {name}] {config.num_eval_tasks} tasks, {s} inner steps: "
+                        f"{metric} {stats['mean']:.4f} +/- {stats['ci95']:.4f} (95% CI)",
+                        flush=True)
     if writes_run:
         run_state.write_atomically(os.path.join(model_dir, RESULTS_FILE),
                                    json.dumps(results, indent=2))

@@ -34,6 +34,8 @@ class TaskFamilySpec:
     train_dataset: callable
     val_dataset: callable  # () -> batched finite dataset, or None
     test_dataset: callable  # () -> batched finite dataset
+    # Further test protocols the final test also reports: name -> () -> finite dataset.
+    extra_test_datasets: dict = dataclasses.field(default_factory=dict)
     metadata: dict = dataclasses.field(default_factory=dict)
 
 
@@ -100,23 +102,34 @@ def _sinusoid(config):
 def _omniglot(config):
     """Omniglot N-way K-shot with the MAML protocol (or Lake et al.'s split), offline if possible."""
     from keras_meta.data import EpisodeConfig, EpisodeSampler, omniglot_splits
+    from keras_meta.data.omniglot import alphabet_class_groups, omniglot_alphabets
 
     size = (config.image_size, config.image_size)
     splits = omniglot_splits(
         data_dir=config.data_dir, source_dir=config.omniglot_source_dir or "default",
         protocol=config.omniglot_protocol, image_size=size, rotations=True)
 
-    def sampler(split, shots, queries, meta_batch, num_episodes=None):
+    def sampler(split, shots, queries, meta_batch, num_episodes=None, class_groups=None):
         return EpisodeSampler(splits[split], EpisodeConfig(
             num_ways=config.num_ways, num_shots=shots, num_queries=queries,
-            meta_batch_size=meta_batch, num_episodes=num_episodes))
+            meta_batch_size=meta_batch, num_episodes=num_episodes), class_groups=class_groups)
 
     train_sampler = sampler("train", config.num_shots, config.num_queries, config.meta_batch_size)
 
-    def finite(split, seed_offset, num_tasks):
+    def finite(split, seed_offset, num_tasks, class_groups=None):
         s = sampler(split, config.shots_at_eval, config.queries_at_eval,
-                    eval_batch_size(num_tasks), num_tasks)
+                    eval_batch_size(num_tasks), num_tasks, class_groups)
         return lambda: s.dataset(seed=config.seed + seed_offset)
+
+    extra = {}
+    if config.eval_within_alphabet:
+        # Lake et al.: every test task's characters from one alphabet, upright.
+        test = splits["test"]
+        groups = alphabet_class_groups(
+            test.class_ids, omniglot_alphabets(config.data_dir,
+                                               config.omniglot_source_dir or "default"),
+            rotations=test.rotations)
+        extra["within_alphabet"] = finite("test", 3_000_003, config.num_eval_tasks, groups)
 
     # Lake et al.'s background/evaluation split has no validation characters: no model
     # selection then, rather than selecting on the test classes.
@@ -125,6 +138,7 @@ def _omniglot(config):
                 train_dataset=lambda start, shard=None: train_sampler.dataset(
                     seed=config.seed, start=start, shard=shard),
                 val_dataset=val, test_dataset=finite("test", 2_000_003, config.num_eval_tasks),
+                extra_test_datasets=extra,
                 metadata={"preprocessing": splits["train"].preprocessing.get_config(),
                           "splits": {k: v.num_classes for k, v in splits.items()}})
 
@@ -140,6 +154,7 @@ FAMILIES_OF_FIELD = {
     "fused_batch_norm": ("omniglot",),
     "image_size": ("omniglot",),
     "omniglot_protocol": ("omniglot",),
+    "eval_within_alphabet": ("omniglot",),
     "omniglot_source_dir": ("omniglot",),
     "data_dir": ("omniglot",),
 }

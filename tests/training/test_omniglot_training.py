@@ -25,3 +25,18 @@ def test_short_omniglot_run_beats_its_untrained_start_on_held_out_classes(
     # the untrained figure.
     assert after > 0.6, (before, after)
     assert after > before + 0.15, (before, after)
+
+
+@pytest.mark.slow
+def test_lake_protocol_reports_within_alphabet_tasks(omniglot_data_dir, omniglot_source_dir,
+                                                     tmp_path):
+    config = get_preset("omniglot_20way_1shot").replace(
+        omniglot_protocol="background_evaluation", eval_within_alphabet=True,
+        meta_batch_size=2, num_iterations=2, eval_every=0, num_eval_tasks=20,
+        inner_steps=1, eval_inner_steps=(1,), data_dir=str(omniglot_data_dir),
+        omniglot_source_dir=str(omniglot_source_dir), log_every=1, checkpoint_every=2)
+    results = train(config, str(tmp_path / "run"), verbose=False)
+    within = results["within_alphabet"]["1"]["accuracy"]
+    across = results["results"]["1"]["accuracy"]
+    assert within["num_tasks"] == across["num_tasks"] == 20
+    assert 0.0 <= within["mean"] <= 1.0
