@@ -40,6 +40,9 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string("learn_inner_lr", "none",
                         "Learn inner rates: none, per_variable, per_step, per_coordinate.", **fv)
     flags.DEFINE_boolean("multi_step_loss", defaults.multi_step_loss, "MAML++ multi-step loss.", **fv)
+    flags.DEFINE_list("multi_step_loss_weights", None,
+                      "With --multi_step_loss: one weight per inner step (default: equal).",
+                      **fv)
     flags.DEFINE_integer("multi_step_loss_anneal_iterations",
                          defaults.multi_step_loss_anneal_iterations,
                          "With --multi_step_loss: move its weights onto the last step over the "
@@ -144,6 +147,12 @@ def config_from_flags(flag_values=FLAGS):
             except ValueError:
                 raise app.UsageError(f"--eval_inner_steps={','.join(value)!r}: expected a "
                                      "comma-separated list of integers >= 0.") from None
+        if field == "multi_step_loss_weights":
+            try:
+                value = tuple(float(v) for v in value)
+            except ValueError:
+                raise app.UsageError(f"--multi_step_loss_weights={','.join(value)!r}: expected "
+                                     "a comma-separated list of numbers.") from None
         if field in ("learn_inner_lr", "mixed_precision"):
             value = None if value in ("none", "", None) else value
         changes[field] = value

@@ -42,6 +42,9 @@ class MAMLTrainConfig:
         first_order: first-order MAML (default: exact second order).
         learn_inner_lr: None, "per_variable", "per_step" (MAML++) or "per_coordinate" (Meta-SGD).
         multi_step_loss: MAML++ multi-step loss (query loss after every inner step, equal weights).
+        multi_step_loss_weights: with `multi_step_loss`, `None` (equal weights) or one
+            weight per inner step: the meta-loss is the weighted sum of the query losses after
+            each step, e.g. (0.5, 0, 0, 0, 0.5) trains for 1 and 5 steps at once.
         multi_step_loss_anneal_iterations: with `multi_step_loss`, 0 keeps the weights equal;
             N > 0 moves them onto the last step over the first N iterations, as MAML++ does
             (`MultiStepLossSchedule`), then trains on the last step's loss only.
@@ -106,6 +109,7 @@ class MAMLTrainConfig:
     first_order: bool = False
     learn_inner_lr: Optional[str] = None
     multi_step_loss: bool = False
+    multi_step_loss_weights: Optional[tuple] = None
     multi_step_loss_anneal_iterations: int = 0
     first_order_iterations: int = 0
     meta_lr_schedule: str = "constant"
@@ -150,6 +154,9 @@ class MAMLTrainConfig:
             object.__setattr__(self, "eval_inner_steps", tuple(self.eval_inner_steps))
         if self.client_image_shape is not None:
             object.__setattr__(self, "client_image_shape", tuple(self.client_image_shape))
+        if isinstance(self.multi_step_loss_weights, (list, tuple)):
+            object.__setattr__(self, "multi_step_loss_weights",
+                               tuple(self.multi_step_loss_weights))
         self.validate()
 
     def validate(self):
@@ -234,6 +241,18 @@ class MAMLTrainConfig:
         for name in ("multi_step_loss_anneal_iterations", "first_order_iterations"):
             if not is_int(getattr(self, name)) or getattr(self, name) < 0:
                 bad(name, "an integer >= 0 (0: off)")
+        weights = self.multi_step_loss_weights
+        if weights is not None:
+            if not self.multi_step_loss:
+                bad("multi_step_loss_weights", "None unless multi_step_loss is on")
+            if (not isinstance(weights, tuple) or len(weights) != self.inner_steps
+                    or not all(is_finite_number(w) and w >= 0 for w in weights)
+                    or not sum(weights) > 0):
+                bad("multi_step_loss_weights", f"{self.inner_steps} finite weights >= 0 (one "
+                    "per inner step), not all 0")
+            if self.multi_step_loss_anneal_iterations:
+                bad("multi_step_loss_weights", "None with multi_step_loss_anneal_iterations "
+                    "(the annealing sets the weights)")
         if self.multi_step_loss_anneal_iterations and not self.multi_step_loss:
             bad("multi_step_loss_anneal_iterations",
                 "0 unless multi_step_loss is on (it anneals the multi-step loss's weights)")

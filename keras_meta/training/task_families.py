@@ -335,7 +335,8 @@ def build_maml(config, model, loss_fn, compile=True):
     `compile=False` (then it holds the model's variables only, as a preset does)."""
     weights = None
     if config.multi_step_loss and config.inner_steps > 0:
-        weights = ([1.0 / config.inner_steps] * config.inner_steps
+        weights = (list(config.multi_step_loss_weights or
+                        [1.0 / config.inner_steps] * config.inner_steps)
                    if not config.multi_step_loss_anneal_iterations else
                    MultiStepLossSchedule(config.inner_steps,
                                          config.multi_step_loss_anneal_iterations))

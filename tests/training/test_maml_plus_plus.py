@@ -89,3 +89,21 @@ def test_a_maml_plus_plus_run_trains_and_resumes(tmp_path):
     assert np.isfinite(results["results"]["5"]["accuracy"]["mean"])
     again = train(config.replace(num_iterations=4), str(tmp_path / "run"), verbose=False)
     assert again["iterations"] == 4
+
+
+def test_explicit_multi_step_loss_weights_reach_the_model_and_are_checked():
+    from keras_meta.training.task_families import build_maml, build_model
+
+    config = TINY.replace(inner_steps=5, multi_step_loss=True,
+                          multi_step_loss_weights=(0.5, 0, 0, 0, 0.5))
+    maml = build_maml(config, *build_model(config), compile=False)
+    assert maml.multi_step_loss_weights == [0.5, 0.0, 0.0, 0.0, 0.5]
+    assert MAMLTrainConfig.from_dict(config.to_dict()) == config
+    for changes, message in (
+            (dict(multi_step_loss=False), "None unless multi_step_loss is on"),
+            (dict(multi_step_loss_weights=(0.5, 0.5)), "5 finite weights >= 0"),
+            (dict(multi_step_loss_weights=(0, 0, 0, 0, 0)), "not all 0"),
+            (dict(multi_step_loss_anneal_iterations=10), "None with multi_step_loss_anneal")):
+        with pytest.raises(ValueError) as error:
+            config.replace(**changes)
+        assert message in str(error.value), str(error.value)
