@@ -25,6 +25,9 @@ from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("runs", None, "LABEL=MODEL_DIR pairs (commas separate runs).")
+flags.DEFINE_list("curves", [], "LABEL=CSV pairs: validation curves recorded elsewhere "
+                  "(columns iteration,accuracy; lines starting with # are comments). They need "
+                  "--seconds_per_iteration.")
 flags.DEFINE_list("seconds_per_iteration", [], "LABEL=SECONDS: put that run on an "
                   "iterations x seconds axis instead of its recorded wall clock.")
 flags.DEFINE_list("targets", ["0.95", "0.97", "0.98", "0.99"], "Accuracies to report.")
@@ -61,6 +64,19 @@ def first_reaching(curve, target, seconds_per_iteration=None):
     return None
 
 
+def _read_curve(path):
+    """`[(iteration, accuracy)]` of a CSV with an `iteration,accuracy` header and # comments."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#") or line.startswith("iteration"):
+                continue
+            iteration, value = line.split(",")
+            rows.append((float(iteration), float(value)))
+    return rows
+
+
 def _pairs(items, what):
     out = {}
     for item in items:
@@ -74,12 +90,13 @@ def _pairs(items, what):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS.runs:
-        raise app.UsageError("--runs is required: LABEL=MODEL_DIR,...")
-    runs = _pairs(FLAGS.runs, "runs")
+    if not FLAGS.runs and not FLAGS.curves:
+        raise app.UsageError("--runs (LABEL=MODEL_DIR,...) or --curves is required.")
+    runs = _pairs(FLAGS.runs or [], "runs")
+    tables = _pairs(FLAGS.curves, "curves")
     rates = {k: float(v) for k, v in _pairs(FLAGS.seconds_per_iteration,
                                              "seconds_per_iteration").items()}
-    unknown = sorted(set(rates) - set(runs))
+    unknown = sorted(set(rates) - set(runs) - set(tables))
     if unknown:
         raise app.UsageError(f"--seconds_per_iteration names runs not in --runs: {unknown}.")
     targets = [float(t) for t in FLAGS.targets]
@@ -88,6 +105,12 @@ def main(argv):
         if not os.path.isfile(os.path.join(model_dir, "history.jsonl")):
             raise app.UsageError(f"{label}: {model_dir} has no history.jsonl (not a run).")
         curves[label] = validation_curve(model_dir, FLAGS.metric)
+    for label, path in tables.items():
+        if label not in rates:
+            raise app.UsageError(f"--curves {label}: a table has no time axis; give "
+                                 f"--seconds_per_iteration={label}=SECONDS.")
+        rows = _read_curve(path)
+        curves[label] = [(int(i), float("nan"), float(v)) for i, v in rows]
 
     lines = ["command: python " + " ".join(shlex.quote(a) for a in sys.argv), "",
              "| run | time axis | validations | last iteration | best | "
