@@ -196,6 +196,26 @@ def _check_export(ns, shrunk):
     np.testing.assert_allclose(out["logits"], expected, atol=2e-3, rtol=2e-3)
 
 
+def _prelude_preset(tmp_path):
+    import numpy as np
+
+    ns = _common()
+    rng = np.random.default_rng(0)
+    # The preset's model takes 28x28 greyscale images in [0, 1] (strokes 1, as it was trained).
+    ns.update(support_images=rng.random((5, 28, 28, 1), np.float32),
+              support_labels=np.arange(5, dtype=np.int32),
+              query_images=rng.random((7, 28, 28, 1), np.float32))
+    return ns
+
+
+def _check_preset(ns, shrunk):
+    import numpy as np
+
+    assert "omniglot_5way_1shot" in ns["km"].presets.list_presets()
+    logits = np.asarray(ns["logits"])
+    assert logits.shape == (7, 5) and np.all(np.isfinite(logits))
+
+
 @dataclasses.dataclass
 class Spec:
     prelude: object                     # tmp_path -> namespace the block runs in
@@ -224,6 +244,8 @@ SPECS = {
         }),
     "from keras_meta.export import export_few_shot, export_adapted, predict_local": Spec(
         _prelude_export, _check_export),
+    "km.presets.list_presets()                          # ['omniglot_5way_1shot']": Spec(
+        _prelude_preset, _check_preset),
 }
 
 
@@ -285,6 +307,7 @@ WRAPPERS = {
     "trainers.launch_local": "keras_meta.cli.launch_local",
     "export.export_saved_model": "keras_meta.cli.export",
     "export.serving_client": "keras_meta.cli.serving_client",
+    "export.make_preset": "keras_meta.cli.make_preset",
 }
 # Programs whose lines are not parsed, and why:
 # - `make`: targets that build a virtualenv and run the whole demo / test suite; only the

@@ -80,7 +80,8 @@ def test_demo_trains_evaluates_exports_and_serves(omniglot_data_dir, omniglot_so
 
     # The request: held-out test characters, one support image each, raw 105x105 RGB uint8 as
     # a client has them.
-    assert [call for call, _ in requests] == [((data_dir,), {"seed": config.seed})]
+    assert [call for call, _ in requests] == [((data_dir,), {"num_ways": WAYS,
+                                                             "seed": config.seed})]
     support, support_labels, query, query_labels, characters = requests[0][1]
     assert len(set(characters.tolist())) == WAYS
     assert set(characters.tolist()) <= set(omniglot_class_splits("maml")["test"].tolist())
@@ -109,3 +110,48 @@ def test_demo_trains_evaluates_exports_and_serves(omniglot_data_dir, omniglot_so
     correct = int(np.sum(result["predicted"] == query_labels))
     assert result["request_accuracy"] == correct / len(query_labels)
     assert f"{correct}/{len(query_labels)} correct" in out
+
+
+@pytest.mark.slow
+def test_demo_from_the_preset_tests_exports_and_serves_it(omniglot_data_dir, omniglot_source_dir,
+                                                          tmp_path, capsys):
+    from keras_meta import MAML
+    from keras_meta.presets import Preset
+
+    info = Preset.load("omniglot_5way_1shot")
+    model_dir = str(tmp_path / "demo")
+    result = demo_module.run_preset(model_dir, num_eval_tasks=100,
+                                    data_dir=str(omniglot_data_dir),
+                                    omniglot_source_dir=str(omniglot_source_dir))
+    out = capsys.readouterr().out
+    for stage in ("1/4", "2/4", "3/4", "4/4"):
+        assert f"== {stage}" in out
+    assert f"meta-trained {info.iteration} iterations at commit {info.commit}" in out
+    # The preset is as good as it says, on 100 of its held-out tasks.
+    accuracy = result["test_accuracy"]
+    assert accuracy["num_tasks"] == 100
+    assert accuracy["mean"] >= info.result["mean"] - 2 * info.result["ci95"] - 0.01
+    assert result["export_path"] == os.path.join(model_dir, "serving", "omniglot_5way_1shot",
+                                                 "1")
+    # What was served is the preset's model.
+    support, support_labels, query, _, _ = demo_module.held_out_request(str(omniglot_data_dir))
+    maml = MAML.from_preset("omniglot_5way_1shot")
+    from keras_meta.training.config import MAMLTrainConfig
+    prep = image_preprocessing(MAMLTrainConfig.from_dict(info.train_config))
+    expected = maml.adapt_and_predict(prep(support), tf.constant(support_labels), prep(query),
+                                      steps=3).numpy()
+    served = predict_local(result["export_path"], support, support_labels, query)
+    np.testing.assert_allclose(served["logits"], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_demo_flags_that_do_not_apply_are_refused():
+    import subprocess
+    import sys
+
+    for args, message in ((["--num_iterations=5"], "--num_iterations applies to --train only"),
+                          (["--train", "--preset=omniglot_5way_1shot"],
+                           "--preset and --train exclude each other"),
+                          (["--preset=nope"], "--preset='nope': Unknown preset 'nope'")):
+        proc = subprocess.run([sys.executable, "-m", "trainers.demo"] + args,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])

@@ -175,19 +175,29 @@ def test_maml_sinusoid(kernel_spec_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_omniglot_few_shot(kernel_spec_dir, tmp_path, omniglot_data_dir):
+@pytest.mark.parametrize("start", ["preset", "scratch"])
+def test_omniglot_few_shot(kernel_spec_dir, tmp_path, omniglot_data_dir, start):
     from keras_meta.data import load_omniglot_classes
+    from keras_meta.presets import Preset
 
     # One-time preparation outside the notebook: the decoded-image cache.
     load_omniglot_classes(omniglot_data_dir)
     nb, r, figures = _run("omniglot_few_shot.ipynb", kernel_spec_dir, tmp_path,
-                          {"KERAS_META_DATA_DIR": str(omniglot_data_dir)})
+                          {"KERAS_META_DATA_DIR": str(omniglot_data_dir),
+                           "KERAS_META_NOTEBOOK_START": start})
     _check_figures(nb, figures, ["omniglot_episode", "omniglot_validation_accuracy",
                                  "omniglot_predictions"])
-    # 5-way: chance is 0.2. Even a short run adapts well above it.
-    assert r["val_accuracy_final"] > 0.3
-    assert r["test_accuracy"] > 0.3
-    assert r["iterations"] >= 1
+    if start == "preset":
+        # The shipped weights, before any further training, are as good as they say.
+        preset = Preset.load("omniglot_5way_1shot")
+        assert r["val_accuracy_initial"] > preset.result["mean"] - 0.1
+        assert r["iterations"] == preset.iteration + 20
+        assert r["test_accuracy"] > 0.8
+    else:
+        # 5-way: chance is 0.2. Even a short run adapts well above it.
+        assert r["val_accuracy_final"] > 0.3
+        assert r["test_accuracy"] > 0.3
+        assert r["iterations"] >= 1
 
 
 @pytest.mark.slow
