@@ -158,6 +158,7 @@ def config_from_flags(flag_values=FLAGS):
         changes[field] = value
     _refuse_flags_of_other_families(flag_values, changes,
                                     changes.get("task_family", config.task_family))
+    _fit_step_weights_to_inner_steps(config, changes, preset_name)
     try:
         config = config.replace(**changes)
         # Sizes the data cannot give or the memory cannot hold: refused before anything loads.
@@ -165,6 +166,37 @@ def config_from_flags(flag_values=FLAGS):
     except ValueError as e:
         raise app.UsageError(_in_flag_terms(str(e), flag_values, fields)) from None
     return config
+
+
+def _fit_step_weights_to_inner_steps(preset, changes, preset_name):
+    """A preset's per-step loss weights follow a `--inner_steps` that changes their number.
+
+    The sinusoid preset weights the query losses after the first and the last of its 5 steps;
+    with `--inner_steps=N` (and no `--multi_step_loss_weights`) the same rule is applied to N
+    steps, and the trainer says so, rather than refusing every other step count.
+    """
+    weights = preset.multi_step_loss_weights
+    if weights is None or "multi_step_loss_weights" in changes:
+        return
+    if (not changes.get("multi_step_loss", preset.multi_step_loss)
+            or changes.get("multi_step_loss_anneal_iterations")):
+        # The multi-step loss turned off, or annealed: the preset's weights no longer apply.
+        changes["multi_step_loss_weights"] = None
+        return
+    steps = changes.get("inner_steps", preset.inner_steps)
+    if steps == 0:
+        # No inner step, no per-step loss (the "pretrained" baseline).
+        changes["multi_step_loss_weights"] = None
+        return
+    if not isinstance(steps, int) or steps < 1 or steps == len(weights):
+        return
+    fitted = [0.0] * steps
+    fitted[0] += weights[0]
+    fitted[-1] += weights[-1]
+    changes["multi_step_loss_weights"] = tuple(fitted)
+    print(f"[config] --inner_steps={steps}: the {preset_name} preset's multi-step loss weights "
+          f"{tuple(weights)} become {tuple(fitted)} (its first and last steps' weights); "
+          "--multi_step_loss_weights or --nomulti_step_loss chooses otherwise.", flush=True)
 
 
 def _refuse_flags_of_other_families(flag_values, changes, family):

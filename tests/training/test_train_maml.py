@@ -183,3 +183,17 @@ def test_per_step_batch_norm_has_slots_for_the_trained_steps_only():
 def test_per_step_rates_without_trained_inner_steps_are_refused_at_the_start():
     with pytest.raises(ValueError, match=r"learn_inner_lr='per_step'.*inner_steps=0"):
         TINY.replace(inner_steps=0, learn_inner_lr="per_step")
+
+
+def test_inner_steps_on_the_sinusoid_preset_refit_its_step_weights(capsys):
+    assert get_preset("sinusoid").multi_step_loss_weights == (0.5, 0.0, 0.0, 0.0, 0.5)
+    assert _parse(["--inner_steps=1"]).multi_step_loss_weights == (1.0,)
+    assert _parse(["--inner_steps=3"]).multi_step_loss_weights == (0.5, 0.0, 0.5)
+    assert "--inner_steps=3: the sinusoid preset's multi-step loss weights" in capsys.readouterr().out
+    off = _parse(["--nomulti_step_loss"])
+    assert (off.multi_step_loss, off.multi_step_loss_weights) == (False, None)
+    assert _parse(["--inner_steps=2", "--multi_step_loss_weights=0,1"]
+                  ).multi_step_loss_weights == (0.0, 1.0)
+    annealed = _parse(["--multi_step_loss_anneal_iterations=100"])
+    assert annealed.multi_step_loss_weights is None
+    assert _parse(["--inner_steps=0"]).inner_steps == 0
