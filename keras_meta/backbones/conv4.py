@@ -6,6 +6,7 @@ from keras_meta._checks import check_int, check_one_of
 from keras_meta.layers import BATCH_NORM_MODES, MetaBatchNormalization
 
 _DOWNSAMPLE = ("stride", "maxpool")
+_POOLING = ("mean", "flatten")
 
 
 def conv4(
@@ -13,6 +14,7 @@ def conv4(
     input_shape=(28, 28, 1),
     filters=None,
     downsample="stride",
+    pooling=None,
     batch_norm="transductive",
     num_inner_steps=None,
     dtype=None,
@@ -23,8 +25,16 @@ def conv4(
     Each block is a 3x3 convolution, batch normalization (unless `batch_norm="none"`) and ReLU.
     `downsample="stride"` uses stride-2 "same" convolutions (the Omniglot network, 64 filters by
     default); `downsample="maxpool"` uses stride-1 convolutions followed by a 2x2 max-pool (the
-    mini-ImageNet network, 32 filters by default). A flatten and a dense layer give the
-    `num_ways` logits (no softmax).
+    mini-ImageNet network, 32 filters by default). The last feature map is reduced to one
+    feature vector per image (`pooling`), and a dense layer gives the `num_ways` logits (no
+    softmax).
+
+    `pooling="mean"` averages the last feature map over its height and width (a
+    `GlobalAveragePooling2D` layer named "global_pool": `filters` features), as the MAML
+    paper's Omniglot network does; `pooling="flatten"` keeps every position (a `Flatten` layer
+    named "flatten": height x width x `filters` features, e.g. 2 x 2 x 64 = 256 for the
+    strided network at 28x28), as its mini-ImageNet network does. The default follows the
+    paper for each `downsample`: "mean" for "stride", "flatten" for "maxpool".
 
     The convolutions have no bias when batch norm follows them: the batch mean cancels a bias
     exactly, so it would only add parameters with zero gradient.
@@ -34,6 +44,8 @@ def conv4(
         input_shape: image shape, channels last.
         filters: filters per convolution (default 64 for "stride", 32 for "maxpool").
         downsample: `"stride"` or `"maxpool"`.
+        pooling: `"mean"` (global average pooling), `"flatten"`, or `None`: `"mean"` for
+            `downsample="stride"`, `"flatten"` for `downsample="maxpool"`.
         batch_norm: `"transductive"`, `"per_step"` (MAML++) or `"none"`; see
             `MetaBatchNormalization`.
         num_inner_steps: inner steps of adaptation, required for `"per_step"`.
@@ -45,13 +57,22 @@ def conv4(
 
     Example:
 
-    >>> model = conv4(5)                 # Omniglot 5-way
+    >>> model = conv4(5)                 # Omniglot 5-way, mean of the last feature map
     >>> model(keras.ops.zeros((2, 28, 28, 1))).shape
     (2, 5)
+    >>> model.get_layer("logits").kernel.shape
+    (64, 5)
+    >>> conv4(5, pooling="flatten").get_layer("logits").kernel.shape
+    (256, 5)
     >>> conv4(5, (84, 84, 3), downsample="maxpool", batch_norm="per_step", num_inner_steps=5)
     """
     check_int("num_ways", num_ways)
     check_one_of("downsample", downsample, _DOWNSAMPLE)
+    if pooling is None:
+        # The MAML paper's two networks differ here: Omniglot (strided) averages the last
+        # feature map, mini-ImageNet (max-pooled) flattens it.
+        pooling = "mean" if downsample == "stride" else "flatten"
+    check_one_of("pooling", pooling, _POOLING)
     check_one_of("batch_norm", batch_norm, BATCH_NORM_MODES)
     if batch_norm == "per_step":
         if num_inner_steps is None:
@@ -88,6 +109,9 @@ def conv4(
         x = keras.layers.ReLU(dtype=dtype, name=f"relu{block}")(x)
         if downsample == "maxpool":
             x = keras.layers.MaxPooling2D(2, dtype=dtype, name=f"pool{block}")(x)
-    x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
+    if pooling == "mean":
+        x = keras.layers.GlobalAveragePooling2D(dtype=dtype, name="global_pool")(x)
+    else:
+        x = keras.layers.Flatten(dtype=dtype, name="flatten")(x)
     logits = keras.layers.Dense(num_ways, dtype=dtype, name="logits")(x)
     return keras.Model(inputs, logits, name=name)

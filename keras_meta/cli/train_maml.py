@@ -31,6 +31,7 @@ def define_flags(flag_values=FLAGS):
                         "Defaults to the task family's paper preset.", **fv)
     flags.DEFINE_string("task_family", defaults.task_family,
                         f"The distribution tasks are drawn from: {configs.TASK_FAMILIES}.", **fv)
+    flags.DEFINE_alias("task", "task_family", flag_values=flag_values)
     flags.DEFINE_string("model_dir", "runs/maml", "Where checkpoints, logs and results go.", **fv)
     flags.DEFINE_float("inner_lr", defaults.inner_lr, "Inner SGD step size (alpha).", **fv)
     flags.DEFINE_integer("inner_steps", defaults.inner_steps, "Inner steps in meta-training.", **fv)
@@ -76,6 +77,45 @@ def define_flags(flag_values=FLAGS):
                         "(offline). Default: $KERAS_META_OMNIGLOT_DIR when set, else TFDS "
                         "downloads.", **fv)
     flags.DEFINE_string("data_dir", None, "TFDS data directory.", **fv)
+    # Task family "images": any TFDS image dataset or folder of class subfolders.
+    flags.DEFINE_string("dataset", None, "--task=images: 'tfds:NAME[:CONFIG]' or "
+                        "'folder:PATH' (one subfolder of images per class).", **fv)
+    flags.DEFINE_string("class_split", None,
+                        "--task=images: a standard class split (cifar_fs, fc100, mini_imagenet, "
+                        "cub, omniglot_maml, omniglot_lake) or a split file; default: the "
+                        "folder's train/val/test subfolders, else a seeded 64/16/20% split.", **fv)
+    flags.DEFINE_string("tfds_split", None, "TFDS splits pooled before the class split, e.g. "
+                        "'train+test' (default: all).", **fv)
+    flags.DEFINE_string("image_key", defaults.image_key, "TFDS feature of the image.", **fv)
+    flags.DEFINE_string("label_key", defaults.label_key, "TFDS feature of the class.", **fv)
+    flags.DEFINE_string("group_key", None, "TFDS feature of the class's group, for a split "
+                        "by groups (default: the class split's, e.g. FC100's coarse_label).", **fv)
+    flags.DEFINE_integer("image_size", defaults.image_size, "Side of the square images the "
+                         "backbone takes (images are resized to it once, when cached).", **fv)
+    flags.DEFINE_integer("image_channels", defaults.image_channels, "1 (greyscale) or 3 (RGB).",
+                         **fv)
+    flags.DEFINE_boolean("invert_images", defaults.invert_images,
+                         "Serve 1 - x (dark strokes on light paper, as Omniglot).", **fv)
+    flags.DEFINE_integer("rotations", defaults.rotations,
+                         "1, or 4: each quarter turn of a class is a class (square images).", **fv)
+    flags.DEFINE_string("augmentation", defaults.augmentation,
+                        "none or crop_flip (random crops and flips of training episodes).", **fv)
+    flags.DEFINE_string("cache_dir", None, "Where decoded images are cached (default: under "
+                        "$KERAS_META_DATA_DIR or ~/tensorflow_datasets).", **fv)
+    flags.DEFINE_string("image_cache", defaults.image_cache,
+                        "auto, memory or mapped (memory-mapped, read per episode).", **fv)
+    flags.DEFINE_boolean("tfds_download", defaults.tfds_download,
+                         "Let TFDS download and prepare a missing dataset (needs internet).", **fv)
+    flags.DEFINE_string("backbone", defaults.backbone, f"{configs.BACKBONES}.", **fv)
+    flags.DEFINE_string("conv4_downsample", defaults.conv4_downsample,
+                        "conv4: stride (Omniglot network) or maxpool (mini-ImageNet network).",
+                        **fv)
+    flags.DEFINE_integer("conv4_filters", None, "conv4 filters (default: 64 with stride, 32 "
+                         "with maxpool).", **fv)
+    flags.DEFINE_string("pooling", "default", "conv4's features before the dense layer: mean, "
+                        "flatten or default (mean with stride, flatten with maxpool).", **fv)
+    flags.DEFINE_list("resnet12_widths", [str(w) for w in defaults.resnet12_widths],
+                      "resnet12's four block widths.", **fv)
     flags.DEFINE_integer("eval_every", defaults.eval_every, "Validate every N iterations (0: off).", **fv)
     flags.DEFINE_integer("num_val_tasks", defaults.num_val_tasks, "Validation tasks.", **fv)
     flags.DEFINE_integer("num_eval_tasks", defaults.num_eval_tasks, "Final test tasks.", **fv)
@@ -155,6 +195,14 @@ def config_from_flags(flag_values=FLAGS):
                                      "a comma-separated list of numbers.") from None
         if field in ("learn_inner_lr", "mixed_precision"):
             value = None if value in ("none", "", None) else value
+        if field == "pooling":
+            value = None if value in ("default", "", None) else value
+        if field == "resnet12_widths":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise app.UsageError(f"--resnet12_widths={','.join(value)!r}: expected four "
+                                     "comma-separated integers.") from None
         changes[field] = value
     _refuse_flags_of_other_families(flag_values, changes,
                                     changes.get("task_family", config.task_family))
@@ -233,7 +281,16 @@ def main(argv):
 
     # TF's checkpoint saver logs at INFO on every save; progress lines are printed instead.
     logging.set_verbosity(logging.WARNING)
-    train(config_from_flags(), FLAGS.model_dir)
+    from keras_meta.data.data_error import DataError
+    from keras_meta.training.config import MAMLTrainConfig
+
+    config = config_from_flags()
+    try:
+        train(config, FLAGS.model_dir)
+    except DataError as error:
+        # The data cannot give what the flags ask: a usage error, in the flags' words.
+        fields = {f.name for f in dataclasses.fields(MAMLTrainConfig)}
+        raise app.UsageError(_in_flag_terms(str(error), FLAGS, fields)) from None
 
 
 def console_main():

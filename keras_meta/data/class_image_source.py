@@ -29,6 +29,11 @@ class ClassImageSource:
         preprocessing: `ImagePreprocessing` that turns the stored uint8 into model inputs
             (default: scale to [0, 1] at the stored size and channels).
         name: a label for messages.
+        class_names: the name of each base class (e.g. its folder), or None.
+        rows: for a memory-mapped `images` (`np.memmap`, a cache larger than memory), the row
+            of `images` of each base class: selecting classes then copies no image.
+        info: what the loader knows of the data (its cache's info: where, how big, the split
+            folders of an image folder, ...).
 
     Example:
 
@@ -39,8 +44,9 @@ class ClassImageSource:
     """
 
     def __init__(self, images, counts=None, class_ids=None, rotations=1, preprocessing=None,
-                 name="images"):
-        images = np.asarray(images)
+                 name="images", class_names=None, rows=None, info=None):
+        if not isinstance(images, np.memmap):
+            images = np.asarray(images)
         if images.ndim != 5:
             raise ValueError(f"{name}: images must be [num_classes, images_per_class, height, "
                              f"width, channels]; got shape {images.shape}.")
@@ -48,6 +54,12 @@ class ClassImageSource:
             raise ValueError(f"{name}: images must be uint8 (decode and resize with "
                              f"from_labelled_images); got {images.dtype}.")
         num_classes, max_count, height, width, channels = images.shape
+        if rows is not None:
+            rows = np.asarray(rows, np.int64)
+            if rows.ndim != 1 or rows.size < 1 or rows.min() < 0 or rows.max() >= num_classes:
+                raise ValueError(f"{name}: rows must be indices into the {num_classes} rows of "
+                                 f"images; got {rows!r}.")
+            num_classes = rows.size
         if num_classes < 1 or max_count < 1:
             raise ValueError(f"{name}: need at least one class and one image; got {images.shape}.")
         if channels not in (1, 3):
@@ -66,6 +78,11 @@ class ClassImageSource:
             raise ValueError(f"{name}: rotations must be 1 or 4; got {rotations!r}.")
         if rotations > 1 and height != width:
             raise ValueError(f"{name}: rotations need square images; got {height}x{width}.")
+        if class_names is not None:
+            class_names = [str(n) for n in class_names]
+            if len(class_names) != num_classes:
+                raise ValueError(f"{name}: class_names must name the {num_classes} classes; "
+                                 f"got {len(class_names)} names.")
         if preprocessing is None:
             preprocessing = ImagePreprocessing((height, width), channels)
         if tuple(preprocessing.image_size) != (height, width):
@@ -77,10 +94,27 @@ class ClassImageSource:
         self.rotations = rotations
         self.preprocessing = preprocessing
         self.name = name
+        self.class_names = class_names
+        self.rows = rows
+        self.info = dict(info or {})
+
+    @property
+    def is_memory_mapped(self):
+        """Whether the images stay on disk (a memory-mapped cache), read per episode."""
+        return isinstance(self.images, np.memmap)
 
     @property
     def num_base_classes(self):
-        return self.images.shape[0]
+        return len(self.counts)
+
+    def base_images(self):
+        """`[num_base_classes, max_count, h, w, c]` uint8 in memory (reads a mapped cache)."""
+        return np.asarray(self.images if self.rows is None else self.images[self.rows])
+
+    @property
+    def nbytes(self):
+        """Bytes of this source's images (padding included)."""
+        return int(np.prod(self.images.shape[1:], dtype=np.int64)) * self.num_base_classes
 
     @property
     def num_classes(self):
@@ -107,7 +141,8 @@ class ClassImageSource:
 
     def _replace(self, **changes):
         fields = dict(images=self.images, counts=self.counts, class_ids=self.class_ids,
-                      rotations=self.rotations, preprocessing=self.preprocessing, name=self.name)
+                      rotations=self.rotations, preprocessing=self.preprocessing, name=self.name,
+                      class_names=self.class_names, rows=self.rows, info=self.info)
         fields.update(changes)
         return ClassImageSource(**fields)
 
@@ -123,8 +158,14 @@ class ClassImageSource:
         if len(np.unique(class_ids)) != len(class_ids):
             raise ValueError(f"{self.name}: class ids of a split must be distinct.")
         rows = np.array([position[int(c)] for c in class_ids], np.int64)
+        names = None if self.class_names is None else [self.class_names[r] for r in rows]
+        if self.is_memory_mapped:
+            # A mapped cache may be larger than memory: keep the file, remember the rows.
+            base = np.arange(len(self.counts)) if self.rows is None else self.rows
+            return self._replace(rows=base[rows], counts=self.counts[rows],
+                                 class_ids=class_ids, name=name or self.name, class_names=names)
         return self._replace(images=self.images[rows], counts=self.counts[rows],
-                             class_ids=class_ids, name=name or self.name)
+                             class_ids=class_ids, name=name or self.name, class_names=names)
 
     def with_rotations(self, rotations=4):
         """This source with each quarter turn of each class as a class of its own."""
@@ -231,7 +272,7 @@ class ClassImageSource:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         with open(tmp, "wb") as f:
-            np.savez(f, images=self.images, counts=self.counts, class_ids=self.class_ids)
+            np.savez(f, images=self.base_images(), counts=self.counts, class_ids=self.class_ids)
         os.replace(tmp, path)
 
     @classmethod

@@ -9,6 +9,9 @@ from keras_meta.data.episode_indices import ENDLESS, episode_indices, shard_meta
 
 __all__ = ["EpisodeConfig", "EpisodeSampler"]
 
+# Beyond sampling's own streams (0..3), so augmenting never changes which images are drawn.
+_AUGMENT_STREAM = 7
+
 
 class EpisodeSampler:
     """Meta-batches of classification `Episode`s from one meta-split.
@@ -30,6 +33,9 @@ class EpisodeSampler:
             e.g. the characters of each Omniglot alphabet): every episode then takes all its
             classes from one group, chosen uniformly among the groups with at least
             `num_ways` classes (smaller ones are left out; none left is an error).
+        augmentation: None, or a callable `(uint8 images [n, h, w, c], seed [2]) -> images`
+            (e.g. `CropFlip`) applied to every support and query image of an episode, seeded
+            by the episode, so augmented streams stay pure functions of `(seed, index)`.
 
     Example:
 
@@ -40,7 +46,7 @@ class EpisodeSampler:
     """
 
     def __init__(self, source, config, preprocessing=None, precompute_rotations=True,
-                 class_groups=None):
+                 class_groups=None, augmentation=None):
         if not isinstance(config, EpisodeConfig):
             raise TypeError(f"config must be an EpisodeConfig; got {type(config).__name__}.")
         if config.num_ways > source.num_classes:
@@ -53,15 +59,20 @@ class EpisodeSampler:
                 f"class has only {source.min_count}.")
         self.source = source
         self.config = config
+        self.augmentation = augmentation
         self._class_groups = None
         if class_groups is not None:
             self._class_groups = _group_tensors(class_groups, source, config.num_ways)
         self.preprocessing = preprocessing or source.preprocessing
-        # One tensor per sampler: every dataset built from it shares this memory.
-        images = tf.constant(source.images)
         counts = tf.constant(source.counts, tf.int32)
         self._rotations = source.rotations
-        if source.rotations > 1 and precompute_rotations:
+        if source.is_memory_mapped:
+            # Larger than memory: each episode reads its few images from the mapped file.
+            images = _MappedImages(source)
+        else:
+            # One tensor per sampler: every dataset built from it shares this memory.
+            images = tf.constant(source.base_images())
+        if source.rotations > 1 and precompute_rotations and not source.is_memory_mapped:
             images, counts = _all_turns(images, counts)
             self._rotations = 1
         self._images, self._counts = images, counts
@@ -91,9 +102,15 @@ class EpisodeSampler:
 
     def _sample(self, seed, index):
         c = self.config
-        return sampling.sample_episode(self._images, self._counts, seed, index, c.num_ways,
-                                       c.num_shots, c.num_queries, self._rotations,
-                                       class_groups=self._class_groups)
+        sx, sy, qx, qy = sampling.sample_episode(
+            self._images, self._counts, seed, index, c.num_ways, c.num_shots, c.num_queries,
+            self._rotations, class_groups=self._class_groups)
+        if self.augmentation is not None:
+            key = tf.random.experimental.stateless_fold_in(sampling.episode_seed(seed, index),
+                                                           _AUGMENT_STREAM)
+            both = self.augmentation(tf.concat([sx, qx], 0), key)
+            sx, qx = both[:sx.shape[0]], both[sx.shape[0]:]
+        return sx, sy, qx, qy
 
     def dataset(self, seed=0, start=0, shard=None):
         """The stream of meta-batches for `seed`.
@@ -131,6 +148,28 @@ class EpisodeSampler:
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
                     name="preprocess")
         return ds.prefetch(tf.data.AUTOTUNE, name="prefetch")
+
+
+class _MappedImages:
+    """A memory-mapped `ClassImageSource` seen by `sampling.sample_episode`: a static shape,
+    and a gather that reads only the chosen images from disk."""
+
+    def __init__(self, source):
+        import numpy as np
+
+        self._array = source.images
+        self._rows = (np.arange(source.num_base_classes) if source.rows is None
+                      else np.asarray(source.rows))
+        self.shape = tf.TensorShape([source.num_base_classes, *source.images.shape[1:]])
+
+    def _read(self, rows, picks):
+        return self._array[self._rows[rows][:, None], picks]
+
+    def gather(self, rows, picks):
+        """uint8 `[n, m, h, w, c]`: image `picks[i, j]` of the class at row `rows[i, j]`."""
+        out = tf.numpy_function(lambda r, p: self._read(r[:, 0], p), [rows, picks], tf.uint8,
+                                stateful=False, name="read_mapped_images")
+        return tf.ensure_shape(out, [rows.shape[0], picks.shape[1], *self.shape[2:]])
 
 
 def _all_turns(images, counts):

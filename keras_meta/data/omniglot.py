@@ -438,3 +438,49 @@ def omniglot_splits(data_dir=None, source_dir="default", protocol="maml", image_
         split = everything.select(ids, name=f"omniglot/{protocol}/{name}")
         sources[name] = split.with_rotations() if rotations else split
     return MetaSplits(sources)
+
+
+def write_omniglot_folder(source_dir, out_dir):
+    """Writes Omniglot's 32,460 PNGs as a class-folder tree, ``out_dir/<alphabet>/<character>/``.
+
+    The images are the original zips' files, unchanged (background and evaluation alphabets
+    side by side), so `image_classes("folder:" + out_dir)` reads the same pixels TFDS does;
+    the class split files ``omniglot_maml`` and ``omniglot_lake`` name these folders.
+
+    Args:
+        source_dir: a folder with ``images_background.zip`` and ``images_evaluation.zip``.
+        out_dir: where the tree goes (written to a temporary sibling, then renamed).
+
+    Returns:
+        `out_dir` as a `Path`; an existing complete tree is left as it is.
+    """
+    import zipfile
+
+    out_dir = Path(out_dir)
+    done = out_dir / ".complete"
+    if done.is_file():
+        return out_dir
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    count = 0
+    for name in ("images_background", "images_evaluation"):
+        path = Path(source_dir) / f"{name}.zip"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; expected Omniglot's "
+                                    f"{name}.zip in {source_dir}.")
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                parts = Path(member.filename).parts
+                if member.is_dir() or len(parts) != 4 or not parts[-1].endswith(".png"):
+                    continue
+                target = tmp.joinpath(*parts[1:])  # drop images_background/ etc.
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(archive.read(member))
+                count += 1
+    if count != NUM_CLASSES * IMAGES_PER_CLASS:
+        raise ValueError(f"{source_dir} holds {count} Omniglot images; expected "
+                         f"{NUM_CLASSES * IMAGES_PER_CLASS}.")
+    (tmp / ".complete").write_text(f"{count} images\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -118,7 +118,9 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
     quarter turns, so rotated classes cost no memory.
 
     Args:
-        images: `[num_base_classes, max_count, h, w, c]` uint8 tensor, static image shape.
+        images: `[num_base_classes, max_count, h, w, c]` uint8 tensor, static image shape;
+            or an object with a static `.shape` and `.gather(rows, picks)` returning the
+            uint8 images `[n, m, h, w, c]` (a memory-mapped cache read per episode).
         counts: `[num_base_classes]` int32 tensor, valid images per base class.
         seed: int (or scalar tensor), the stream.
         index: scalar int64 tensor, the episode index.
@@ -135,7 +137,8 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
     if not image_shape.is_fully_defined():
         raise ValueError(f"images need a static [height, width, channels]; got {images.shape}.")
     ep = episode_seed(seed, index)
-    num_classes = tf.shape(images)[0] * rotations
+    num_base = images.shape[0] if images.shape[0] is not None else tf.shape(images)[0]
+    num_classes = num_base * rotations
     if class_groups is None:
         classes = choose_classes(_stream_seed(ep, _CLASS_STREAM), num_classes, num_ways)
     else:
@@ -148,7 +151,10 @@ def sample_episode(images, counts, seed, index, num_ways, num_shots, num_queries
     picks = choose_images(class_seeds(seed, index, classes), tf.gather(counts, bases),
                           per_class, max_count)
     rows = tf.broadcast_to(bases[:, None], [num_ways, per_class])
-    chosen = tf.gather_nd(images, tf.stack([rows, picks], axis=-1))
+    if hasattr(images, "gather"):
+        chosen = images.gather(rows, picks)
+    else:
+        chosen = tf.gather_nd(images, tf.stack([rows, picks], axis=-1))
     if rotations > 1:
         chosen = rotate_per_class(chosen, classes % rotations)
     support = tf.reshape(chosen[:, :num_shots], [num_ways * num_shots, *image_shape])

@@ -6,6 +6,7 @@
   `export_from_preset`, a pretrained preset.
 * `preset_writer`: `write_preset`, a run's weights packaged as a pretrained preset.
 * `signatures`, `validation`: what a signature accepts; requests checked in the graph.
+* `image_bytes`: `serving_bytes`, encoded image files decoded in the graph; reading files.
 * `archive`, `layout`, `warmup`: writing versions in TF Serving's layout, warmup records.
 * `freeze`: batch norm frozen for batchable serving.
 * `serving_config`: `ServingConfig`, saved beside every export.

@@ -1,9 +1,15 @@
 """`export_adapted`: one task's adapted network, with frozen batch norm, as a batchable model.
 
 Signatures: classification `images` `[n, H, W, C]` -> `probabilities`, `logits`, `classes`;
-regression `inputs` -> `predictions`. `serving_default` takes uint8 images, `serving_float`
-float32 in [0, 1], `serving_xla` (with `jit_compile=True`) is compiled by XLA. Answers are
-independent of the rest of the batch, so TF Serving may batch requests.
+regression `inputs` `[n, *x_shape]` -> `predictions`. `serving_default` takes uint8 images,
+`serving_float` float32 in [0, 1], `serving_xla` (with `jit_compile=True`) is compiled by XLA.
+Answers are independent of the rest of the batch, so TF Serving may batch requests.
+
+The inputs are declared as `[None, H, W, C]` (what `saved_model_cli` and TF Serving's metadata
+show); the graph still checks the shape a request really has, since TF Serving does not.
+`serving_bytes` (classification) takes `images` as a `[n]` string tensor of encoded JPEG, PNG,
+GIF or BMP files of any size (over REST, `{"b64": "<base64>"}` each), decoded and preprocessed
+one by one in the graph; a truncated or foreign file is named with its index.
 """
 
 import numpy as np
@@ -12,6 +18,7 @@ import tensorflow as tf
 from keras_meta.export import validation
 from keras_meta.export.archive import write_archive
 from keras_meta.export.freeze import batch_norm_mode, freeze_batch_norm
+from keras_meta.export.image_bytes import decode_images
 from keras_meta.export.serving_config import ServingConfig
 from keras_meta.export.signatures import (DTYPE_NAMES, check_maml, check_support_labels,
                                           classification_outputs, image_dtypes, input_spec,
@@ -21,7 +28,8 @@ from keras_meta.training.config import MAMLTrainConfig
 
 def export_adapted(maml, config_or_preprocessing, support_images, support_labels, base_dir,
                    model_name, version=None, *, client_image_shape=None, inner_steps=None,
-                   jit_compile=False, float_signature=True, warmup=True):
+                   jit_compile=False, float_signature=True, bytes_signature=True,
+                   warmup=True):
     """Adapts to one support set now and exports the adapted network as a batchable model.
 
     Batch norm is frozen (`freeze_batch_norm`): transductive layers keep the statistics they
@@ -41,6 +49,8 @@ def export_adapted(maml, config_or_preprocessing, support_images, support_labels
         inner_steps: adaptation steps (default `maml.eval_inner_steps`).
         jit_compile: also export `serving_xla`, the network compiled by XLA.
         float_signature: also export `serving_float` (float32 images in [0, 1]).
+        bytes_signature: also export `serving_bytes` (encoded JPEG/PNG/GIF/BMP files, decoded
+            and preprocessed in the graph; classification only).
         warmup: write warmup requests for batch sizes 1 and 8.
 
     Returns:
@@ -101,7 +111,12 @@ def export_adapted(maml, config_or_preprocessing, support_images, support_labels
             return classification_outputs(core_fn(prep(chain.guard(x))))
 
         return tf.function(serve, autograph=False,
-                           input_signature=[input_spec(dtype, input_name)])
+                           input_signature=[input_spec(dtype, input_name, client)])
+
+    def serve_bytes(images):
+        chain = validation.Chain()
+        x = decode_images(chain, images, "images", client[-1], prep)
+        return classification_outputs(core(chain.guard(x)))
 
     if problem == "regression":
         endpoints = {"serving_default": make(core, tf.float32, "inputs")}
@@ -112,6 +127,9 @@ def export_adapted(maml, config_or_preprocessing, support_images, support_labels
                      for name, dtype in image_dtypes(float_signature)}
         if core_xla is not None:
             endpoints["serving_xla"] = make(core_xla, tf.uint8, "images")
+        if bytes_signature:
+            endpoints["serving_bytes"] = tf.function(
+                serve_bytes, autograph=False, input_signature=[input_spec(tf.string, "images")])
     run_config = config_or_preprocessing if isinstance(
         config_or_preprocessing, MAMLTrainConfig) else None
     objects = {"track": [served], "collections": {},

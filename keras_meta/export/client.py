@@ -16,9 +16,21 @@ row format (`request_format="row"`): `{"signature_name": ..., "instances": [{"im
 single output). Errors are `{"error": "..."}` with the HTTP status TF Serving maps the error
 to (400 for a bad request, 404 for an unknown model or version).
 
+Encoded image files go to the `serving_bytes` signature as `[n]` string tensors. JSON cannot
+carry raw bytes, so each file is written as TF Serving's base64 object (it decodes
+`{"b64": ...}` for any string input):
+
+    {"signature_name": "serving_bytes",
+     "inputs": {"support_images": [{"b64": "/9j/4AAQ..."}, ...], "support_labels": [0, 1, ...],
+                "query_images": [{"b64": "iVBORw0K..."}, ...]}}
+
+`file_inputs` reads the files (checking that each is a JPEG, PNG, GIF or BMP) into such inputs;
+over gRPC they travel as `DT_STRING` tensors.
+
 The command line is `keras-meta-client` (`keras_meta.cli.serving_client`).
 """
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -26,6 +38,7 @@ import urllib.request
 import numpy as np
 import tensorflow as tf
 
+from keras_meta.export.image_bytes import as_bytes_array, read_image_files
 from keras_meta.export.local import predict_local
 
 PROTOCOLS = ("rest", "grpc")
@@ -52,8 +65,40 @@ class ServingError(RuntimeError):
         self.status = status
 
 
-def _tolist(value):
-    return np.asarray(value).tolist()
+def _is_bytes(value):
+    """Whether `value` holds encoded bytes (a string input) rather than numbers."""
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind == "S" or (
+            value.dtype.kind == "O" and value.size > 0 and
+            isinstance(value.flat[0], (bytes, bytearray)))
+    while isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return isinstance(value, (bytes, bytearray))
+
+
+def _as_array(value, name="input"):
+    # Bytes stay Python objects: np.asarray would pad them into a fixed-width array and drop
+    # their trailing zero bytes.
+    return as_bytes_array(value, name) if _is_bytes(value) else np.asarray(value)
+
+
+def _b64(value):
+    """Nested lists of `{"b64": ...}` objects for bytes; plain lists for numbers."""
+    if isinstance(value, (bytes, bytearray)):
+        return {"b64": base64.b64encode(value).decode("ascii")}
+    if isinstance(value, list):
+        return [_b64(item) for item in value]
+    return value
+
+
+def _json_row(value):
+    # One example of an array: a numpy value (numbers) or a Python bytes object (a file).
+    return _b64(value.tolist() if hasattr(value, "tolist") else value)
+
+
+def _tolist(value, name="input"):
+    array = _as_array(value, name)
+    return _b64(array.tolist()) if array.dtype == object else array.tolist()
 
 
 def rest_request_body(inputs, signature_name="serving_default", request_format="columnar"):
@@ -62,6 +107,14 @@ def rest_request_body(inputs, signature_name="serving_default", request_format="
     `request_format="columnar"`: `{"signature_name", "inputs": {name: value}}`, for any inputs.
     `"row"`: `{"signature_name", "instances": [{name: value[i], ...}, ...]}`, one object per
     example, which needs every input to have the same first (batch) dimension.
+
+    Bytes (encoded image files, e.g. from `read_image_files`) become `{"b64": "<base64>"}`
+    objects, the form TF Serving decodes into a string tensor; numbers stay JSON numbers.
+
+    Example:
+
+    >>> rest_request_body({"images": [b"\\x89PNG..."]}, "serving_bytes")
+    {'signature_name': 'serving_bytes', 'inputs': {'images': [{'b64': 'iVBORy4uLg=='}]}}
     """
     if not inputs:
         raise ValueError("A request needs at least one input.")
@@ -70,8 +123,8 @@ def rest_request_body(inputs, signature_name="serving_default", request_format="
                          f"{request_format!r}.")
     if request_format == "columnar":
         return {"signature_name": signature_name,
-                "inputs": {name: _tolist(value) for name, value in inputs.items()}}
-    arrays = {name: np.asarray(value) for name, value in inputs.items()}
+                "inputs": {name: _tolist(value, name) for name, value in inputs.items()}}
+    arrays = {name: _as_array(value, name) for name, value in inputs.items()}
     sizes = {name: (a.shape[0] if a.ndim else None) for name, a in arrays.items()}
     if None in sizes.values() or len(set(sizes.values())) != 1 or 0 in sizes.values():
         raise ValueError(
@@ -80,7 +133,7 @@ def rest_request_body(inputs, signature_name="serving_default", request_format="
             "request, whose support and query sets differ in size).")
     rows = next(iter(sizes.values()))
     return {"signature_name": signature_name,
-            "instances": [{name: a[i].tolist() for name, a in arrays.items()}
+            "instances": [{name: _json_row(a[i]) for name, a in arrays.items()}
                           for i in range(rows)]}
 
 
@@ -164,7 +217,7 @@ def predict_request(model_name, inputs, signature_name="serving_default", versio
     if version is not None:
         request.model_spec.version.value = int(version)
     for name, value in inputs.items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(_as_array(value, name)))
     return request
 
 
@@ -197,6 +250,49 @@ def load_npz(path):
     """The arrays of an .npz request file, by name."""
     with np.load(path) as data:
         return {name: data[name] for name in data.files}
+
+
+def file_inputs(*, support_files=None, support_labels=None, query_files=None,
+                image_files=None):
+    """The inputs of a `serving_bytes` request from image files: few-shot or adapted.
+
+    Each file is read and checked to be a JPEG, PNG, GIF or BMP before anything is sent; the
+    graph decodes it at its own size and preprocesses it like `serving_default`'s images.
+
+    Args:
+        support_files, support_labels, query_files: a few-shot request (paths, class indices,
+            paths).
+        image_files: instead, an adapted model's images (paths).
+
+    Returns:
+        `{"support_images", "support_labels", "query_images"}` or `{"images"}`: bytes arrays
+        (and int32 labels), ready for `request(..., signature="serving_bytes")`.
+
+    Example:
+
+    >>> inputs = file_inputs(support_files=["a0.png", "b0.jpg"], support_labels=[0, 1],
+    ...                      query_files=["q.jpg"])
+    >>> request(inputs, server="localhost:8501", model_name="omniglot",
+    ...         signature="serving_bytes")["classes"]
+    """
+    few_shot = (support_files, support_labels, query_files)
+    if image_files is not None:
+        if any(v is not None for v in few_shot):
+            raise ValueError("Pass either image_files (an adapted model) or support_files, "
+                             "support_labels and query_files (a few-shot model), not both.")
+        return {"images": read_image_files(image_files, "images")}
+    if any(v is None for v in few_shot):
+        raise ValueError("A few-shot request needs support_files, support_labels and "
+                         f"query_files; got support_files={support_files!r}, "
+                         f"support_labels={support_labels!r}, query_files={query_files!r}.")
+    labels = np.asarray(support_labels)
+    if labels.ndim != 1 or len(labels) != len(support_files) or (
+            len(labels) and not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"support_labels: expected one integer class index per support file "
+                         f"({len(support_files)}); received {list(support_labels)!r}.")
+    return {"support_images": read_image_files(support_files, "support_images"),
+            "support_labels": labels.astype(np.int32),
+            "query_images": read_image_files(query_files, "query_images")}
 
 
 def request(inputs, *, server=None, protocol="rest", model_name=None, signature="serving_default",

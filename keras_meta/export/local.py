@@ -5,6 +5,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_meta.export.image_bytes import as_bytes_array
+
 _LOADED = {}
 _FEW_SHOT_NAMES = (("support_images", "support_labels", "query_images"),
                    ("support_x", "support_y", "query_x"))
@@ -21,18 +23,37 @@ def load_saved_model(saved_model_dir):
     return _LOADED[key]
 
 
+def _shape_text(shape):
+    return "[" + ", ".join("n" if d is None else str(d) for d in shape.as_list()) + "]"
+
+
 def _as_input(value, spec):
-    array = np.asarray(value)
-    # Integer labels often arrive as int64 (numpy, JSON); narrowing them is safe and expected.
-    # Image dtypes are left alone so that a wrong dtype is reported, not silently converted.
-    if spec.dtype.is_integer and np.issubdtype(array.dtype, np.integer) and \
-            array.dtype != spec.dtype.as_numpy_dtype:
-        array = array.astype(spec.dtype.as_numpy_dtype)
-    elif array.dtype != spec.dtype.as_numpy_dtype:
-        raise TypeError(f"{spec.name}: expected dtype {spec.dtype.name}; received {array.dtype} "
-                        "(uint8 images go to serving_default, float32 ones in [0, 1] to "
-                        "serving_float).")
-    return tf.convert_to_tensor(array)
+    """`value` as the tensor `spec` takes, or an error naming the input before any call.
+
+    The loaded signature itself refuses a wrong shape or dtype with a message about
+    `TensorSpec`s; these errors say what the input is, what it should be and what was given.
+    """
+    if spec.dtype == tf.string:
+        array = as_bytes_array(value, spec.name)
+    else:
+        array = np.asarray(value)
+        # Integer labels often arrive as int64 (numpy, JSON); narrowing them is safe and
+        # expected. Image dtypes are left alone so that a wrong dtype is reported, not
+        # silently converted.
+        if spec.dtype.is_integer and np.issubdtype(array.dtype, np.integer) and \
+                array.dtype != spec.dtype.as_numpy_dtype:
+            array = array.astype(spec.dtype.as_numpy_dtype)
+        elif array.dtype != spec.dtype.as_numpy_dtype:
+            hint = ("uint8 images go to serving_default, float32 ones in [0, 1] to "
+                    "serving_float, encoded files (bytes) to serving_bytes" if
+                    spec.dtype in (tf.uint8, tf.float32) else "")
+            raise TypeError(f"{spec.name}: expected dtype {spec.dtype.name}; received "
+                            f"{array.dtype}" + (f" ({hint})." if hint else "."))
+    if not spec.shape.is_compatible_with(array.shape):
+        what = "one encoded file per image" if spec.dtype == tf.string else spec.dtype.name
+        raise ValueError(f"{spec.name}: expected shape {_shape_text(spec.shape)} ({what}); "
+                         f"received shape {list(array.shape)}.")
+    return tf.constant(array, dtype=spec.dtype)
 
 
 def predict_local(saved_model_dir, support_images=None, support_labels=None, query_images=None,
@@ -45,7 +66,14 @@ def predict_local(saved_model_dir, support_images=None, support_labels=None, que
             export they fill `support_x`, `support_y`, `query_x`).
         inputs: instead, a dict from the signature's input names to arrays (e.g.
             `{"images": x}` for an adapted model).
-        signature_name: `serving_default` (uint8 images), `serving_float`, `serving_xla`.
+        signature_name: `serving_default` (uint8 images), `serving_float`, `serving_xla`,
+            `serving_bytes` (encoded files: lists of bytes, e.g. from
+            `keras_meta.export.client.read_image_files`).
+
+    Raises:
+        TypeError, ValueError: an input of the wrong dtype or shape, named, before the call.
+        tf.errors.InvalidArgumentError: a request the graph's checks refuse (labels out of
+            range, a class missing, an undecodable image file, ...).
 
     Returns:
         A dict from output name (`probabilities`, `logits`, `classes` or `predictions`) to

@@ -48,7 +48,9 @@ class ServingConfig:
         client_input_shape: per-example input shape the signatures accept (e.g. `[105, 105,
             3]` client images, or `[1]` sinusoid inputs).
         model_input_shape: per-example input shape of the backbone after preprocessing.
-        signatures: signature name -> `{"inputs": {name: dtype}, "outputs": {name: dtype}}`.
+        signatures: signature name -> `{"inputs": {name: dtype}, "outputs": {name: dtype},
+            "input_shapes": {name: shape}}` (shapes as declared, `None` for a free dimension:
+            `[None, 105, 105, 3]` images, `[None]` labels or encoded files).
         jit_compile: whether an XLA-compiled signature (`serving_xla`) was exported.
         support_set_size: examples the adapted model was adapted on (adapted kind only).
         task_family: the run's task family, when exported from a run's config.

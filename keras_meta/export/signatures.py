@@ -11,7 +11,7 @@ from keras_meta.training import task_families
 from keras_meta.training.config import MAMLTrainConfig
 
 
-DTYPE_NAMES = {tf.uint8: "uint8", tf.float32: "float32", tf.int32: "int32"}
+DTYPE_NAMES = {tf.uint8: "uint8", tf.float32: "float32", tf.int32: "int32", tf.string: "string"}
 
 
 def io_spec(config_or_preprocessing, model, client_input_shape):
@@ -63,9 +63,14 @@ def classification_outputs(logits):
             "classes": tf.argmax(logits, axis=-1)}
 
 
-def input_spec(dtype, name):
-    # Unknown rank: a wrong-rank request reaches the in-graph check and gets its message.
-    return tf.TensorSpec(shape=None, dtype=dtype, name=name)
+def input_spec(dtype, name, example_shape=()):
+    """`[None, *example_shape]`: the shape `saved_model_cli` and TF Serving's metadata show.
+
+    A Python caller of the loaded signature cannot pass another shape; TF Serving does not
+    compare a request with it, so the in-graph checks (`validation`) still read the shape the
+    request really has.
+    """
+    return tf.TensorSpec(shape=(None,) + tuple(example_shape), dtype=dtype, name=name)
 
 
 def check_maml(maml):
@@ -81,10 +86,17 @@ def image_dtypes(float_signature):
 
 
 def signature_summary(fn):
+    """`{"inputs": {name: dtype}, "outputs": {name: dtype}, "input_shapes": {name: shape}}`.
+
+    Shapes are lists with `None` for a dynamic dimension (the batch, or the number of encoded
+    images), as the signature declares them.
+    """
     concrete = fn.get_concrete_function()
-    inputs = {spec.name: spec.dtype.name for spec in concrete.structured_input_signature[0]}
+    specs = concrete.structured_input_signature[0]
+    inputs = {spec.name: spec.dtype.name for spec in specs}
+    shapes = {spec.name: spec.shape.as_list() for spec in specs}
     outputs = {k: v.dtype.name for k, v in concrete.structured_outputs.items()}
-    return {"inputs": inputs, "outputs": outputs}
+    return {"inputs": inputs, "outputs": outputs, "input_shapes": shapes}
 
 
 def check_support_labels(labels, num_support, num_ways):

@@ -11,7 +11,11 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
 def warmup_requests(kind, problem, signatures, client, num_ways, num_shots, output_shape):
-    """One small request per signature, with the signature's dtypes."""
+    """One small request per signature, with the signature's dtypes.
+
+    `serving_bytes` gets PNG files of the client's image shape, so that its decoding and
+    preprocessing are warmed up too.
+    """
     rng = np.random.default_rng(0)
     requests = []
     for name, summary in signatures.items():
@@ -24,20 +28,36 @@ def warmup_requests(kind, problem, signatures, client, num_ways, num_shots, outp
             else:
                 inputs = {"inputs": rng.normal(size=(4,) + client)}
         else:
+            image_dtype = dtypes.get("query_images", dtypes.get("images"))
+
             def images(count):
                 pixels = rng.integers(0, 256, size=(count,) + client, dtype=np.uint8)
-                return pixels if dtypes.get("query_images", dtypes.get("images")) == "uint8" \
-                    else (pixels / 255.0)
+                if image_dtype == "string":
+                    return _png_files(pixels)
+                return pixels if image_dtype == "uint8" else (pixels / 255.0)
             if kind == "few_shot":
                 labels = np.tile(np.arange(num_ways, dtype=np.int32), num_shots or 1)
                 inputs = {"support_images": images(len(labels)), "support_labels": labels,
                           "query_images": images(num_ways)}
             else:
                 inputs = {"images": images(1)}
-                requests.append((name, {k: v.astype(dtypes[k]) for k, v in inputs.items()}))
+                requests.append((name, {k: _as(v, dtypes[k]) for k, v in inputs.items()}))
                 inputs = {"images": images(8)}
-        requests.append((name, {k: np.asarray(v).astype(dtypes[k]) for k, v in inputs.items()}))
+        requests.append((name, {k: _as(v, dtypes[k]) for k, v in inputs.items()}))
     return requests
+
+
+def _png_files(pixels):
+    files = np.empty(len(pixels), dtype=object)
+    for i, image in enumerate(pixels):
+        files[i] = tf.io.encode_png(image).numpy()
+    return files
+
+
+def _as(value, dtype_name):
+    # Encoded files stay an object array of bytes (a fixed-width numpy string array would drop
+    # trailing zero bytes).
+    return value if dtype_name == "string" else np.asarray(value).astype(dtype_name)
 
 
 def write_warmup(export_dir, model_name, requests):

@@ -25,7 +25,12 @@ META_LR_SCHEDULES = ("constant", "cosine")
 # Fields that shape the variables: a checkpoint cannot be resumed if they change.
 # (eval_inner_steps no longer does: per-step rates and slots exist for inner_steps only.)
 ARCHITECTURE_FIELDS = ("task_family", "num_ways", "batch_norm", "learn_inner_lr", "inner_steps",
-                       "image_size")
+                       "image_size", "image_channels", "backbone", "conv4_downsample",
+                       "conv4_filters", "pooling", "resnet12_widths")
+BACKBONES = ("conv4", "resnet12")
+CONV4_DOWNSAMPLING = ("stride", "maxpool")
+POOLINGS = (None, "mean", "flatten")
+IMAGE_CACHE_MODES = ("auto", "memory", "mapped")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +38,8 @@ class MAMLTrainConfig:
     """Everything that defines a MAML meta-training run (the trainer's flags map onto it).
 
     Args:
-        task_family: the distribution tasks are drawn from: "sinusoid" or "omniglot".
+        task_family: the distribution tasks are drawn from: "sinusoid", "omniglot" or
+            "images" (any TFDS image dataset or folder of images: `dataset`).
         inner_lr: inner SGD step size alpha.
         inner_steps: inner steps during meta-training.
         eval_inner_steps: inner steps at evaluation; the first is the headline figure, the
@@ -62,6 +68,32 @@ class MAMLTrainConfig:
         eval_num_shots / eval_num_queries: the same at evaluation (default: as in training).
         batch_norm: "transductive", "per_step" or "none" (classification backbone).
         image_size: side of the square images fed to the backbone.
+        image_channels: task family "images": 3 (RGB) or 1 (greyscale) model inputs.
+        backbone: "conv4" or "resnet12" (task family "images"; Omniglot uses conv4).
+        conv4_downsample: "stride" (the MAML paper's Omniglot network, 64 filters) or
+            "maxpool" (its mini-ImageNet network, 32 filters); Omniglot uses "stride".
+        conv4_filters: conv4's filters (None: 64 for "stride", 32 for "maxpool").
+        pooling: conv4's features before the dense layer: "mean" (the spatial mean, as the
+            MAML paper's strided network), "flatten", or None for the network's own default
+            ("mean" for "stride", "flatten" for "maxpool"). Runs saved before this field
+            existed flattened, and load as "flatten".
+        resnet12_widths: the four block widths of "resnet12".
+        dataset: task family "images": "tfds:NAME[:CONFIG]" or "folder:PATH".
+        class_split: task family "images": a standard class split's name (e.g. "cifar_fs",
+            "fc100", "mini_imagenet", "cub", "omniglot_maml"), a split file's path, or None
+            (a folder's train/val/test subfolders, else a seeded 64/16/20% split).
+        tfds_split: TFDS splits whose examples are pooled before the class split (None: all).
+        image_key / label_key / group_key: TFDS features of the image, its class and (for a
+            split by superclass, e.g. FC100) the class's group (None: the split file's).
+        invert_images: task family "images": serve 1 - x (dark strokes on light paper).
+        rotations: task family "images": 1, or 4 to make each quarter turn of a class a
+            class of its own (Omniglot's augmentation; square images).
+        augmentation: "none" or "crop_flip" (random crops after padding by a tenth of the
+            side, and horizontal flips, of meta-training episodes; never at evaluation).
+        cache_dir: where decoded images are cached (default: under `data_dir`).
+        image_cache: "auto" (in memory unless the cache exceeds half the machine's memory),
+            "memory" or "mapped" (memory-mapped, read per episode).
+        tfds_download: let TFDS download and prepare a missing dataset (needs the internet).
         omniglot_protocol: "maml" (1100/100/423 character split) or "background_evaluation".
         eval_within_alphabet: Omniglot: the final test also reports `num_ways`-way tasks
             whose characters all come from one alphabet, upright (Lake et al.'s harder
@@ -124,6 +156,24 @@ class MAMLTrainConfig:
     eval_num_queries: Optional[int] = 100
     batch_norm: str = "transductive"
     image_size: int = 28
+    image_channels: int = 3
+    backbone: str = "conv4"
+    conv4_downsample: str = "stride"
+    conv4_filters: Optional[int] = None
+    pooling: Optional[str] = None
+    resnet12_widths: tuple = (64, 160, 320, 640)
+    dataset: Optional[str] = None
+    class_split: Optional[str] = None
+    tfds_split: Optional[str] = None
+    image_key: str = "image"
+    label_key: str = "label"
+    group_key: Optional[str] = None
+    invert_images: bool = False
+    rotations: int = 1
+    augmentation: str = "none"
+    cache_dir: Optional[str] = None
+    image_cache: str = "auto"
+    tfds_download: bool = False
     omniglot_protocol: str = "maml"
     eval_within_alphabet: bool = False
     omniglot_source_dir: Optional[str] = None
@@ -154,6 +204,8 @@ class MAMLTrainConfig:
             object.__setattr__(self, "eval_inner_steps", tuple(self.eval_inner_steps))
         if self.client_image_shape is not None:
             object.__setattr__(self, "client_image_shape", tuple(self.client_image_shape))
+        if isinstance(self.resnet12_widths, list):
+            object.__setattr__(self, "resnet12_widths", tuple(self.resnet12_widths))
         if isinstance(self.multi_step_loss_weights, (list, tuple)):
             object.__setattr__(self, "multi_step_loss_weights",
                                tuple(self.multi_step_loss_weights))
@@ -264,10 +316,62 @@ class MAMLTrainConfig:
                 f"{self.steps_per_execution} (the order changes between compiled calls)")
         if not isinstance(self.eval_within_alphabet, bool):
             bad("eval_within_alphabet", "True or False")
+        self._validate_images(bad)
         if self.meta_lr_schedule not in META_LR_SCHEDULES:
             bad("meta_lr_schedule", f"one of {META_LR_SCHEDULES}")
         if not is_finite_number(self.meta_lr_min) or not 0 <= self.meta_lr_min <= self.meta_lr:
             bad("meta_lr_min", f"a finite number in [0, meta_lr={self.meta_lr}]")
+
+    def _validate_images(self, bad):
+        from keras_meta.data.augmentation import AUGMENTATIONS
+        from keras_meta.data.image_classes import parse_dataset_spec
+
+        if self.backbone not in BACKBONES:
+            bad("backbone", f"one of {BACKBONES}")
+        if self.conv4_downsample not in CONV4_DOWNSAMPLING:
+            bad("conv4_downsample", f"one of {CONV4_DOWNSAMPLING}")
+        if self.conv4_filters is not None and (not is_int(self.conv4_filters)
+                                               or self.conv4_filters < 1):
+            bad("conv4_filters", "None or an integer >= 1")
+        if self.pooling not in POOLINGS:
+            bad("pooling", "None (the backbone's default), 'mean' or 'flatten'")
+        widths = self.resnet12_widths
+        if (not isinstance(widths, tuple) or len(widths) != 4
+                or not all(is_int(w) and w >= 1 for w in widths)):
+            bad("resnet12_widths", "four integers >= 1")
+        if self.image_channels not in (1, 3):
+            bad("image_channels", "1 or 3")
+        if self.rotations not in (1, 4):
+            bad("rotations", "1 or 4")
+        if self.augmentation not in AUGMENTATIONS:
+            bad("augmentation", f"one of {AUGMENTATIONS}")
+        if self.image_cache not in IMAGE_CACHE_MODES:
+            bad("image_cache", f"one of {IMAGE_CACHE_MODES}")
+        for name in ("invert_images", "tfds_download"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, "True or False")
+        if self.task_family != "images" or self.dataset is None:
+            # A preset may leave the dataset to the user (a folder only they have); a run
+            # without one is refused by `validate_episode_sizes`, before anything loads.
+            return
+        try:
+            parse_dataset_spec(self.dataset)
+        except ValueError:
+            bad("dataset", "'tfds:NAME[:CONFIG]' (a TFDS image dataset, e.g. 'tfds:cifar100') "
+                "or 'folder:PATH' (a folder of class subfolders of images)")
+        if self.class_split is not None:
+            from keras_meta.data.class_splits import class_split
+
+            try:
+                class_split(self.class_split)
+            except ValueError as error:
+                raise ValueError(f"Invalid class_split={self.class_split!r}: {error}") from None
+        smallest = 16 if (self.backbone == "resnet12" or self.conv4_downsample == "maxpool") else 1
+        if self.image_size < smallest:
+            bad("image_size", f"at least {smallest} for backbone={self.backbone!r} with "
+                "four 2x2 poolings")
+        if self.rotations > 1 and self.augmentation != "none":
+            pass  # Both are meaningful together: turned classes, cropped images.
 
     def validate_episode_sizes(self):
         """`validate`, and the evaluation episodes against the data (Omniglot: 20 per class).
@@ -283,6 +387,10 @@ class MAMLTrainConfig:
 
         if self.task_family == "omniglot":
             self._validate_omniglot_sizes(bad, evaluation=True)
+        if self.task_family == "images" and self.dataset is None:
+            bad("dataset", "'tfds:NAME[:CONFIG]' (a prepared TFDS image dataset) or "
+                "'folder:PATH' (a folder of class subfolders of images) for "
+                "task_family='images'")
 
     def _validate_omniglot_sizes(self, bad, evaluation):
         """Episodes that the Omniglot splits can give, checked before any data is loaded."""
@@ -351,4 +459,8 @@ class MAMLTrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown MAMLTrainConfig fields {unknown}; known: {sorted(known)}.")
+        if "pooling" not in values and values.get("task_family") == "omniglot":
+            # Written before `pooling` existed, when conv4 always flattened: the weights of
+            # that run (its dense kernel) need a flattening network.
+            values = dict(values, pooling="flatten")
         return cls(**values)

@@ -429,6 +429,12 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
         "checkpoint_config": tested_config.to_dict(),
         "history": run_state.read_history(model_dir),
     }
+    if task.metadata.get("dataset"):
+        # What the data was: where it was cached, and every file that was skipped or could
+        # not be decoded, beside the figures it produced.
+        results["data"] = {k: task.metadata.get(k) for k in (
+            "dataset", "splits", "cache", "cache_bytes", "cache_seconds", "skipped_files",
+            "corrupt_files")}
     for s, metrics in summary.items():
         for name, stats in metrics.items():
             printer(f"[test] {config.num_eval_tasks} tasks, {s} inner steps: {name} "

@@ -35,6 +35,34 @@ _MAML_PLUS_PLUS_5WAY = _OMNIGLOT_5WAY.replace(
     eval_inner_steps=(5,), multi_step_loss=True, multi_step_loss_anneal_iterations=10000,
     meta_lr_schedule="cosine", meta_lr_min=1e-5, meta_batch_size=8)
 
+# MAML paper section 5.2 / appendix A.1 (mini-ImageNet): the 4-block network with 32 filters
+# and 2x2 max-pooling, flattened; 5 inner steps of alpha 0.01 in training, 10 at test;
+# meta-batch 4 (1-shot) and 2 (5-shot); 15 queries per class; 60k iterations; 84x84 RGB.
+# The class split is Ravi & Larochelle's (the standard mini-ImageNet split); the images are
+# the user's (`--dataset=folder:PATH` of mini-ImageNet's, or ImageNet's, class folders by
+# WordNet id), as there is no TFDS build of mini-ImageNet.
+_MINI_IMAGENET_5WAY_1SHOT = MAMLTrainConfig(
+    task_family="images", class_split="mini_imagenet", image_size=84, image_channels=3,
+    backbone="conv4", conv4_downsample="maxpool", conv4_filters=32, num_ways=5, num_shots=1,
+    num_queries=15, eval_num_shots=None, eval_num_queries=15, inner_lr=0.01, inner_steps=5,
+    eval_inner_steps=(10,), meta_batch_size=4, num_iterations=60000, eval_every=1000,
+    checkpoint_every=250, log_every=50)
+# CIFAR-FS (Bertinetto et al. 2019) and FC100 (Oreshkin et al. 2018): the MAML mini-ImageNet
+# settings at 32x32, as MAML baselines on them are run (e.g. Bertinetto et al.'s MAML
+# baseline, and MetaOptNet's tables), over TFDS cifar100 with the published class splits.
+_CIFAR_FS_5WAY_1SHOT = _MINI_IMAGENET_5WAY_1SHOT.replace(
+    dataset="tfds:cifar100", class_split="cifar_fs", image_size=32)
+# CUB-200-2011 with Chen et al.'s (2019) 100/50/50 class split, at mini-ImageNet's settings
+# (84x84, conv4 with max-pooling), as their MAML baseline.
+_CUB_5WAY_1SHOT = _MINI_IMAGENET_5WAY_1SHOT.replace(
+    dataset="tfds:caltech_birds2011", class_split="cub")
+
+
+def _five_shot(config):
+    # The MAML paper's 5-shot mini-ImageNet meta-batch is 2.
+    return config.replace(num_shots=5, meta_batch_size=2)
+
+
 PRESETS = {
     # Finn et al. 2017, section 5.1: K=10, alpha 0.01, 25 tasks, Adam 1e-3, 70k iterations;
     # evaluated 5-shot after 1, 5 and 10 steps. The paper meta-trains through 1 inner step
@@ -59,9 +87,21 @@ PRESETS = {
     "maml_plus_plus_omniglot_5way_1shot": _MAML_PLUS_PLUS_5WAY,
     "maml_plus_plus_omniglot_20way_1shot": _MAML_PLUS_PLUS_5WAY.replace(
         num_ways=20, meta_batch_size=16),
+    "mini_imagenet_5way_1shot": _MINI_IMAGENET_5WAY_1SHOT,
+    "mini_imagenet_5way_5shot": _five_shot(_MINI_IMAGENET_5WAY_1SHOT),
+    "cifar_fs_5way_1shot": _CIFAR_FS_5WAY_1SHOT,
+    "cifar_fs_5way_5shot": _five_shot(_CIFAR_FS_5WAY_1SHOT),
+    "fc100_5way_1shot": _CIFAR_FS_5WAY_1SHOT.replace(class_split="fc100"),
+    "fc100_5way_5shot": _five_shot(_CIFAR_FS_5WAY_1SHOT.replace(class_split="fc100")),
+    "cub_5way_1shot": _CUB_5WAY_1SHOT,
+    "cub_5way_5shot": _five_shot(_CUB_5WAY_1SHOT),
+    # Any folder of class subfolders (or TFDS image dataset): --dataset=folder:PATH; the
+    # CIFAR-FS settings at 84x84 are a sound start for natural images.
+    "images_5way_1shot": _MINI_IMAGENET_5WAY_1SHOT.replace(class_split=None),
 }
 
-DEFAULT_PRESET_FOR_TASK_FAMILY = {"sinusoid": "sinusoid", "omniglot": "omniglot_5way_1shot"}
+DEFAULT_PRESET_FOR_TASK_FAMILY = {"sinusoid": "sinusoid", "omniglot": "omniglot_5way_1shot",
+                                  "images": "images_5way_1shot"}
 
 
 def get_preset(name):

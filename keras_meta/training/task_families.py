@@ -10,7 +10,7 @@ import os
 
 import keras
 
-from keras_meta.backbones import conv4, mlp
+from keras_meta.backbones import conv4, mlp, resnet12
 from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
@@ -44,6 +44,9 @@ def default_image_preprocessing(config):
     if config.task_family == "omniglot":
         return ImagePreprocessing(image_size=(config.image_size, config.image_size), channels=1,
                                   invert=True)
+    if config.task_family == "images":
+        return ImagePreprocessing(image_size=(config.image_size, config.image_size),
+                                  channels=config.image_channels, invert=config.invert_images)
     return None
 
 
@@ -60,6 +63,10 @@ def client_image_shape(config):
         return tuple(config.client_image_shape)
     if config.task_family == "omniglot":
         return _OMNIGLOT_CLIENT_IMAGE_SHAPE
+    if config.task_family == "images":
+        # Images of a folder or TFDS dataset come in many sizes: clients send them at the
+        # model's, or encoded through `serving_bytes`, which resizes each in the graph.
+        return (config.image_size, config.image_size, config.image_channels)
     return None
 
 
@@ -75,10 +82,18 @@ def build_model(config):
     """`(model, loss_fn)` of the run; loads no data."""
     if config.task_family == "sinusoid":
         return mlp(name="sinusoid_mlp"), keras.losses.MeanSquaredError()
-    if config.task_family == "omniglot":
+    if config.task_family in ("omniglot", "images"):
         size = (config.image_size, config.image_size)
-        model = conv4(config.num_ways, input_shape=size + (1,), batch_norm=config.batch_norm,
-                      num_inner_steps=config.inner_steps)
+        channels = 1 if config.task_family == "omniglot" else config.image_channels
+        if config.backbone == "resnet12":
+            model = resnet12(config.num_ways, input_shape=size + (channels,),
+                             widths=config.resnet12_widths, batch_norm=config.batch_norm,
+                             num_inner_steps=config.inner_steps)
+        else:
+            model = conv4(config.num_ways, input_shape=size + (channels,),
+                          filters=config.conv4_filters, downsample=config.conv4_downsample,
+                          pooling=config.pooling, batch_norm=config.batch_norm,
+                          num_inner_steps=config.inner_steps)
         return model, keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     raise ValueError(f"Unknown task_family {config.task_family!r}; expected one of "
                      f"{sorted(_BUILDERS)}.")
@@ -99,40 +114,29 @@ def _sinusoid(config):
                 test_dataset=finite(2_000_003, config.num_eval_tasks))
 
 
-def _omniglot(config):
-    """Omniglot N-way K-shot with the MAML protocol (or Lake et al.'s split), offline if possible."""
-    from keras_meta.data import EpisodeConfig, EpisodeSampler, omniglot_splits
-    from keras_meta.data.omniglot import alphabet_class_groups, omniglot_alphabets
+def _classification_streams(config, splits, extra_groups=None, augmentation=None):
+    """Train / validation / test episode streams of `config` over `splits` (`MetaSplits`)."""
+    from keras_meta.data import EpisodeConfig, EpisodeSampler
 
-    size = (config.image_size, config.image_size)
-    splits = omniglot_splits(
-        data_dir=config.data_dir, source_dir=config.omniglot_source_dir or "default",
-        protocol=config.omniglot_protocol, image_size=size, rotations=True)
-
-    def sampler(split, shots, queries, meta_batch, num_episodes=None, class_groups=None):
+    def sampler(split, shots, queries, meta_batch, num_episodes=None, class_groups=None,
+                augment=None):
         return EpisodeSampler(splits[split], EpisodeConfig(
             num_ways=config.num_ways, num_shots=shots, num_queries=queries,
-            meta_batch_size=meta_batch, num_episodes=num_episodes), class_groups=class_groups)
+            meta_batch_size=meta_batch, num_episodes=num_episodes), class_groups=class_groups,
+            augmentation=augment)
 
-    train_sampler = sampler("train", config.num_shots, config.num_queries, config.meta_batch_size)
+    train_sampler = sampler("train", config.num_shots, config.num_queries,
+                            config.meta_batch_size, augment=augmentation)
 
     def finite(split, seed_offset, num_tasks, class_groups=None):
         s = sampler(split, config.shots_at_eval, config.queries_at_eval,
                     eval_batch_size(num_tasks), num_tasks, class_groups)
         return lambda: s.dataset(seed=config.seed + seed_offset)
 
-    extra = {}
-    if config.eval_within_alphabet:
-        # Lake et al.: every test task's characters from one alphabet, upright.
-        test = splits["test"]
-        groups = alphabet_class_groups(
-            test.class_ids, omniglot_alphabets(config.data_dir,
-                                               config.omniglot_source_dir or "default"),
-            rotations=test.rotations)
-        extra["within_alphabet"] = finite("test", 3_000_003, config.num_eval_tasks, groups)
-
-    # Lake et al.'s background/evaluation split has no validation characters: no model
-    # selection then, rather than selecting on the test classes.
+    extra = {name: finite("test", offset, config.num_eval_tasks, groups)
+             for name, (offset, groups) in (extra_groups or {}).items()}
+    # A split without validation classes (Lake et al.'s) means no model selection, rather
+    # than selecting on the test classes.
     val = finite("validation", 1_000_003, config.num_val_tasks) if "validation" in splits else None
     return dict(classification=True,
                 train_dataset=lambda start, shard=None: train_sampler.dataset(
@@ -143,20 +147,103 @@ def _omniglot(config):
                           "splits": {k: v.num_classes for k, v in splits.items()}})
 
 
-_BUILDERS = {"sinusoid": _sinusoid, "omniglot": _omniglot}
+def _check_split_sizes(config, splits):
+    """Episodes each split can give, checked once the data is known, in the config's terms."""
+    from keras_meta.data.data_error import DataError
+
+    shots, queries = _eval_size_fields(config)
+    for name, source in splits.items():
+        if source.num_classes < config.num_ways:
+            raise DataError(
+                f"Invalid num_ways={config.num_ways}: the {name} split of {config.dataset} has "
+                f"{source.num_classes} class{'es' if source.num_classes != 1 else ''} "
+                f"({source.class_names[:5] if source.class_names else ''}); expected at most "
+                "as many ways as every split has classes (or another class_split).")
+        k, q = ((config.num_shots, config.num_queries) if name == "train"
+                else (getattr(config, shots), getattr(config, queries)))
+        if k + q > source.min_count:
+            fewest = int(source.counts.argmin())
+            label = source.class_names[fewest] if source.class_names else fewest
+            raise DataError(
+                f"Invalid {queries if name != 'train' else 'num_queries'}={q}: {name} episodes "
+                f"take {k} support + {q} query = {k + q} distinct images per class, and class "
+                f"{label!r} of {config.dataset} has {source.min_count}; expected shots + "
+                "queries <= the smallest class's images.")
+
+
+def _images(config):
+    """Any TFDS image dataset or folder of class subfolders, split by `config.class_split`."""
+    from keras_meta.data import MetaSplits
+    from keras_meta.data.augmentation import augmentation
+    from keras_meta.data.class_splits import class_split
+    from keras_meta.data.image_classes import image_classes, image_meta_splits
+
+    group_key = config.group_key
+    if group_key is None and config.class_split is not None:
+        group_key = class_split(config.class_split).group_key
+    source = image_classes(
+        config.dataset, config.image_size, config.image_channels, invert=config.invert_images,
+        split=config.tfds_split, image_key=config.image_key, label_key=config.label_key,
+        group_key=group_key, data_dir=config.data_dir, cache_dir=config.cache_dir,
+        in_memory={"auto": "auto", "memory": True, "mapped": False}[config.image_cache],
+        download=config.tfds_download)
+    splits = image_meta_splits(source, config.class_split, seed=config.seed)
+    if config.rotations > 1:
+        splits = MetaSplits({k: v.with_rotations(config.rotations) for k, v in splits.items()})
+    _check_split_sizes(config, splits)
+    streams = _classification_streams(config, splits, augmentation=augmentation(
+        config.augmentation, config.image_size))
+    streams["metadata"].update(dataset=config.dataset, cache=source.info.get("cache"),
+                               cache_bytes=source.info.get("bytes"),
+                               cache_seconds=source.info.get("seconds"),
+                               skipped_files=[p for p, _ in
+                                              source.info.get("skipped_files") or []],
+                               corrupt_files=source.info.get("corrupt_files") or [])
+    return streams
+
+
+def _omniglot(config):
+    """Omniglot N-way K-shot with the MAML protocol (or Lake et al.'s split), offline if possible."""
+    from keras_meta.data import omniglot_splits
+    from keras_meta.data.omniglot import alphabet_class_groups, omniglot_alphabets
+
+    size = (config.image_size, config.image_size)
+    splits = omniglot_splits(
+        data_dir=config.data_dir, source_dir=config.omniglot_source_dir or "default",
+        protocol=config.omniglot_protocol, image_size=size, rotations=True)
+    extra = {}
+    if config.eval_within_alphabet:
+        # Lake et al.: every test task's characters from one alphabet, upright.
+        test = splits["test"]
+        groups = alphabet_class_groups(
+            test.class_ids, omniglot_alphabets(config.data_dir,
+                                               config.omniglot_source_dir or "default"),
+            rotations=test.rotations)
+        extra["within_alphabet"] = (3_000_003, groups)
+    return _classification_streams(config, splits, extra_groups=extra)
+
+
+_BUILDERS = {"sinusoid": _sinusoid, "omniglot": _omniglot, "images": _images}
 TASK_FAMILIES = tuple(_BUILDERS)
 
 # Config fields that only some task families use (the others apply to every family): a flag
 # that sets one of them for another family is refused by the trainer instead of ignored.
+_IMAGE_FAMILIES = ("omniglot", "images")
 FAMILIES_OF_FIELD = {
-    "num_ways": ("omniglot",),
-    "batch_norm": ("omniglot",),
-    "fused_batch_norm": ("omniglot",),
-    "image_size": ("omniglot",),
+    "num_ways": _IMAGE_FAMILIES,
+    "batch_norm": _IMAGE_FAMILIES,
+    "fused_batch_norm": _IMAGE_FAMILIES,
+    "image_size": _IMAGE_FAMILIES,
+    "pooling": _IMAGE_FAMILIES,
+    "data_dir": _IMAGE_FAMILIES,
     "omniglot_protocol": ("omniglot",),
     "eval_within_alphabet": ("omniglot",),
     "omniglot_source_dir": ("omniglot",),
-    "data_dir": ("omniglot",),
+    **{field: ("images",) for field in (
+        "image_channels", "backbone", "conv4_downsample", "conv4_filters", "resnet12_widths",
+        "dataset", "class_split", "tfds_split", "image_key", "label_key", "group_key",
+        "invert_images", "rotations", "augmentation", "cache_dir", "image_cache",
+        "tfds_download")},
 }
 
 
@@ -180,12 +267,34 @@ _MLP_OUTPUT_WIDTHS = (40, 40, 1)
 _CONV4_FILTERS = 64
 
 
-def _conv4_activations_per_image(image_size):
+def _conv4_activations_per_image(image_size, filters=_CONV4_FILTERS, maxpool=False):
     total, side = 0, image_size
     for _ in range(4):
-        side = -(-side // 2)
-        total += side * side * _CONV4_FILTERS
-    return total + _CONV4_FILTERS  # plus the dense layer's input at most
+        if maxpool:
+            total += side * side * filters  # the convolution's output, before its pool
+            side //= 2
+        else:
+            side = -(-side // 2)
+        total += side * side * filters
+    return total + side * side * filters  # plus the dense layer's input at most
+
+
+def _resnet12_activations_per_image(image_size, widths):
+    total, side = 0, image_size
+    for width in widths:
+        total += 4 * side * side * width  # three convolutions and the shortcut
+        side //= 2
+        total += side * side * width
+    return total
+
+
+def _activations_per_image(config):
+    if config.task_family == "images" and config.backbone == "resnet12":
+        return _resnet12_activations_per_image(config.image_size, config.resnet12_widths)
+    maxpool = config.task_family == "images" and config.conv4_downsample == "maxpool"
+    filters = (config.conv4_filters if config.task_family == "images" and config.conv4_filters
+               else (32 if maxpool else _CONV4_FILTERS))
+    return _conv4_activations_per_image(config.image_size, filters, maxpool)
 
 
 def _eval_size_fields(config):
@@ -214,14 +323,20 @@ def memory_estimate(config):
         kind, unit, extra, data = "sinusoid", "points", (), []
     else:
         side = config.image_size
-        example_bytes = side * side * 4 + 4  # a float32 image and its int32 label
-        act_per_example = _conv4_activations_per_image(side)
+        channels = config.image_channels if config.task_family == "images" else 1
+        example_bytes = side * side * channels * 4 + 4  # a float32 image, its int32 label
+        act_per_example = _activations_per_image(config)
         per_task = lambda k, q: config.num_ways * (k + q)  # noqa: E731
-        kind, unit, extra = "Omniglot", "images", ("num_ways", "image_size")
-        # The decoded characters (uint8), and all four turns of them in the episode samplers.
-        data = [MemoryPart("the decoded Omniglot images (uint8, and their 4 rotations)",
-                           5 * _OMNIGLOT_CLASSES * _OMNIGLOT_IMAGES_PER_CLASS * side * side,
-                           ("image_size",))]
+        unit, extra = "images", ("num_ways", "image_size")
+        if config.task_family == "omniglot":
+            # The decoded characters (uint8), and all four turns of them in the samplers.
+            kind = "Omniglot"
+            data = [MemoryPart("the decoded Omniglot images (uint8, and their 4 rotations)",
+                               5 * _OMNIGLOT_CLASSES * _OMNIGLOT_IMAGES_PER_CLASS * side * side,
+                               ("image_size",))]
+        else:
+            # A cache larger than memory is memory-mapped, so the data is no lower bound.
+            kind, data = "image", []
     batch = config.meta_batch_size
     together = 1 if config.task_batching == "loop" else min(
         config.task_chunk_size or batch, batch)

@@ -5,6 +5,7 @@ from the repository root, with `KERAS_META_NOTEBOOK_SIZE=tiny`. The notebooks sa
 to `$KERAS_META_FIGURE_DIR` and print one `RESULT key=value ...` line, which is checked here.
 """
 
+import base64
 import json
 import os
 import re
@@ -28,7 +29,7 @@ def _read(name):
 
 def test_notebooks_exist():
     assert {"maml_sinusoid.ipynb", "omniglot_few_shot.ipynb", "learned_optimizer.ipynb",
-            "export_and_serve.ipynb"} <= set(NOTEBOOKS)
+            "export_and_serve.ipynb", "your_own_images.ipynb"} <= set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -58,6 +59,17 @@ def test_notebook_layout(name):
     assert "git+https://github.com/keras-meta/keras-meta" in setup
 
 
+def _your_own_images_sizes(p):
+    # Evaluation batches as large as the trainer allows (`eval_batch_size`: the largest divisor
+    # up to 25), not a prime's batches of 1; the demo folder's classes hold whole episodes,
+    # and its 16% of validation classes (the seeded 64/16/20 split; CIFAR-FS: 16 of 100) hold
+    # a task's ways.
+    return (p["META_ITERATIONS"] % p["EVAL_EVERY"] == 0
+            and all(n <= 25 or n % 25 == 0 for n in (p["NUM_VAL_TASKS"], p["NUM_TEST_TASKS"]))
+            and p["NUM_SHOTS"] + p["NUM_QUERIES"] <= p["DEMO_IMAGES_PER_CLASS"]
+            and round(0.16 * p["DEMO_CLASSES"]) >= p["NUM_WAYS"])
+
+
 # The full sizes only run on Colab; these relations keep them runnable (whole meta-batches,
 # whole unrolls, whole evaluation epochs).
 SIZE_RULES = {
@@ -68,6 +80,7 @@ SIZE_RULES = {
                                           and p["META_ITERATIONS"] % p["EVAL_EVERY"] == 0),
     "learned_optimizer.ipynb": lambda p: p["NUM_STEPS"] % p["UNROLL_LENGTH"] == 0,
     "export_and_serve.ipynb": lambda p: p["META_ITERATIONS"] >= 1,
+    "your_own_images.ipynb": _your_own_images_sizes,
 }
 
 
@@ -229,3 +242,41 @@ def test_export_and_serve(kernel_spec_dir, tmp_path):
     stdout = _stdout(nb)
     assert "curl -s -X POST http://localhost:8501/v1/models/sinusoid_few_shot:predict" in stdout
     assert "inputs['support_x']" in stdout  # saved_model_cli listed the signature
+
+
+@pytest.mark.slow
+def test_your_own_images(kernel_spec_dir, tmp_path):
+    base_dir = tmp_path / "serving"
+    nb, r, figures = _run("your_own_images.ipynb", kernel_spec_dir, tmp_path,
+                          {"KERAS_META_EXPORT_DIR": str(base_dir),
+                           "KERAS_META_WORK_DIR": str(tmp_path / "work"),
+                           "KERAS_META_IMAGE_FOLDER": ""})
+    _check_figures(nb, figures, ["your_images_episode", "your_images_validation",
+                                 "your_images_predictions"])
+    # The generated folder: its 40 classes found through two levels of folders, and its one
+    # truncated JPEG and one text file reported by path and skipped.
+    assert r["num_classes"] == 40
+    assert r["corrupt_files"] == 1 and r["skipped_files"] == 1
+    stdout = _stdout(nb)
+    assert "truncated.jpg" in stdout and "README.txt" in stdout
+    # The generated classes are easy: even 60 iterations of a tiny network, adapting to one
+    # image per class, are far above chance (5-way: 0.2), in the trainer's test and served.
+    assert r["chance"] == pytest.approx(0.2)
+    assert 0.4 < r["test_accuracy"] <= 1
+    assert r["chance"] < r["served_accuracy"] <= 1
+    # The export, in TF Serving's layout, and the REST request of encoded files.
+    assert (base_dir / "my_images" / "1" / "saved_model.pb").is_file()
+    assert 'name: "my_images"' in (base_dir / "models.config").read_text()
+    request = json.loads((base_dir / "request.json").read_text())
+    assert request["signature_name"] == "serving_bytes"
+    inputs = request["inputs"]
+    assert inputs.keys() == {"support_images", "support_labels", "query_images"}
+    assert sorted(inputs["support_labels"]) == [0, 1, 2, 3, 4]
+    for key in ("support_images", "query_images"):
+        assert inputs[key] and all(item.keys() == {"b64"} for item in inputs[key])
+        for item in inputs[key]:
+            data = base64.b64decode(item["b64"])
+            assert data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("curl -s -X POST http://localhost:8501/v1/models/my_images:predict "
+            f"-d @{base_dir / 'request.json'}") in stdout
+    assert "inputs['support_images']" in stdout  # the serving_bytes signature was listed

@@ -17,10 +17,12 @@ against whatever a lenient fake accepts. Sources (tensorflow/serving):
   (row format, a non-empty list; one object per example with exactly the signature's input
   names, or plain values for a single input) and `inputs` (columnar; an object with every
   input, or a plain value for a single input)); values typed by the signature (an integer
-  input takes JSON integers only); the answer `{"predictions": [...]}` to rows (every output
-  with the same batch size; objects when there are several outputs) and `{"outputs": ...}` to
-  columns (the bare value when there is a single output); integers are not range-checked
-  (TF Serving casts them, as `astype` does here);
+  input takes JSON integers only; a string input JSON strings or `{"b64": "<base64>"}`
+  objects, decoded into bytes, and such an object is a value, never a row of named inputs);
+  the answer `{"predictions": [...]}` to rows (every output with the same batch size;
+  objects when there are several outputs) and `{"outputs": ...}` to columns (the bare value
+  when there is a single output); integers are not range-checked (TF Serving casts them, as
+  `astype` does here);
 * `servables/tensorflow/predict_util.cc`: over gRPC an unknown signature is
   FAILED_PRECONDITION `Serving signature key "<s>" not found.`, the inputs must be exactly
   the signature's (INVALID_ARGUMENT `input size does not match signature: ...` /
@@ -30,10 +32,18 @@ against whatever a lenient fake accepts. Sources (tensorflow/serving):
 Only `:predict` is served (classify/regress answer UNIMPLEMENTED here) and only on 127.0.0.1.
 The model itself runs through the SavedModel's signature functions, as the server's session
 would; a dtype the signature does not take is refused before the call, as the session does.
+The model server does not compare a request's shapes with the signature's
+(tensorflow/serving#1436: "Modelserver does not do any input shape verification"), while a
+loaded signature function refuses them in Python; such requests therefore run as the server
+runs them, in a graph session on the SavedModel's MetaGraph (`session_run`), where the graph's
+own checks answer.
 """
 
+import base64
+import binascii
 import http.server
 import json
+import os
 import re
 import threading
 from concurrent import futures
@@ -105,7 +115,7 @@ class ModelRepository:
         return name, signatures[name]
 
     @staticmethod
-    def run(fn, arrays):
+    def run(path, signature_name, fn, arrays):
         """Runs a signature on numpy inputs already checked against it; numpy outputs."""
         specs = fn.structured_input_signature[1]
         for i, name in enumerate(sorted(arrays)):
@@ -115,13 +125,43 @@ class ModelRepository:
                     "INVALID_ARGUMENT", f"Expects arg[{i}] to be {_dtype_string(expected)} but "
                     f"{_dtype_string(arrays[name].dtype)} is provided")
         try:
-            out = fn(**{name: tf.constant(value) for name, value in arrays.items()})
+            if all(specs[name].shape.is_compatible_with(value.shape)
+                   for name, value in arrays.items()):
+                out = fn(**{name: tf.constant(value, specs[name].dtype)
+                            for name, value in arrays.items()})
+                return {name: value.numpy() for name, value in out.items()}
+            return session_run(path, signature_name, arrays)
         except tf.errors.OpError as error:
             raise ServingStatus(_TF_CODE_NAMES.get(error.error_code, "UNKNOWN"),
                                 error.message) from None
-        except (TypeError, ValueError) as error:  # a shape the signature's spec refuses
-            raise ServingStatus("INVALID_ARGUMENT", str(error)) from None
-        return {name: value.numpy() for name, value in out.items()}
+
+
+_SESSIONS = {}
+
+
+def session_run(saved_model_dir, signature_name, arrays):
+    """Runs a signature as tensorflow_model_server does: a TF1 session on the MetaGraph.
+
+    The C++ session (with Grappler, as in the server) takes whatever shape is fed; only
+    Python's `Session.run` would compare the feeds with the placeholders' shapes, so the feeds
+    go to the session through `_call_tf_sessionrun`, as the server's `Session::Run` receives
+    them. Returns numpy outputs by name; errors are the session's `tf.errors.OpError`s.
+    """
+    key = os.path.realpath(saved_model_dir)
+    if key not in _SESSIONS:
+        graph = tf.Graph()
+        with graph.as_default():
+            session = tf.compat.v1.Session(graph=graph)
+            meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], key)
+        _SESSIONS[key] = (graph, session, meta_graph)
+    graph, session, meta_graph = _SESSIONS[key]
+    signature = meta_graph.signature_def[signature_name]
+    feeds = {graph.get_tensor_by_name(signature.inputs[name].name)._as_tf_output(): value
+             for name, value in arrays.items()}
+    names = sorted(signature.outputs)
+    fetches = [graph.get_tensor_by_name(signature.outputs[name].name)._as_tf_output()
+               for name in names]
+    return dict(zip(names, session._call_tf_sessionrun(None, feeds, fetches, [], None)))
 
 
 # -- REST -----------------------------------------------------------------------------------------
@@ -140,9 +180,45 @@ def _type_error(value, dtype):
                          f"not of expected type: {_dtype_string(dtype)}")
 
 
+def _is_b64(value):
+    """TF Serving's base64 object: exactly one key, "b64", holding a string."""
+    return isinstance(value, dict) and list(value) == ["b64"] and isinstance(value["b64"], str)
+
+
+def _string(leaf):
+    if isinstance(leaf, str):
+        return leaf.encode()
+    if isinstance(leaf, dict):
+        if not _is_b64(leaf):
+            raise ServingStatus("INVALID_ARGUMENT", f"JSON Value: {_json_text(leaf)} not "
+                                "formatted correctly for base64 data")
+        try:
+            return base64.b64decode(leaf["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ServingStatus("INVALID_ARGUMENT", "Unable to base64 decode") from None
+    raise _type_error(leaf, tf.string)
+
+
+def _typed_strings(value, spec):
+    shape = []
+    probe = value
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    leaves = [_string(leaf) for leaf in _leaves(value)]
+    if len(leaves) != int(np.prod(shape)):
+        raise ServingStatus("INVALID_ARGUMENT", f"Encountered list at unexpected size in the "
+                            f"value of input {spec.name} (not a dense tensor)")
+    array = np.empty(len(leaves), dtype=object)
+    array[:] = leaves
+    return array.reshape(shape)
+
+
 def _typed(value, spec):
     """A JSON value as an array of the signature's dtype, or INVALID_ARGUMENT (json_tensor.cc)."""
     dtype = spec.dtype
+    if dtype == tf.string:
+        return _typed_strings(value, spec)
     for leaf in _leaves(value):  # the first value of the wrong JSON type, as TF Serving reports
         if isinstance(leaf, bool) or not isinstance(leaf, (int, float)) or (
                 dtype.is_integer and not isinstance(leaf, int)):
@@ -164,13 +240,13 @@ def _from_instances(instances, specs):
     if not instances:
         raise ServingStatus("INVALID_ARGUMENT", "JSON Value: ... No values in 'instances' array")
     names = sorted(specs)
-    objects = isinstance(instances[0], dict)
+    objects = isinstance(instances[0], dict) and not _is_b64(instances[0])
     if not objects and len(names) > 1:
         raise ServingStatus("INVALID_ARGUMENT", "instances is a plain list, but expecting list "
                             "of objects as multiple input tensors required as per tensorinfo_map")
     columns = {name: [] for name in names}
     for i, item in enumerate(instances):
-        if objects != isinstance(item, dict):
+        if objects != (isinstance(item, dict) and not _is_b64(item)):
             kind = "object but got list" if objects else "value/list but got object"
             raise ServingStatus("INVALID_ARGUMENT", f"Expecting {kind} at item {i} of input list")
         if objects and sorted(item) != names:
@@ -194,7 +270,7 @@ def _from_instances(instances, specs):
 
 def _from_inputs(inputs, specs):
     names = sorted(specs)
-    if not isinstance(inputs, dict):
+    if not isinstance(inputs, dict) or _is_b64(inputs):
         if len(names) > 1:
             raise ServingStatus("INVALID_ARGUMENT", "inputs is a plain value/list, but expecting "
                                 "an object as multiple input tensors required as per "
@@ -264,7 +340,7 @@ def rest_predict(repository, path, raw_body):
             arrays, row = _from_inputs(body["inputs"], specs), False
         else:
             raise ServingStatus("INVALID_ARGUMENT", "Missing 'inputs' or 'instances' key")
-        outputs = repository.run(fn, arrays)
+        outputs = repository.run(saved_model, signature_name or DEFAULT_SIGNATURE, fn, arrays)
         if row:
             return 200, {"predictions": _rows(outputs)}
         if len(outputs) == 1:
@@ -364,7 +440,7 @@ def grpc_predict(repository, request):
     if len(set(wanted)) != len(wanted):
         raise ServingStatus("INVALID_ARGUMENT", "duplicate output tensor alias: "
                             + next(a for a in wanted if wanted.count(a) > 1))
-    outputs = repository.run(fn, arrays)
+    outputs = repository.run(saved_model, signature_name, fn, arrays)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = spec.name
     response.model_spec.version.value = served_version

@@ -8,6 +8,7 @@ import tensorflow as tf
 from export_helpers import PREP, make_maml, make_task
 from keras_meta.export import freeze_batch_norm, predict_local, read_serving_config
 from keras_meta.layers import FrozenBatchNormalization
+from serving_stand_ins import session_run
 
 
 @pytest.mark.parametrize("batch_norm", ["transductive", "per_step", "none"])
@@ -55,10 +56,17 @@ def test_inductive_modes_match_the_adapted_model(exports, batch_norm):
 def test_adapted_rejects_bad_images(exports):
     _, path = exports("adapted", "transductive")
     _, _, query, _ = make_task()
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images: expected shape "
-                                                             r"\[n, 12, 12, 3\]; received shape"
-                                                             r"\] \[5 12 12 1\]"):
+    # In Python, before the call: the signature declares [None, 12, 12, 3].
+    with pytest.raises(ValueError, match=r"images: expected shape \[n, 12, 12, 3\] \(uint8\); "
+                                         r"received shape \[5, 12, 12, 1\]\."):
         predict_local(path, inputs={"images": query[..., :1]})
+    # As TF Serving runs it (no shape check at its boundary): the graph's own check.
+    for bad, received in ((query[..., :1], r"shape\] \[5 12 12 1\]"),
+                          (query[None], r"rank\] \[5\] \[with shape\] \[1 5 12 12 3\]")):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"images: expected (a uint8 tensor of rank 4, )?shape "
+                                 r"\[n, 12, 12, 3\]; received " + received):
+            session_run(path, "serving_default", {"images": bad})
 
 
 def test_export_adapted_checks_the_support_set(tmp_path):

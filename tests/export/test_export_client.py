@@ -185,7 +185,8 @@ def test_rest_round_trips_in_both_wire_formats(served, rest_server):
 
 
 @pytest.mark.parametrize("case", ["unknown model", "unknown version", "unknown signature",
-                                  "label out of range", "missing input", "float images"])
+                                  "label out of range", "missing input", "float images",
+                                  "wrong image size"])
 def test_rest_errors_reach_the_client_with_the_servers_message_and_status(rest_server, case):
     inputs = _few_shot_request(seed=13)
     model, version, signature = "omniglot", None, "serving_default"
@@ -208,6 +209,11 @@ def test_rest_errors_reach_the_client_with_the_servers_message_and_status(rest_s
     elif case == "float images":  # JSON floats for the uint8 signature
         inputs["query_images"] = inputs["query_images"] / 255.0
         message = "is not of expected type: uint8"
+    elif case == "wrong image size":
+        # TF Serving does not compare the request with the signature's [-1, 12, 12, 3]: the
+        # graph's own check answers.
+        inputs["query_images"] = inputs["query_images"][:, :10]
+        message = "query_images: expected shape [n, 12, 12, 3]; received shape] [5 10 12 3]"
     with pytest.raises(serving_client.ServingError) as error:
         serving_client.rest_predict(rest_server, model, inputs, signature_name=signature,
                                     version=version)
@@ -299,7 +305,7 @@ def test_grpc_round_trips_and_model_spec(served, grpc_server):
 
 @pytest.mark.parametrize("case", ["unknown model", "unknown version", "unknown signature",
                                   "label out of range", "missing input", "float images",
-                                  "unknown output"])
+                                  "wrong rank", "unknown output"])
 def test_grpc_errors_reach_the_client_with_the_servers_details_and_code(grpc_server, case):
     import grpc
 
@@ -326,6 +332,10 @@ def test_grpc_errors_reach_the_client_with_the_servers_details_and_code(grpc_ser
     elif case == "float images":
         inputs["query_images"] = (inputs["query_images"] / 255.0).astype(np.float32)
         message = "to be uint8 but float is provided"
+    elif case == "wrong rank":  # one image without its batch dimension
+        inputs["support_images"] = inputs["support_images"][0]
+        message = ("support_images: expected a uint8 tensor of rank 4, shape [n, 12, 12, 3]; "
+                   "received rank] [3] [with shape] [12 12 3]")
     if case == "unknown output":  # not reachable through grpc_predict: a raw stub call
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 

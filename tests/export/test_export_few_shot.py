@@ -1,11 +1,14 @@
 """The few-shot SavedModel answers like MAML.adapt_and_predict and rejects bad requests."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from export_helpers import CLIENT, PREP, WAYS, make_task, reference_logits
 from keras_meta.export import predict_local, read_serving_config
+from serving_stand_ins import session_run
 
 
 @pytest.mark.parametrize("batch_norm", ["transductive", "per_step", "none"])
@@ -46,39 +49,70 @@ def test_xla_signature_matches(exports):
 
 
 def _bad_requests():
+    """name -> (request, in-graph message, whether the signature's declared shapes allow it)."""
     support, labels, query, _ = make_task(seed=3)
     return {
         "wrong rank": ((support[0], labels, query),
                        r"support_images: expected (a uint8 tensor of rank 4, )?shape "
-                       r"\[n, 12, 12, 3\]; received (rank\] \[3\] \[with )?shape\] \[12 12 3\]"),
+                       r"\[n, 12, 12, 3\]; received (rank\] \[3\] \[with )?shape\] \[12 12 3\]",
+                       False),
+        # The declared rank used to fold the rank check away: [1, 12, 12, 3, 6] passed it and
+        # would have been reshaped into six wrong images.
+        "extra dimension": ((support, labels, np.repeat(query[:1, ..., None], 6, axis=-1)),
+                            r"query_images: expected a uint8 tensor of rank 4, shape \[n, 12, "
+                            r"12, 3\]; received rank\] \[5\] \[with shape\] \[1 12 12 3 6\]",
+                            False),
         "wrong size": ((support, labels, query[:, :10]),
                        r"query_images: expected shape \[n, 12, 12, 3\]; received shape\] "
-                       r"\[5 10 12 3\]"),
+                       r"\[5 10 12 3\]", False),
         "wrong channels": ((support[..., :1], labels, query),
-                           r"support_images: expected shape \[n, 12, 12, 3\]"),
+                           r"support_images: expected shape \[n, 12, 12, 3\]", False),
         "label out of range": ((support, np.where(labels == 2, 3, labels), query),
                                r"expected class indices in 0..2 \(3-way model\); received\] "
-                               r"\[0 1 3 0 1 3\]"),
-        "negative label": ((support, labels - 1, query), r"expected class indices in 0..2"),
+                               r"\[0 1 3 0 1 3\]", True),
+        "negative label": ((support, labels - 1, query), r"expected class indices in 0..2", True),
         "missing class": ((support, np.array([0, 1, 1, 0, 1, 1], np.int32), query),
                           r"must contain every class 0..2 at least once; examples per class "
-                          r"received\] \[2 4 0\]"),
+                          r"received\] \[2 4 0\]", True),
         "label count": ((support, labels[:4], query),
                         r"expected one label per support image, shape\] \[6\] \[; received "
-                        r"shape\] \[4\]"),
+                        r"shape\] \[4\]", True),
         # Either check may fire first (Grappler orders independent asserts); both are clear.
         "labels rank": ((support, labels[None], query),
                         r"support_labels: expected (a rank-1|one label per support image, "
-                        r"shape\] \[6\] \[; received shape\] \[1 6\])"),
-        "no queries": ((support, labels, query[:0]), r"query_images: expected at least 1"),
+                        r"shape\] \[6\] \[; received shape\] \[1 6\])", False),
+        "no queries": ((support, labels, query[:0]), r"query_images: expected at least 1", True),
     }
 
 
 @pytest.mark.parametrize("case", sorted(_bad_requests()))
-def test_bad_requests_fail_clearly(exports, case):
+def test_bad_requests_fail_clearly_in_the_graph(exports, case):
+    # As TF Serving runs them: its session takes any shape (it does not compare requests with
+    # the signature's shapes), so the graph's own checks must answer, with Grappler on.
     _, path = exports("few_shot", "transductive")
-    args, message = _bad_requests()[case]
+    (support, labels, query), message, _ = _bad_requests()[case]
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        session_run(path, "serving_default", {
+            "support_images": support, "support_labels": labels.astype(np.int32),
+            "query_images": query})
+
+
+@pytest.mark.parametrize("case", sorted(_bad_requests()))
+def test_bad_requests_fail_clearly_in_python(exports, case):
+    # predict_local names a shape the signature declares impossible before calling it; the
+    # other requests reach the graph and get its message.
+    _, path = exports("few_shot", "transductive")
+    args, message, shape_allowed = _bad_requests()[case]
+    if shape_allowed:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            predict_local(path, *args)
+        return
+    names = ("support_images", "support_labels", "query_images")
+    bad = next(n for n, a, ok in zip(names, args, make_task(seed=3)) if a.shape != ok.shape)
+    expected = "[n]" if bad == "support_labels" else "[n, 12, 12, 3]"
+    received = list(args[names.index(bad)].shape)
+    with pytest.raises(ValueError, match=re.escape(f"{bad}: expected shape {expected} (") +
+                       r"\w+\); " + re.escape(f"received shape {received}.")):
         predict_local(path, *args)
 
 
@@ -94,7 +128,7 @@ def test_float_images_out_of_range_and_wrong_dtype(exports):
     fn = tf.saved_model.load(path).signatures["serving_default"]
     with pytest.raises(TypeError, match=r"Can not cast TensorSpec\(shape=\(6, 12, 12, 3\), "
                                         r"dtype=tf.float32, name='support_images'\) to TensorSpec"
-                                        r"\(shape=<unknown>, dtype=tf.uint8"):
+                                        r"\(shape=\(None, 12, 12, 3\), dtype=tf.uint8"):
         fn(support_images=tf.constant(support, tf.float32), support_labels=labels,
            query_images=tf.constant(query))
 

@@ -91,21 +91,28 @@ def test_warmup_requests_parse_and_run(exports, kind):
     requests = [log.predict_log.request for log in logs]
     names = sorted(r.model_spec.signature_name for r in requests)
     per_signature = 1 if kind == "few_shot" else 2
-    assert names == sorted(["serving_default", "serving_float"] * per_signature)
+    assert names == sorted(["serving_default", "serving_float", "serving_bytes"] * per_signature)
     batch_sizes = []
     for request in requests:
         signature = request.model_spec.signature_name
         assert request.model_spec.name == os.path.basename(os.path.dirname(path))
         inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
         # The request has exactly the signature's inputs, dtypes and the client's image shape.
-        assert {k: v.dtype.name for k, v in inputs.items()} == \
+        assert {k: tf.as_dtype(v.dtype).name for k, v in inputs.items()} == \
             config.signatures[signature]["inputs"]
         images = inputs["query_images" if kind == "few_shot" else "images"]
-        assert images.shape[1:] == CLIENT
+        if signature == "serving_bytes":
+            # PNG files (lossless) of the client's shape: their pixels give the reference.
+            assert all(f.startswith(b"\x89PNG") for f in images)
+            pixels = {k: np.stack([tf.io.decode_png(f).numpy() for f in v])
+                      if k.endswith("images") else v for k, v in inputs.items()}
+        else:
+            pixels = inputs
+        assert pixels["query_images" if kind == "few_shot" else "images"].shape[1:] == CLIENT
         if signature == "serving_float":
             assert 0.0 <= images.min() and images.max() <= 1.0
         if kind == "few_shot":
-            assert inputs["support_images"].shape == (WAYS,) + CLIENT
+            assert pixels["support_images"].shape == (WAYS,) + CLIENT
             np.testing.assert_array_equal(inputs["support_labels"], np.arange(WAYS))
             assert len(images) == WAYS
         batch_sizes.append(len(images))
@@ -116,7 +123,7 @@ def test_warmup_requests_parse_and_run(exports, kind):
         logits = outputs["logits"]
         assert logits.shape == (len(images), WAYS)
         # The logits are the library's own answer to these inputs ...
-        np.testing.assert_allclose(logits, _warmup_reference_logits(maml, kind, inputs),
+        np.testing.assert_allclose(logits, _warmup_reference_logits(maml, kind, pixels),
                                    atol=1e-4, rtol=1e-4)
         # ... and the other outputs are derived from them.
         np.testing.assert_allclose(outputs["probabilities"], tf.nn.softmax(logits).numpy(),
@@ -124,7 +131,7 @@ def test_warmup_requests_parse_and_run(exports, kind):
         np.testing.assert_array_equal(outputs["classes"], logits.argmax(-1))
         assert outputs["classes"].dtype == np.int64
     if kind == "adapted":
-        assert sorted(batch_sizes) == [1, 1, 8, 8]
+        assert sorted(batch_sizes) == [1, 1, 1, 8, 8, 8]
 
 
 def _parse_cli(text):
@@ -167,11 +174,16 @@ def test_saved_model_cli_lists_signatures(exports):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     found = _parse_cli(result.stdout)
-    assert {"serving_default", "serving_float", "serving_xla"} <= set(found)
+    assert {"serving_default", "serving_float", "serving_xla", "serving_bytes"} <= set(found)
     default = found["serving_default"]
-    assert default["inputs"] == {"support_images": ["DT_UINT8", "unknown_rank"],
-                                 "support_labels": ["DT_INT32", "unknown_rank"],
-                                 "query_images": ["DT_UINT8", "unknown_rank"]}
+    # What TF Serving's metadata shows a client: the batch is free, the image shape is not.
+    assert default["inputs"] == {"support_images": ["DT_UINT8", "(-1, 12, 12, 3)"],
+                                 "support_labels": ["DT_INT32", "(-1)"],
+                                 "query_images": ["DT_UINT8", "(-1, 12, 12, 3)"]}
+    assert found["serving_bytes"]["inputs"] == {"support_images": ["DT_STRING", "(-1)"],
+                                                "support_labels": ["DT_INT32", "(-1)"],
+                                                "query_images": ["DT_STRING", "(-1)"]}
+    assert found["serving_bytes"]["outputs"] == default["outputs"]
     assert default["outputs"] == {"classes": ["DT_INT64", "(-1)"],
                                   "logits": ["DT_FLOAT", f"(-1, {WAYS})"],
                                   "probabilities": ["DT_FLOAT", f"(-1, {WAYS})"]}
@@ -189,3 +201,66 @@ def test_function_aliases_name_the_serving_functions(exports):
         proto.ParseFromString(f.read())
     aliases = set(proto.meta_graphs[0].meta_info_def.function_aliases.values())
     assert {"few_shot_model", "serving_default", "serving_float"} <= aliases
+
+
+# The shapes each signature declares: what `saved_model_cli show` and TF Serving's metadata
+# endpoint (`GET /v1/models/<name>/metadata`, the SignatureDefs' TensorInfo) tell a client.
+IMAGE = [None] + list(CLIENT)
+EXPECTED_SHAPES = {
+    "few_shot": {
+        "serving_default": {"support_images": IMAGE, "support_labels": [None],
+                            "query_images": IMAGE},
+        "serving_float": {"support_images": IMAGE, "support_labels": [None],
+                          "query_images": IMAGE},
+        "serving_bytes": {"support_images": [None], "support_labels": [None],
+                          "query_images": [None]},
+    },
+    "adapted": {"serving_default": {"images": IMAGE}, "serving_float": {"images": IMAGE},
+                "serving_bytes": {"images": [None]}},
+}
+
+
+def _signature_defs(path):
+    """The SignatureDefs TF Serving reads from saved_model.pb (its metadata answer)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    (meta_graph,) = proto.meta_graphs
+    return meta_graph.signature_def
+
+
+@pytest.mark.parametrize("kind", ["few_shot", "adapted"])
+def test_signatures_declare_the_client_shapes(exports, kind):
+    _, path = exports(kind, "transductive")
+    expected = EXPECTED_SHAPES[kind]
+    loaded = tf.saved_model.load(path)
+    assert set(loaded.signatures) == set(expected)
+    for name, inputs in expected.items():
+        specs = loaded.signatures[name].structured_input_signature[1]
+        assert {k: spec.shape.as_list() for k, spec in specs.items()} == inputs, name
+    for name, signature_def in _signature_defs(path).items():
+        if name == "__saved_model_init_op":
+            continue
+        shapes = {alias: [None if d.size == -1 else d.size for d in info.tensor_shape.dim]
+                  for alias, info in signature_def.inputs.items()}
+        assert shapes == expected[name], name
+        assert not any(info.tensor_shape.unknown_rank for info in signature_def.inputs.values())
+    # The serving config beside the export says the same.
+    assert {name: summary["input_shapes"] for name, summary in
+            read_serving_config(path).signatures.items()} == expected
+
+
+def test_regression_signatures_declare_the_input_shapes(tmp_path):
+    import keras
+
+    import keras_meta as km
+
+    keras.utils.set_random_seed(0)
+    maml = km.MAML(km.backbones.mlp(hidden=(4,)), inner_lr=0.01, inner_steps=1, loss="mse")
+    path = export_few_shot(maml, None, str(tmp_path), "sine", warmup=False)
+    specs = tf.saved_model.load(path).signatures["serving_default"].structured_input_signature[1]
+    assert {k: spec.shape.as_list() for k, spec in specs.items()} == {
+        "support_x": [None, 1], "support_y": [None, 1], "query_x": [None, 1]}
+    assert "serving_bytes" not in read_serving_config(path).signatures

@@ -84,6 +84,8 @@ def test_omniglot_evaluation_sizes_are_checked_before_the_data_loads(tmp_path, m
 
 def test_real_configs_fit_even_a_small_machine():
     for name, config in PRESETS.items():
+        if config.task_family == "images" and config.dataset is None:
+            config = config.replace(dataset="folder:/the/users/images")  # theirs to give
         for available in (None, 4 * GiB):
             task_families.check_before_run(config, available_bytes=available)
     assert task_families.check_before_run(PRESETS["omniglot_20way_5shot"]) < 1 * GiB
@@ -124,7 +126,10 @@ def test_a_run_too_large_for_memory_is_refused_at_once(tmp_path):
 
 
 def test_fields_of_one_task_family_are_known():
-    for field in ("num_ways", "batch_norm", "image_size", "omniglot_protocol",
-                  "omniglot_source_dir", "data_dir"):
+    for field in ("omniglot_protocol", "omniglot_source_dir", "eval_within_alphabet"):
         assert task_families.families_using(field) == ("omniglot",)
+    for field in ("num_ways", "batch_norm", "image_size", "data_dir", "pooling"):
+        assert task_families.families_using(field) == ("omniglot", "images")
+    for field in ("dataset", "class_split", "backbone", "augmentation", "resnet12_widths"):
+        assert task_families.families_using(field) == ("images",)
     assert task_families.families_using("num_shots") == task_families.TASK_FAMILIES

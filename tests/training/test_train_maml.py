@@ -89,6 +89,21 @@ def test_flags_start_from_the_preset_and_override():
     assert _parse(["--ways=20", "--task_family=omniglot"]).num_ways == 20
 
 
+def test_image_flags_reach_the_config():
+    config = _parse(["--task=images", "--dataset=folder:/photos", "--image_size=84",
+                     "--backbone=resnet12", "--resnet12_widths=8,16,32,64",
+                     "--augmentation=crop_flip", "--class_split=mini_imagenet"])
+    assert config.task_family == "images" and config.dataset == "folder:/photos"
+    assert config.backbone == "resnet12" and config.resnet12_widths == (8, 16, 32, 64)
+    assert config.augmentation == "crop_flip" and config.class_split == "mini_imagenet"
+    preset = _parse(["--preset=cifar_fs_5way_5shot"])
+    assert preset == get_preset("cifar_fs_5way_5shot")
+    assert (preset.dataset, preset.class_split, preset.image_size) == ("tfds:cifar100",
+                                                                       "cifar_fs", 32)
+    assert _parse(["--task=omniglot", "--pooling=flatten"]).pooling == "flatten"
+    assert _parse(["--task=omniglot", "--pooling=default"]).pooling is None
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--task_family=imagenet"], "--task_family='imagenet' is not a known task family"),
     (["--inner_steps=-1"], "Invalid --inner_steps=-1: expected an integer >= 0"),
@@ -107,12 +122,32 @@ def test_flags_start_from_the_preset_and_override():
     (["--meta_batch_size=100000000"], "Invalid --meta_batch_size=100000000: too large"),
     (["--meta_lr=inf"], "Invalid --meta_lr=inf: expected a finite number > 0"),
     (["--inner_lr=nan"], "Invalid --inner_lr=nan: expected a finite number >= 0"),
-    (["--ways=5"], "Invalid --ways=5: applies only to --task_family=omniglot; this run's task "
-                   "family is 'sinusoid'"),
+    (["--ways=5"], "Invalid --ways=5: applies only to --task_family=omniglot or "
+                   "--task_family=images; this run's task family is 'sinusoid'"),
     (["--batch_norm=none"], "Invalid --batch_norm='none': applies only to --task_family=omniglot"),
+    (["--task=omniglot", "--dataset=tfds:cifar100"],
+     "Invalid --dataset='tfds:cifar100': applies only to --task_family=images; this run's task "
+     "family is 'omniglot'"),
+    (["--task=omniglot", "--backbone=resnet12"], "Invalid --backbone='resnet12': applies only"),
+    (["--task=images", "--dataset=cifar100"], "Invalid --dataset='cifar100': expected "
+                                              "'tfds:NAME[:CONFIG]'"),
+    (["--task=images"], "Invalid --dataset=None: expected 'tfds:NAME[:CONFIG]'"),
+    (["--task=images", "--dataset=folder:/x", "--class_split=cifar_fss"],
+     "Invalid --class_split='cifar_fss': Unknown class split 'cifar_fss'"),
+    (["--task=images", "--dataset=folder:/x", "--backbone=resnet"], "Invalid --backbone='resnet'"),
+    (["--task=images", "--dataset=folder:/x", "--pooling=max"], "Invalid --pooling='max'"),
+    (["--task=images", "--dataset=folder:/x", "--augmentation=mixup"],
+     "Invalid --augmentation='mixup'"),
+    (["--task=images", "--dataset=folder:/x", "--image_channels=2"],
+     "Invalid --image_channels=2: expected 1 or 3"),
+    (["--task=images", "--dataset=folder:/x", "--resnet12_widths=1,2"],
+     "Invalid --resnet12_widths=(1, 2): expected four integers >= 1"),
+    (["--task=images", "--dataset=folder:/x", "--backbone=resnet12", "--image_size=8"],
+     "Invalid --image_size=8: expected at least 16 for --backbone='resnet12'"),
     (["--omniglot_protocol=maml"], "Invalid --omniglot_protocol='maml': applies only to"),
     (["--omniglot_source_dir=/data"], "Invalid --omniglot_source_dir='/data': applies only to"),
     (["--data_dir=/data"], "Invalid --data_dir='/data': applies only to --task_family=omniglot"),
+    (["--pooling=mean"], "Invalid --pooling='mean': applies only to --task_family=omniglot"),
     (["--task_family=omniglot", "--ways=500"],
      "Invalid --ways=500: expected at most 400 for --task_family='omniglot': the validation "
      "split of --omniglot_protocol='maml' has 400 classes"),
@@ -197,3 +232,22 @@ def test_inner_steps_on_the_sinusoid_preset_refit_its_step_weights(capsys):
     annealed = _parse(["--multi_step_loss_anneal_iterations=100"])
     assert annealed.multi_step_loss_weights is None
     assert _parse(["--inner_steps=0"]).inner_steps == 0
+
+
+def test_configs_saved_before_pooling_existed_load_as_the_flattening_network():
+    from keras_meta.training.task_families import build_model
+
+    saved = get_preset("omniglot_5way_1shot").to_dict()
+    del saved["pooling"]  # as every run and preset written before conv4 could pool
+    legacy = MAMLTrainConfig.from_dict(saved)
+    assert legacy.pooling == "flatten"
+    assert build_model(legacy)[0].get_layer("logits").kernel.shape == (256, 5)
+    # New runs get the paper's network: the spatial mean of the last feature map.
+    fresh = get_preset("omniglot_5way_1shot")
+    assert fresh.pooling is None
+    assert build_model(fresh)[0].get_layer("logits").kernel.shape == (64, 5)
+    assert "pooling" in MAMLTrainConfig.from_dict(fresh.to_dict()).to_dict()
+    # A resume that changes the pooling changes the weights' shapes: refused as architecture.
+    from keras_meta.training.config import ARCHITECTURE_FIELDS
+
+    assert "pooling" in ARCHITECTURE_FIELDS and "backbone" in ARCHITECTURE_FIELDS

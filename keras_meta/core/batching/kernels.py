@@ -128,6 +128,23 @@ def _pool(layer, params, x, layout, num_tasks, conv=None):
     return tf.reshape(y, [t, -1] + y.shape.as_list()[1:]), TASK_MAJOR
 
 
+def _global_average_pool(layer, params, x, layout, num_tasks, conv=None):
+    # As Keras' mean does: sum in at least float32 (a float16 sum can overflow), cast back.
+    dtype = x.dtype
+    x = tf.cast(x, keras.backend.result_type(dtype, "float32"))
+    if layout == GROUPED:
+        # A mean over height and width acts on each channel alone, so in the grouped layout
+        # all tasks reduce at once, before the (then much smaller) move back to task-major.
+        tc = x.shape[-1]
+        y = tf.reduce_mean(x, axis=[1, 2])  # [N, T * C]
+        y = tf.transpose(tf.reshape(y, [-1, num_tasks, tc // num_tasks]), [1, 0, 2])
+    else:
+        y = tf.reduce_mean(x, axis=[2, 3])  # [T, N, H, W, C] -> [T, N, C]
+    if layer.keepdims:
+        y = y[:, :, tf.newaxis, tf.newaxis, :]
+    return tf.cast(y, dtype), TASK_MAJOR
+
+
 def _elementwise(layer, params, x, layout, num_tasks, conv=None):
     return layer.call(x), layout
 
@@ -152,5 +169,7 @@ register_batched_kernel(keras.layers.Conv2D, _conv2d, _conv2d_problem)
 register_batched_kernel(keras.layers.Flatten, _flatten, _channels_last)
 register_batched_kernel(keras.layers.MaxPooling2D, _pool, _channels_last)
 register_batched_kernel(keras.layers.AveragePooling2D, _pool, _channels_last)
+register_batched_kernel(keras.layers.GlobalAveragePooling2D, _global_average_pool,
+                        _channels_last)
 register_batched_kernel(keras.layers.ReLU, _elementwise, _channels_last)
 register_batched_kernel(keras.layers.Activation, _elementwise, _channels_last)
