@@ -112,7 +112,7 @@ def _to_uint8(geometry, image):
     return tf.cast(tf.round(tf.clip_by_value(out, 0.0, 1.0) * 255.0), tf.uint8)
 
 
-def _read(path, info, prep, in_memory, printer, name):
+def _read(path, prep, in_memory, printer, name):
     source, cached = image_cache.read_cache(path, in_memory=in_memory, preprocessing=prep,
                                             name=name, printer=printer)
     source.info.update(cached, cache=str(path))
@@ -154,7 +154,7 @@ def _folder_classes(folder, geometry, shape, prep, cache_root, in_memory, printe
                     "truncated file)", flush=True)
         extra["corrupt_files"] = [paths[i] for i in info["dropped_examples"]]
         _write_extra(path, extra)
-    source = _read(path, None, prep, in_memory, printer, f"folder:{root.name}")
+    source = _read(path, prep, in_memory, printer, f"folder:{root.name}")
     source.info.update(json.loads((path / "extra.json").read_text()))
     return source
 
@@ -231,7 +231,7 @@ def _tfds_classes(name, geometry, shape, prep, cache_root, in_memory, printer, *
         extra = {"dataset": f"tfds:{name}", "class_splits": None,
                  "group_names": (list(features[group_key].names) if group_key else None)}
         _write_extra(path, extra)
-    source = _read(path, None, prep, in_memory, printer, f"tfds:{name}")
+    source = _read(path, prep, in_memory, printer, f"tfds:{name}")
     source.info.update(json.loads((path / "extra.json").read_text()))
     return source
 

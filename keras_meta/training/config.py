@@ -370,8 +370,6 @@ class MAMLTrainConfig:
         if self.image_size < smallest:
             bad("image_size", f"at least {smallest} for backbone={self.backbone!r} with "
                 "four 2x2 poolings")
-        if self.rotations > 1 and self.augmentation != "none":
-            pass  # Both are meaningful together: turned classes, cropped images.
 
     def validate_episode_sizes(self):
         """`validate`, and the evaluation episodes against the data (Omniglot: 20 per class).
