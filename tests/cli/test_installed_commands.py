@@ -219,7 +219,9 @@ def test_installed_package_is_the_wheel(install):
     version = _setup_cfg()["metadata"]["version"]
     out = _run([install["python"], "-c",
                 "import importlib.metadata as m, json, sys, keras_meta, keras_meta.cli.train_maml; "
+                "from keras_meta.data import class_split, standard_splits; "
                 "print(json.dumps({'file': keras_meta.__file__, "
+                "'splits': {n: class_split(n).counts for n in standard_splits()}, "
                 "'version': m.version('keras-meta'), "
                 "'finders': [type(f).__name__ + repr(f) for f in sys.meta_path]}))"],
                cwd=install["work"]).stdout
@@ -227,6 +229,10 @@ def test_installed_package_is_the_wheel(install):
     assert info["file"] == str(install["site"] / PACKAGE / "__init__.py"), info
     assert info["version"] == version, info
     assert not any("editable" in f.lower() for f in info["finders"]), info
+    # The standard class splits are package data: a wheel without them could not split.
+    assert info["splits"]["cifar_fs"] == {"train": 64, "validation": 16, "test": 20}, info
+    assert info["splits"]["cub"] == {"train": 100, "validation": 50, "test": 50}, info
+    assert len(info["splits"]) == 6, info
 
 
 @pytest.mark.slow
@@ -266,3 +272,46 @@ def test_tiny_learned_optimizer_run(install):
           "--num_layers=1", "--num_functions=2", "--log_every=1", "--checkpoint_every=1",
           f"--model_dir={model_dir}"], cwd=install["work"])
     assert model_dir.is_dir() and any(model_dir.rglob("*")), list(model_dir.rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_folder_of_images_to_a_served_answer_with_the_installed_commands(install):
+    """The README's "Bring your own data" commands, from the wheel: train on a folder,
+    export, answer image files; and a folder too small for the flags is a usage error."""
+    import tensorflow as tf
+
+    bin_, work = install["bin"], install["work"]
+    rng = np.random.default_rng(0)
+    photos = work / "photos"
+    for k in range(20):
+        folder = photos / f"kind{k // 5}" / f"sort{k % 5}"
+        folder.mkdir(parents=True)
+        colour = rng.integers(0, 255, (1, 1, 3))
+        for i in range(4):
+            image = np.clip(colour + rng.integers(-20, 20, (24, 30, 3)), 0, 255).astype(np.uint8)
+            (folder / f"{i}.jpg").write_bytes(tf.io.encode_jpeg(image).numpy())
+    common = [f"--dataset=folder:{photos}", "--task=images", "--image_size=16",
+              "--conv4_filters=4", "--ways=3", "--queries=1", "--eval_queries=1",
+              "--meta_batch_size=2", "--num_iterations=2", "--eval_every=0", "--num_eval_tasks=2",
+              "--checkpoint_every=1", "--log_every=1", f"--cache_dir={work / 'cache'}"]
+    # The splits of 20 classes hold 13/3/4: 4-way validation episodes cannot be drawn.
+    refused = subprocess.run([str(bin_ / "keras-meta-train"), *common, "--ways=4",
+                              f"--model_dir={work / 'refused'}"], cwd=work, env=_clean_env(),
+                             capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert refused.returncode == 1, _describe(refused)
+    assert "Invalid --ways=4: the validation split of folder:" in refused.stderr, _describe(refused)
+    assert "Traceback" not in refused.stderr and not (work / "refused").exists()
+
+    run_dir, serving = work / "photos_run", work / "serving"
+    _run([bin_ / "keras-meta-train", *common, f"--model_dir={run_dir}"], cwd=work)
+    _run([bin_ / "keras-meta-export", f"--model_dir={run_dir}", f"--base_dir={serving}",
+          "--model_name=photos"], cwd=work)
+    version = serving / "photos" / "1"
+    files = [photos / f"kind0/sort{c}" / "0.jpg" for c in range(3)]
+    query = photos / "kind0/sort1" / "3.jpg"
+    proc = _run([bin_ / "keras-meta-client", f"--saved_model_dir={version}",
+                 f"--support_files={','.join(map(str, files))}", "--support_labels=0,1,2",
+                 f"--query_files={query}"], cwd=work)
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(answer["classes"]) == 1 and 0 <= answer["classes"][0] <= 2, _describe(proc)
+    assert np.isclose(np.sum(answer["probabilities"]), 1.0, atol=1e-5), _describe(proc)
