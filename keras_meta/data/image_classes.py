@@ -11,6 +11,7 @@ Images are decoded and resized once, at the episode resolution, into a uint8 cac
 (`image_cache`); later loads read the cache.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -66,7 +67,8 @@ def default_cache_dir():
 
 def image_classes(dataset, image_size, channels=3, *, invert=False, split=None,
                   image_key="image", label_key="label", group_key=None, data_dir=None,
-                  cache_dir=None, in_memory="auto", download=False, printer=print):
+                  cache_dir=None, in_memory="auto", download=False, only_classes=None,
+                  printer=print):
     """A dataset's images grouped by class, decoded and resized once, from its cache.
 
     Args:
@@ -83,6 +85,9 @@ def image_classes(dataset, image_size, channels=3, *, invert=False, split=None,
         in_memory: True, False (memory-map the cache) or "auto" (map only when it is larger
             than half of this machine's memory).
         download: let TFDS download and prepare a missing dataset.
+        only_classes: a folder dataset: decode only the classes of these names (e.g. the 100
+            WordNet ids of mini-ImageNet's split out of ImageNet's 1000 class folders); the
+            names the folder lacks are left for the class split to report.
         printer: where progress lines go (`print`; `lambda *a, **k: None` to silence them).
 
     Returns:
@@ -101,7 +106,8 @@ def image_classes(dataset, image_size, channels=3, *, invert=False, split=None,
     cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     shape = (*size, channels)
     if kind == "folder":
-        return _folder_classes(target, geometry, shape, prep, cache_root, in_memory, printer)
+        return _folder_classes(target, geometry, shape, prep, cache_root, in_memory, printer,
+                               only_classes)
     return _tfds_classes(target, geometry, shape, prep, cache_root, in_memory, printer,
                          split=split, image_key=image_key, label_key=label_key,
                          group_key=group_key, data_dir=data_dir, download=download)
@@ -119,8 +125,11 @@ def _read(path, prep, in_memory, printer, name):
     return source
 
 
-def _folder_classes(folder, geometry, shape, prep, cache_root, in_memory, printer):
+def _folder_classes(folder, geometry, shape, prep, cache_root, in_memory, printer,
+                    only_classes=None):
     listing = list_image_folder(folder)
+    if only_classes is not None:
+        listing = _keep_classes(listing, set(only_classes))
     root = Path(listing.root).resolve()
     # The cache is keyed by what was listed (names and sizes), so adding, removing or
     # replacing files rebuilds it instead of serving stale images.
@@ -157,6 +166,22 @@ def _folder_classes(folder, geometry, shape, prep, cache_root, in_memory, printe
     source = _read(path, prep, in_memory, printer, f"folder:{root.name}")
     source.info.update(json.loads((path / "extra.json").read_text()))
     return source
+
+
+def _keep_classes(listing, names):
+    """The listing restricted to the classes named (renumbered in their sorted order)."""
+    kept = [n for n in listing.class_names if n in names]
+    if not kept:
+        raise DataError(f"None of the {len(names)} classes asked for (e.g. "
+                        f"{sorted(names)[:3]}) is a class folder of {listing.root}; it has "
+                        f"{list(listing.class_names[:3])}...")
+    index = {n: i for i, n in enumerate(kept)}
+    old = listing.class_names
+    files = tuple((p, index[old[c]]) for p, c in listing.files if old[c] in index)
+    splits = (None if listing.class_splits is None
+              else {n: s for n, s in listing.class_splits.items() if n in index})
+    return dataclasses.replace(listing, class_names=tuple(kept), files=files,
+                               class_splits=splits)
 
 
 def _write_extra(path, extra):

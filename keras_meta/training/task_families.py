@@ -178,15 +178,20 @@ def _images(config):
     from keras_meta.data.class_splits import class_split
     from keras_meta.data.image_classes import image_classes, image_meta_splits
 
-    group_key = config.group_key
-    if group_key is None and config.class_split is not None:
-        group_key = class_split(config.class_split).group_key
+    group_key, wanted = config.group_key, None
+    if config.class_split is not None:
+        split = class_split(config.class_split)
+        group_key = group_key or split.group_key
+        if config.dataset.startswith("folder:"):
+            # A folder may hold far more classes than the split (ImageNet's 1000 folders for
+            # mini-ImageNet's 100): decode only the split's.
+            wanted = [e.name for entries in split.sections.values() for e in entries if e.name]
     source = image_classes(
         config.dataset, config.image_size, config.image_channels, invert=config.invert_images,
         split=config.tfds_split, image_key=config.image_key, label_key=config.label_key,
         group_key=group_key, data_dir=config.data_dir, cache_dir=config.cache_dir,
         in_memory={"auto": "auto", "memory": True, "mapped": False}[config.image_cache],
-        download=config.tfds_download)
+        download=config.tfds_download, only_classes=wanted)
     splits = image_meta_splits(source, config.class_split, seed=config.seed)
     if config.rotations > 1:
         splits = MetaSplits({k: v.with_rotations(config.rotations) for k, v in splits.items()})

@@ -243,3 +243,18 @@ def test_a_cache_larger_than_half_the_memory_is_mapped_not_loaded(messy_folder, 
     assert source.is_memory_mapped
     assert "memory-mapped, read per episode (more than half of this machine's memory)" in (
         capsys.readouterr().out)
+
+
+def test_only_the_split_classes_of_a_large_folder_are_decoded(messy_folder, tmp_path):
+    root, _ = messy_folder
+    wanted = ["alpha2/char4", "alpha0/char1", "alpha1/char3", "not/there"]
+    source = image_classes(f"folder:{root}", image_size=8, cache_dir=tmp_path / "c",
+                           only_classes=wanted, printer=_quiet)
+    assert source.class_names == ["alpha0/char1", "alpha1/char3", "alpha2/char4"]
+    assert source.num_images == 18
+    path = write_split_file(tmp_path / "s.txt", {"train": wanted[:2], "test": wanted[2:]})
+    with pytest.raises(DataError, match=r"not in the dataset: \['not/there'\]"):
+        image_meta_splits(source, str(path), printer=_quiet)
+    with pytest.raises(DataError, match="None of the 1 classes asked for"):
+        image_classes(f"folder:{root}", image_size=8, cache_dir=tmp_path / "c",
+                      only_classes=["zzz"], printer=_quiet)
