@@ -3,7 +3,7 @@
 import keras
 
 from keras_meta._checks import check_int, check_one_of
-from keras_meta.layers import BATCH_NORM_MODES, MetaBatchNormalization
+from keras_meta.layers import MetaBatchNormalization, check_batch_norm_mode
 
 _DOWNSAMPLE = ("stride", "maxpool")
 _POOLING = ("mean", "flatten")
@@ -73,13 +73,7 @@ def conv4(
         # feature map, mini-ImageNet (max-pooled) flattens it.
         pooling = "mean" if downsample == "stride" else "flatten"
     check_one_of("pooling", pooling, _POOLING)
-    check_one_of("batch_norm", batch_norm, BATCH_NORM_MODES)
-    if batch_norm == "per_step":
-        if num_inner_steps is None:
-            raise ValueError("batch_norm='per_step' needs num_inner_steps.")
-    else:
-        # Accepted so callers can pass one setting for every mode; only per-step BN uses it.
-        num_inner_steps = None
+    num_inner_steps = check_batch_norm_mode(batch_norm, num_inner_steps)
     if filters is None:
         filters = 64 if downsample == "stride" else 32
     check_int("filters", filters)

@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_meta._checks import check_int, check_one_of, is_finite_number
-from keras_meta.layers import BATCH_NORM_MODES, MetaBatchNormalization
+from keras_meta._checks import check_int, is_finite_number
+from keras_meta.layers import MetaBatchNormalization, check_batch_norm_mode
 
 _NUM_BLOCKS = 4
 _CONVS_PER_BLOCK = 3
@@ -64,13 +64,7 @@ def resnet12(
     >>> tiny = resnet12(3, (16, 16, 3), widths=(2, 2, 3, 3), dtype="float64")
     """
     check_int("num_ways", num_ways)
-    check_one_of("batch_norm", batch_norm, BATCH_NORM_MODES)
-    if batch_norm == "per_step":
-        if num_inner_steps is None:
-            raise ValueError("batch_norm='per_step' needs num_inner_steps.")
-    else:
-        # Accepted so callers can pass one setting for every mode; only per-step BN uses it.
-        num_inner_steps = None
+    num_inner_steps = check_batch_norm_mode(batch_norm, num_inner_steps)
     widths = _check_widths(widths)
     if not (is_finite_number(leaky_relu_alpha) and leaky_relu_alpha >= 0):
         raise ValueError(

@@ -157,6 +157,14 @@ _FIELD_OF_FLAG = {"ways": "num_ways", "shots": "num_shots", "queries": "num_quer
                   "eval_shots": "eval_num_shots", "eval_queries": "eval_num_queries"}
 
 
+# List flags -> (element type, what the message says is expected).
+_LIST_FIELDS = {
+    "eval_inner_steps": (int, "a comma-separated list of integers >= 0"),
+    "multi_step_loss_weights": (float, "a comma-separated list of numbers"),
+    "resnet12_widths": (int, "four comma-separated integers"),
+}
+
+
 def config_from_flags(flag_values=FLAGS):
     """Builds the config: the preset, then every flag given on the command line on top."""
     from keras_meta.training.config import TASK_FAMILIES
@@ -181,28 +189,17 @@ def config_from_flags(flag_values=FLAGS):
         if field not in fields:
             continue
         value = flag_values[name].value
-        if field == "eval_inner_steps":
+        if field in _LIST_FIELDS:
+            kind, expected = _LIST_FIELDS[field]
             try:
-                value = tuple(int(v) for v in value)
+                value = tuple(kind(v) for v in value)
             except ValueError:
-                raise app.UsageError(f"--eval_inner_steps={','.join(value)!r}: expected a "
-                                     "comma-separated list of integers >= 0.") from None
-        if field == "multi_step_loss_weights":
-            try:
-                value = tuple(float(v) for v in value)
-            except ValueError:
-                raise app.UsageError(f"--multi_step_loss_weights={','.join(value)!r}: expected "
-                                     "a comma-separated list of numbers.") from None
+                raise app.UsageError(f"--{name}={','.join(value)!r}: expected "
+                                     f"{expected}.") from None
         if field in ("learn_inner_lr", "mixed_precision"):
             value = None if value in ("none", "", None) else value
         if field == "pooling":
             value = None if value in ("default", "", None) else value
-        if field == "resnet12_widths":
-            try:
-                value = tuple(int(v) for v in value)
-            except ValueError:
-                raise app.UsageError(f"--resnet12_widths={','.join(value)!r}: expected four "
-                                     "comma-separated integers.") from None
         changes[field] = value
     _refuse_flags_of_other_families(flag_values, changes,
                                     changes.get("task_family", config.task_family))

@@ -28,7 +28,12 @@ def machine_memory_bytes():
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        total = None
+        try:
+            import psutil
+
+            total = psutil.virtual_memory().total
+        except ImportError:
+            total = None
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
             limit = Path(path).read_text().strip()

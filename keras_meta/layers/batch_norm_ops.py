@@ -12,6 +12,19 @@ import keras
 BATCH_NORM_MODES = ("transductive", "per_step", "none")
 
 
+def check_batch_norm_mode(batch_norm, num_inner_steps):
+    """`num_inner_steps` as a backbone's batch-norm layers need it: required by "per_step",
+    None for the other modes (which accept any value, so that callers can pass one setting for
+    every mode). Raises `ValueError` for an unknown mode."""
+    if batch_norm not in BATCH_NORM_MODES:
+        raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}; got {batch_norm!r}.")
+    if batch_norm != "per_step":
+        return None
+    if num_inner_steps is None:
+        raise ValueError("batch_norm='per_step' needs num_inner_steps.")
+    return num_inner_steps
+
+
 def moments(x, axes):
     """Mean and (biased) variance built only from differentiable ops.
 

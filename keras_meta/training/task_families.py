@@ -6,11 +6,11 @@ config alone; the episode streams (`build_task_family`) load the dataset.
 """
 
 import dataclasses
-import os
 
 import keras
 
 from keras_meta.backbones import conv4, mlp, resnet12
+from keras_meta.data.image_cache import machine_memory_bytes
 from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
@@ -366,29 +366,6 @@ def memory_estimate(config):
     ]
     heavier = max(train, evaluation, key=lambda parts: sum(p.bytes for p in parts))
     return data + heavier
-
-
-def machine_memory_bytes():
-    """This machine's physical memory, or its container's limit when lower; None if unknown."""
-    total = None
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        try:
-            import psutil
-
-            total = psutil.virtual_memory().total
-        except ImportError:
-            pass
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            with open(path) as f:
-                limit = f.read().strip()
-        except OSError:
-            continue
-        if limit.isdigit() and int(limit) > 0:
-            total = int(limit) if total is None else min(total, int(limit))
-    return total
 
 
 def _gib(num_bytes):
