@@ -224,7 +224,7 @@ def resolve_split(split, class_ids, class_names=None, class_groups=None, group_n
     else:
         keys, key_names = class_ids, (None if names is None else dict(zip(class_ids, names)))
     by_name = None if key_names is None else {_normalise(n): k for k, n in key_names.items()}
-    chosen, missing, mismatched = {}, [], []
+    chosen, missing, mismatched, known = {}, [], [], set(keys)
     if match_by not in ("id", "name"):
         raise DataError(f"match_by must be 'id' or 'name'; got {match_by!r}.")
     if match_by == "name":
@@ -238,7 +238,7 @@ def resolve_split(split, class_ids, class_names=None, class_groups=None, group_n
         picked = []
         for entry in entries:
             if entry.id is not None and match_by == "id":
-                if entry.id not in set(keys):
+                if entry.id not in known:
                     missing.append(str(entry))
                     continue
                 if (entry.name is not None and key_names is not None

@@ -35,6 +35,44 @@ from keras_meta.training.task_families import (build_maml, build_task_family,
 
 CONFIG_FILE = run_state.CONFIG_FILE
 RESULTS_FILE = "eval_results.json"
+# The classes of each meta-split when the run started (image datasets, whose folders can change).
+CLASSES_FILE = "classes.json"
+
+
+def _write_json_atomically(path, value):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _check_same_classes(model_dir, classes):
+    """Refuses to resume a run whose meta-splits now hold other classes than when it started.
+
+    A folder that gained or lost classes re-splits them (a seeded random split moves classes
+    between splits): resuming would then train on classes the run's first part tested on, and
+    the reported test would no longer be held out.
+    """
+    path = os.path.join(model_dir, CLASSES_FILE)
+    if classes is None or not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    if saved == classes:
+        return
+    from keras_meta.data.data_error import DataError
+
+    changes = []
+    for split in sorted(set(saved) | set(classes)):
+        before, now = set(saved.get(split, [])), set(classes.get(split, []))
+        if before != now:
+            changes.append(f"{split}: {len(now - before)} added (e.g. {sorted(now - before)[:3]}), "
+                           f"{len(before - now)} gone (e.g. {sorted(before - now)[:3]})")
+    raise DataError(
+        f"The data's meta-splits changed since this run started in {model_dir} ("
+        + "; ".join(changes or ["same classes, another order"]) + "); resuming would train and "
+        f"test on other classes than the checkpoints did. Restore the data as it was (its "
+        f"classes are in {path}) or start a new model_dir.")
 
 
 def _saved_config(model_dir, printer, writer=True):
@@ -220,7 +258,12 @@ def _train(config, model_dir, strategy, role, resume, printer):
         # Seeds the model's initialisation after the data is ready (see build_task_family).
         task = build_task_family(config)
         maml = build_maml(config, task.model, task.loss_fn)
+    classes = task.metadata.get("class_names")
+    _check_same_classes(model_dir, classes)
     os.makedirs(model_dir, exist_ok=True)
+    if classes is not None and writes_run and not os.path.exists(
+            os.path.join(model_dir, CLASSES_FILE)):
+        _write_json_atomically(os.path.join(model_dir, CLASSES_FILE), classes)
     # TensorFlow's multi-worker checkpointing: every worker saves (a save may need the
     # others), the chief into the run directory and the others into a scratch directory of
     # their own that is removed after each save; every worker restores the chief's.

@@ -203,7 +203,10 @@ def _images(config):
                                cache_seconds=source.info.get("seconds"),
                                skipped_files=[p for p, _ in
                                               source.info.get("skipped_files") or []],
-                               corrupt_files=source.info.get("corrupt_files") or [])
+                               corrupt_files=source.info.get("corrupt_files") or [],
+                               # Which classes each split holds: a resume must see the same.
+                               class_names={k: [str(n) for n in (v.class_names or v.class_ids)]
+                                            for k, v in splits.items()})
     return streams
 
 

@@ -81,3 +81,23 @@ def exports(tmp_path_factory):
 
     get.base_dir = base_dir
     return get
+
+
+def run_client_cli(argv, capsys):
+    """`keras-meta-client` in this process with `argv`; returns the JSON it printed."""
+    import json
+
+    from absl import flags
+
+    from keras_meta.cli import serving_client as serving_client_cli
+
+    flag_values = flags.FlagValues()
+    serving_client_cli.define_flags(flag_values)
+    flag_values(["client", *argv])
+    original = serving_client_cli.FLAGS
+    serving_client_cli.FLAGS = flag_values
+    try:
+        serving_client_cli.main(["client"])
+    finally:
+        serving_client_cli.FLAGS = original
+    return json.loads(capsys.readouterr().out)

@@ -15,8 +15,7 @@ import pytest
 import tensorflow as tf
 
 import serving_stand_ins as stand_ins
-from export_helpers import CLIENT, PREP, WAYS, make_task
-from keras_meta.cli import serving_client as serving_client_cli
+from export_helpers import CLIENT, PREP, WAYS, make_task, run_client_cli
 from keras_meta.export import client as serving_client
 from keras_meta.export import freeze_batch_norm, predict_local
 from keras_meta.export.image_bytes import as_bytes_array, image_format, read_image_files
@@ -358,21 +357,12 @@ def _post(address, path, body):
 
 
 def test_command_line_sends_image_files(served_files, tmp_path, capsys):
-    from absl import app, flags
+    from absl import app
 
     s = served_files
 
     def run(*argv):
-        flag_values = flags.FlagValues()
-        serving_client_cli.define_flags(flag_values)
-        flag_values(["client", *argv])
-        original = serving_client_cli.FLAGS
-        serving_client_cli.FLAGS = flag_values
-        try:
-            serving_client_cli.main(["client"])
-        finally:
-            serving_client_cli.FLAGS = original
-        return json.loads(capsys.readouterr().out)
+        return run_client_cli(argv, capsys)
 
     few_shot_dir = s.models["omniglot"][1]
     printed = run(f"--saved_model_dir={few_shot_dir}",

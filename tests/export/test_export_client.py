@@ -16,8 +16,7 @@ import pytest
 import tensorflow as tf
 
 import serving_stand_ins as stand_ins
-from export_helpers import PREP, make_task, reference_logits
-from keras_meta.cli import serving_client as serving_client_cli
+from export_helpers import PREP, make_task, reference_logits, run_client_cli
 from keras_meta.export import client as serving_client
 from keras_meta.export import predict_local
 
@@ -358,22 +357,11 @@ def test_grpc_errors_reach_the_client_with_the_servers_details_and_code(grpc_ser
 
 
 def test_command_line_answers_locally(exports, tmp_path, capsys):
-    from absl import flags
-
     _, path = exports("few_shot", "none")
     support, labels, query, _ = make_task(seed=14)
     request = tmp_path / "request.npz"
     np.savez(request, support_images=support, support_labels=labels, query_images=query)
-    flag_values = flags.FlagValues()
-    serving_client_cli.define_flags(flag_values)
-    flag_values(["client", f"--saved_model_dir={path}", f"--npz={request}"])
-    original = serving_client_cli.FLAGS
-    serving_client_cli.FLAGS = flag_values
-    try:
-        serving_client_cli.main(["client"])
-    finally:
-        serving_client_cli.FLAGS = original
-    printed = json.loads(capsys.readouterr().out)
+    printed = run_client_cli([f"--saved_model_dir={path}", f"--npz={request}"], capsys)
     np.testing.assert_allclose(printed["probabilities"],
                                predict_local(path, support, labels, query)["probabilities"],
                                atol=1e-6)

@@ -126,3 +126,24 @@ def test_too_small_a_split_or_no_dataset_is_refused_before_training(tmp_path):
               str(tmp_path / "run"))
     with pytest.raises(ValueError, match="Invalid dataset=None"):
         MAMLTrainConfig(**_TINY).validate_episode_sizes()
+
+
+def test_a_resume_on_a_folder_whose_classes_changed_is_refused(tmp_path):
+    names = [f"kind{k}/sort{c}" for k in range(4) for c in range(5)]
+    root = _write_folder(tmp_path / "photos", names, per_class=4)
+    config = MAMLTrainConfig(dataset=f"folder:{root}", cache_dir=str(tmp_path / "cache"),
+                             **{**_TINY, "num_iterations": 2, "eval_every": 0})
+    model_dir = tmp_path / "run"
+    train(config, str(model_dir))
+    saved = json.loads((model_dir / "classes.json").read_text())
+    assert sorted(sum(saved.values(), [])) == sorted(names)
+    # Two more classes re-split the folder (the split is a seeded shuffle of all classes):
+    # resuming would test on classes the first iterations trained on.
+    _write_folder(root, ["kind9/new0", "kind9/new1"], per_class=4, seed=3)
+    before = sorted(os.listdir(model_dir / "checkpoints"))
+    with pytest.raises(DataError, match="meta-splits changed since this run started"):
+        train(config.replace(num_iterations=4), str(model_dir))
+    assert sorted(os.listdir(model_dir / "checkpoints")) == before
+    shutil.rmtree(root / "kind9")
+    train(config.replace(num_iterations=4), str(model_dir))
+    assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
