@@ -24,46 +24,6 @@ BASELINES = ("SGD", "NAG", "RMSprop", "Adam")
 HORIZONS = (100, 200)
 
 
-class _BaselineRule:
-    """SGD / NAG / RMSprop / Adam written as pure update rules, the learning rate a tensor."""
-
-    def __init__(self, name, learning_rate):
-        self.name = name
-        self.learning_rate = learning_rate
-
-    def init_state(self, params):
-        import tensorflow as tf
-
-        zeros = [tf.zeros_like(p) for p in params]
-        if self.name == "SGD":
-            return ()
-        if self.name in ("NAG", "RMSprop"):
-            return (zeros,)
-        return (zeros, [tf.zeros_like(p) for p in params])
-
-    def apply(self, grads, params, state, *, step, loss=None):
-        import tensorflow as tf
-
-        lr = tf.cast(self.learning_rate, params[0].dtype)
-        if self.name == "SGD":
-            return [p - lr * g for p, g in zip(params, grads)], state
-        if self.name == "NAG":
-            # Keras' Nesterov form: v <- m v - lr g; theta <- theta + m v - lr g.
-            velocity = [0.9 * v - lr * g for v, g in zip(state[0], grads)]
-            new = [p + 0.9 * v - lr * g for p, v, g in zip(params, velocity, grads)]
-            return new, (velocity,)
-        if self.name == "RMSprop":
-            square = [0.9 * s + 0.1 * tf.square(g) for s, g in zip(state[0], grads)]
-            new = [p - lr * g / (tf.sqrt(s) + 1e-7) for p, g, s in zip(params, grads, square)]
-            return new, (square,)
-        t = tf.cast(step, params[0].dtype) + 1.0
-        m = [0.9 * a + 0.1 * g for a, g in zip(state[0], grads)]
-        v = [0.999 * b + 0.001 * tf.square(g) for b, g in zip(state[1], grads)]
-        rate = lr * tf.sqrt(1.0 - 0.999 ** t) / (1.0 - 0.9 ** t)
-        new = [p - rate * a / (tf.sqrt(b) + 1e-7) for p, a, b in zip(params, m, v)]
-        return new, (m, v)
-
-
 @dataclasses.dataclass(frozen=True)
 class _FamilySetup:
     name: str
@@ -110,6 +70,7 @@ def _mean_ci(values):
 
 
 def _benchmark_family(setup, model_dir, output_dir, lr_grid):
+    from keras_meta.core.update_rules import hand_designed_rule
     from keras_meta.training import LearnedOptimizerTrainConfig, train_learned_optimizer
 
     config = LearnedOptimizerTrainConfig(optimizee=setup.name, num_meta_iterations=setup.iterations,
@@ -135,7 +96,7 @@ def _benchmark_family(setup, model_dir, output_dir, lr_grid):
         rows[("LSTM (learned)", horizon)] = {"finals": finals, "lr": None}
         curves[("LSTM (learned)", horizon)] = curve
         for name in BASELINES:
-            factory = lambda lr, name=name: _BaselineRule(name, lr)  # noqa: E731
+            factory = lambda lr, name=name: hand_designed_rule(name, lr)  # noqa: E731
             tune = _runner(factory, setup.train_task, horizon)
             scores = [_score(tune(setup.tune_seeds, lr)[1]) for lr in lr_grid]
             best = float(lr_grid[int(np.argmin(scores))])

@@ -12,7 +12,8 @@ The subpackages, from the bottom up (a layer imports only layers below it; see t
     layers        batch norm with exact second derivatives
     backbones     conv4, mlp
     maml          MetaObjective, the MAML Keras model, maml_loss
-    learned_optimizer   LSTMOptimizer, LearnedOptimizer, truncated BPTT, MetaOptimizerTrainer
+    learned_optimizer   LSTMOptimizer, MLPOptimizer, LearnedOptimizer, rule files, truncated
+                        BPTT, MetaOptimizerTrainer
     training      run configs and presets, task families, loops, evaluation, distribute
     export        SavedModels for TF Serving, the serving client
     cli           the command-line programs
@@ -33,7 +34,10 @@ from keras_meta.learned_optimizer import (  # noqa: E402
     LSTMOptimizer,
     MetaOptimizerConfig,
     MetaOptimizerTrainer,
+    MLPOptimizer,
+    load_rule,
     optimizee_trajectory,
+    save_rule,
     unrolled_meta_loss,
 )
 from keras_meta.maml import MAML, MetaObjective, maml_loss  # noqa: E402
@@ -48,6 +52,7 @@ __all__ = [
     "LSTMOptimizer",
     "LearnedOptimizer",
     "MAML",
+    "MLPOptimizer",
     "MetaObjective",
     "MetaOptimizerConfig",
     "MetaOptimizerTrainer",
@@ -61,9 +66,11 @@ __all__ = [
     "get_state",
     "layers",
     "learned_optimizer",
+    "load_rule",
     "maml",
     "maml_loss",
     "models",
     "optimizee_trajectory",
+    "save_rule",
     "unrolled_meta_loss",
 ]

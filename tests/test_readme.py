@@ -393,7 +393,7 @@ def test_readme_has_commands():
 
 _CHILD = r"""
 import dataclasses, importlib, importlib.util, json, sys
-from absl import flags
+from absl import app, flags
 target, argvs = sys.argv[1], json.loads(sys.argv[2])
 if target.endswith(".py"):
     sys.path.insert(0, ".")
@@ -410,11 +410,9 @@ for argv in argvs:
     try:
         rest = flags.FLAGS(argv)
         if target == "keras_meta.cli.train_learned_optimizer":  # its main() builds this
-            from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
-            fields = dataclasses.fields(LearnedOptimizerTrainConfig)
-            LearnedOptimizerTrainConfig(**{f.name: flags.FLAGS[f.name].value for f in fields})
+            module.config_from_flags()
         results.append({"rest": rest[1:]})
-    except (flags.Error, ValueError) as e:
+    except (flags.Error, ValueError, app.UsageError) as e:
         results.append({"error": f"{type(e).__name__}: {e}"})
 print("READMECHECK" + json.dumps({"results": results, "flags": sorted(flags.FLAGS)}))
 """

@@ -1,91 +1,117 @@
-"""`LearnedOptimizer`: a trained `LSTMOptimizer` as an ordinary Keras 3 optimizer."""
+"""`LearnedOptimizer`: a meta-trained update rule as an ordinary Keras 3 optimizer."""
 
 import keras
 import tensorflow as tf
 
-from keras_meta.learned_optimizer.lstm_optimizer import LSTMOptimizer
-
 
 @keras.saving.register_keras_serializable(package="keras_meta")
 class LearnedOptimizer(keras.optimizers.Optimizer):
-    """Applies a (meta-trained) `LSTMOptimizer` to any Keras model in `fit()`.
+    """Applies a meta-trained update rule (`LSTMOptimizer`, `MLPOptimizer`) to any Keras model.
 
-    Every model variable gets `2 * num_layers` optimizer variables holding the LSTM hidden and
-    cell state of each of its coordinates ([size, hidden_size] each), created in `build`. They
-    are optimizer variables, so `model.save(...)`/`keras.models.load_model` and
-    `tf.train.Checkpoint` save and restore them together with phi (the LSTM weights, kept
-    frozen here: they are not model variables).
+    Every model variable gets the rule's per-coordinate state (an `LSTMOptimizer`'s hidden and
+    cell states, an `MLPOptimizer`'s accumulators) as optimizer variables, created in `build`
+    with the shapes `rule.init_state` gives for that variable. They are optimizer variables, so
+    `model.save(...)`/`keras.models.load_model` and `tf.train.Checkpoint` save and restore them
+    together with phi (the rule's weights, kept frozen here: they are not model variables),
+    and the state carries over from one `fit` call to the next.
 
     Args:
-        lstm_optimizer: the `LSTMOptimizer` (phi). Its `use_loss_feature` must be off: Keras
-            optimizers are not given the loss value.
-        learning_rate: a multiplier on the LSTM's updates (1.0 applies them as trained).
+        rule: the update rule (phi): an `LSTMOptimizer` or `MLPOptimizer`, or any Keras layer
+            with `init_state(params)` and `updates(grads, params, state, step=)`. An
+            `LSTMOptimizer` must have `use_loss_feature` off: Keras optimizers are not given
+            the loss value.
+        learning_rate: a multiplier on the rule's updates (1.0 applies them as trained).
         name: optimizer name.
+        lstm_optimizer: the former name of `rule`, still accepted.
         **kwargs: other `keras.optimizers.Optimizer` arguments (e.g. `clipnorm`).
 
     Example:
 
-    >>> rule = LSTMOptimizer()            # e.g. meta-trained with MetaOptimizerTrainer
+    >>> rule = MLPOptimizer()            # e.g. meta-trained with MetaOptimizerTrainer
     >>> model.compile(optimizer=LearnedOptimizer(rule), loss="mse")
     >>> model.fit(x, y, epochs=5)
+    >>> LearnedOptimizer.from_file("rule.keras")   # a rule saved with save_rule
     """
 
-    def __init__(self, lstm_optimizer, learning_rate=1.0, name="learned_optimizer", **kwargs):
-        if isinstance(lstm_optimizer, dict):
-            lstm_optimizer = keras.saving.deserialize_keras_object(lstm_optimizer)
-        if not isinstance(lstm_optimizer, LSTMOptimizer):
-            raise TypeError(
-                f"LearnedOptimizer needs an LSTMOptimizer; got {type(lstm_optimizer).__name__}.")
-        if lstm_optimizer.use_loss_feature:
+    def __init__(self, rule=None, learning_rate=1.0, name="learned_optimizer", *,
+                 lstm_optimizer=None, **kwargs):
+        if rule is not None and lstm_optimizer is not None:
+            raise ValueError("Give the update rule once: as rule= (lstm_optimizer= is its old "
+                             "name), not both.")
+        rule = lstm_optimizer if rule is None else rule
+        if isinstance(rule, dict):
+            rule = keras.saving.deserialize_keras_object(rule)
+        check_learned_rule(rule, "LearnedOptimizer")
+        if getattr(rule, "use_loss_feature", False):
             raise ValueError(
                 "LearnedOptimizer cannot drive an LSTMOptimizer with use_loss_feature=True: "
                 "Keras optimizers do not receive the loss value."
             )
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
-        self.lstm_optimizer = lstm_optimizer
+        self.rule = rule
+
+    @property
+    def lstm_optimizer(self):
+        """The update rule (the name this attribute had when the LSTM was the only rule)."""
+        return self.rule
+
+    @classmethod
+    def from_file(cls, path, **kwargs):
+        """A `LearnedOptimizer` driving the rule saved in the `.keras` file `path` (`save_rule`)."""
+        from keras_meta.learned_optimizer.rule_files import load_rule
+
+        return cls(load_rule(path), **kwargs)
 
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
-        rule = self.lstm_optimizer
-        self._lstm_states = []
+        rule = self.rule
+        self._rule_states = []
+        self._rule_state_structures = []
         for variable in var_list:
-            size = 1
-            for dim in variable.shape:
-                size *= int(dim)
-            per_layer = []
-            for layer in range(rule.num_layers):
-                pair = tuple(
-                    self.add_variable(
-                        shape=(size, rule.hidden_size), dtype=rule.variable_dtype,
-                        name=f"{variable.path.replace('/', '_')}_lstm{layer}_{kind}",
-                    )
-                    for kind in ("h", "c")
-                )
-                per_layer.append(pair)
-            self._lstm_states.append(tuple(per_layer))
+            # The rule says what state one variable needs; only its shapes are used here.
+            template = rule.init_state([tf.zeros(variable.shape, dtype=rule.variable_dtype)])
+            leaves = tf.nest.flatten(template)
+            slots = [
+                self.add_variable(shape=tuple(leaf.shape), dtype=leaf.dtype,
+                                  name=f"{variable.path.replace('/', '_')}_state{i}")
+                for i, leaf in enumerate(leaves)
+            ]
+            self._rule_states.append(slots)
+            self._rule_state_structures.append(template)
 
     def update_step(self, gradient, variable, learning_rate):
-        rule = self.lstm_optimizer
-        slots = self._lstm_states[self._get_variable_index(variable)]
-        state = tuple((h.value, c.value) for h, c in slots)
-        features = rule.features(tf.reshape(gradient, [-1]))
-        updates, new_state = rule.coordinate_step(features, state)
-        for (h_var, c_var), (h, c) in zip(slots, new_state):
-            self.assign(h_var, h)
-            self.assign(c_var, c)
-        step = tf.cast(learning_rate, updates.dtype) * updates
-        self.assign_add(variable, tf.cast(tf.reshape(step, tf.shape(variable)), variable.dtype))
+        index = self._get_variable_index(variable)
+        slots = self._rule_states[index]
+        state = tf.nest.pack_sequence_as(self._rule_state_structures[index],
+                                         [slot.value for slot in slots])
+        (delta,), new_state = self.rule.updates(
+            [gradient], [tf.convert_to_tensor(variable)], state, step=self.iterations)
+        for slot, value in zip(slots, tf.nest.flatten(new_state)):
+            self.assign(slot, value)
+        step = tf.cast(learning_rate, delta.dtype) * delta
+        self.assign_add(variable, tf.cast(step, variable.dtype))
 
     def get_config(self):
         config = super().get_config()
-        config["lstm_optimizer"] = keras.saving.serialize_keras_object(self.lstm_optimizer)
+        config["rule"] = keras.saving.serialize_keras_object(self.rule)
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["lstm_optimizer"] = keras.saving.deserialize_keras_object(
-            config["lstm_optimizer"], custom_objects=custom_objects)
+        # Files written before MLPOptimizer existed name the rule "lstm_optimizer".
+        rule = config.pop("rule", None) or config.pop("lstm_optimizer", None)
+        config["rule"] = keras.saving.deserialize_keras_object(rule, custom_objects=custom_objects)
         return super().from_config(config, custom_objects=custom_objects)
+
+
+def check_learned_rule(rule, where):
+    """Raises `TypeError` unless `rule` is a Keras layer following the update-rule protocol."""
+    if not (isinstance(rule, keras.layers.Layer) and callable(getattr(rule, "init_state", None))
+            and callable(getattr(rule, "updates", None))):
+        raise TypeError(
+            f"{where} needs a learned update rule (LSTMOptimizer, MLPOptimizer, or a Keras layer "
+            f"with init_state() and updates()); got {type(rule).__name__}.")
+    return rule

@@ -213,8 +213,8 @@ class LSTMOptimizer(keras.layers.Layer):
         sizes = [tf.size(p) for p in params]
         return self.zero_state(tf.add_n(sizes) if len(sizes) > 1 else sizes[0])
 
-    def apply(self, grads, params, state, *, step=None, loss=None):
-        """`(new_params, new_state)` with `new_params[i] = params[i] + update[i]`."""
+    def updates(self, grads, params, state, *, step=None, loss=None):
+        """`(deltas, new_state)`: the change of each parameter, not yet added."""
         grads, params = list(grads), list(params)
         if len(grads) != len(params):
             raise ValueError(
@@ -231,10 +231,13 @@ class LSTMOptimizer(keras.layers.Layer):
         updates, new_state = self.coordinate_step(self.features(flat, loss), state)
         sizes = [tf.size(p) for p in params]
         pieces = tf.split(updates, tf.stack(sizes), num=len(params))
-        new_params = [
-            p + tf.cast(tf.reshape(u, tf.shape(p)), p.dtype) for p, u in zip(params, pieces)
-        ]
-        return new_params, new_state
+        deltas = [tf.cast(tf.reshape(u, tf.shape(p)), p.dtype) for p, u in zip(params, pieces)]
+        return deltas, new_state
+
+    def apply(self, grads, params, state, *, step=None, loss=None):
+        """`(new_params, new_state)` with `new_params[i] = params[i] + update[i]`."""
+        deltas, new_state = self.updates(grads, params, state, step=step, loss=loss)
+        return [p + d for p, d in zip(params, deltas)], new_state
 
     # -- serialization --------------------------------------------------------------------------
 

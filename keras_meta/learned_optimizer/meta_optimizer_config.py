@@ -20,6 +20,11 @@ class MetaOptimizerConfig:
         loss_weights: w_t for t = 1..T, or `None` for all ones.
         meta_clipnorm: optional global-norm clipping of the meta-gradient.
         seed: base seed; meta-iteration i trains on the function named by (seed, i).
+        curriculum_iterations: a curriculum on the horizon (0: none). Meta-iteration i runs
+            `num_segments(i)` segments, one at i = 0, one more every
+            `curriculum_iterations / num_unrolls` iterations, all of them from then on: the
+            rule first learns to make progress, then to keep making it (as in Metz et al.
+            2019's unroll-length curricula).
     """
 
     num_steps: int = 100
@@ -29,6 +34,7 @@ class MetaOptimizerConfig:
     loss_weights: Optional[Tuple[float, ...]] = None
     meta_clipnorm: Optional[float] = None
     seed: int = 0
+    curriculum_iterations: int = 0
 
     def __post_init__(self):
         for name in ("num_steps", "unroll_length"):
@@ -48,6 +54,8 @@ class MetaOptimizerConfig:
                     f"weights; got {len(weights)}."
                 )
             object.__setattr__(self, "loss_weights", weights)
+        check_int("MetaOptimizerConfig.curriculum_iterations", self.curriculum_iterations,
+                  minimum=0)
         if self.meta_clipnorm is not None and not self.meta_clipnorm > 0:
             raise ValueError(
                 f"MetaOptimizerConfig.meta_clipnorm must be > 0 or None; got {self.meta_clipnorm!r}.")
@@ -55,6 +63,13 @@ class MetaOptimizerConfig:
     @property
     def num_unrolls(self):
         return self.num_steps // self.unroll_length
+
+    def num_segments(self, iteration):
+        """Segments (of `unroll_length` steps) that meta-iteration `iteration` runs."""
+        if not self.curriculum_iterations:
+            return self.num_unrolls
+        return min(self.num_unrolls,
+                   1 + (int(iteration) * self.num_unrolls) // self.curriculum_iterations)
 
     def weights(self):
         """w_1..w_T as a tuple of floats."""

@@ -1,6 +1,6 @@
 """`MetaOptimizerTrainer`: who applies the learned optimizer's meta-gradient, and when.
 
-What is learned is the rule (`LSTMOptimizer`, phi); what it is applied to is an optimizee
+What is learned is the rule (`LSTMOptimizer` or `MLPOptimizer`, phi); what it is applied to is an optimizee
 family; how the meta-gradient is computed is truncated backpropagation
 (`truncated_bptt.segment_meta_gradients`); this class applies it with Adam after each
 segment.
@@ -16,7 +16,7 @@ from keras_meta.learned_optimizer.truncated_bptt import segment_meta_gradients
 
 
 class MetaOptimizerTrainer:
-    """Meta-trains the weights phi of an `LSTMOptimizer` on an optimizee family with Adam.
+    """Meta-trains the weights phi of a learned rule on an optimizee family with Adam.
 
     Each meta-iteration draws a new function (seed (config.seed, iteration)), runs the
     optimizee for `num_steps` steps in segments of `unroll_length`, and updates phi after each
@@ -24,7 +24,7 @@ class MetaOptimizerTrainer:
     graph), traced once for the whole run.
 
     Args:
-        rule: the `LSTMOptimizer` to train (its trainable weights are phi).
+        rule: the `LSTMOptimizer` or `MLPOptimizer` to train (its trainable weights are phi).
         optimizee: an optimizee family (`QuadraticOptimizee`, `MLPDigitsOptimizee`, ...).
         config: a `MetaOptimizerConfig`.
 
@@ -75,18 +75,22 @@ class MetaOptimizerTrainer:
         return tf.constant([self.config.seed, int(iteration)], dtype=tf.int64)
 
     def train_iteration(self):
-        """One meta-iteration (one function, T steps). Returns its mean loss over t = 1..T and functions."""
+        """One meta-iteration (one function, T steps; fewer early in a horizon curriculum).
+
+        Returns its mean loss over t = 1..T and functions.
+        """
         seed = self.function_seed(self.iteration.numpy())
         params = self.optimizee.init_params(seed)
         state = self.rule.init_state(params)
         total = 0.0
-        for u, weights in enumerate(self._segment_weights):
+        segments = self._segment_weights[:self.config.num_segments(self.iteration.numpy())]
+        for u, weights in enumerate(segments):
             start = tf.constant(u * self.config.unroll_length, dtype=tf.int64)
             _, mean_loss, params, state = self._train_segment(params, state, seed, start,
                                                               weights)
             total += float(mean_loss)
         self.iteration.assign_add(1)
-        return total / len(self._segment_weights)
+        return total / len(segments)
 
     def train(self, num_iterations, callback=None):
         """Runs `num_iterations` meta-iterations; `callback(iteration, loss, seconds)` after each.

@@ -81,7 +81,7 @@ def test_config_round_trip_and_bad_arguments():
     clone = LearnedOptimizer.from_config(optimizer.get_config())
     assert clone.lstm_optimizer.get_config() == optimizer.lstm_optimizer.get_config()
     assert float(clone.learning_rate.numpy()) == 0.5
-    with pytest.raises(TypeError, match="needs an LSTMOptimizer; got SGD"):
+    with pytest.raises(TypeError, match=r"needs a learned update rule \(LSTMOptimizer, MLPOptimizer.*got SGD"):
         LearnedOptimizer(keras.optimizers.SGD())
     with pytest.raises(ValueError, match="use_loss_feature=True"):
         LearnedOptimizer(LSTMOptimizer(use_loss_feature=True))

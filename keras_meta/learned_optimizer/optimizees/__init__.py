@@ -7,15 +7,26 @@ that names one function and a step index `step`:
     function_losses(params, seed, step) -> [num_functions] losses at `step` (its mini-batch)
     loss(params, seed, step) -> scalar, the sum of `function_losses`
     eval_losses(params, seed) -> [num_functions] losses used to report results
+    num_functions, dtype, get_config() and from_config(config)
 
 `loss` sums over the functions of a vectorised family so that each coordinate's gradient is
-that of its own function, the scale an optimizer would see when run on it alone.
+that of its own function, the scale an optimizer would see when run on it alone. Every method
+is a pure function of tensors (stateless seeds, no variables), so it runs inside `tf.function`
+and has second derivatives.
+
+Registered families (`OPTIMIZEES`): random quadratics, the paper's 20-unit sigmoid MLP on 8x8
+digits (whose width, depth and activation are options: the test "shifts" of Andrychowicz et
+al. 2016) and a small convnet on the same digits. `RandomScaling` wraps any of them with
+random per-coordinate rescaling (Lv et al. 2017).
 """
 
+from keras_meta.learned_optimizer.optimizees.conv_digits import ConvDigitsOptimizee
 from keras_meta.learned_optimizer.optimizees.mlp_digits import MLPDigitsOptimizee
 from keras_meta.learned_optimizer.optimizees.quadratic import QuadraticOptimizee
+from keras_meta.learned_optimizer.optimizees.random_scaling import RandomScaling
 
-OPTIMIZEES = {"quadratic": QuadraticOptimizee, "mlp_digits": MLPDigitsOptimizee}
+OPTIMIZEES = {"quadratic": QuadraticOptimizee, "mlp_digits": MLPDigitsOptimizee,
+              "conv_digits": ConvDigitsOptimizee}
 OPTIMIZEE_NAMES = tuple(OPTIMIZEES)
 
 
@@ -26,5 +37,14 @@ def get_optimizee(name, **kwargs):
     return OPTIMIZEES[name](**kwargs)
 
 
-__all__ = ["MLPDigitsOptimizee", "OPTIMIZEES", "OPTIMIZEE_NAMES", "QuadraticOptimizee",
-           "get_optimizee"]
+def optimizee_name(optimizee):
+    """The registry name (a key of `OPTIMIZEES`) of the family `optimizee` is an instance of."""
+    for name, cls in OPTIMIZEES.items():
+        if type(optimizee) is cls:
+            return name
+    raise ValueError(f"{type(optimizee).__name__} is not a registered optimizee family; "
+                     f"expected an instance of one of {OPTIMIZEE_NAMES}.")
+
+
+__all__ = ["ConvDigitsOptimizee", "MLPDigitsOptimizee", "OPTIMIZEES", "OPTIMIZEE_NAMES",
+           "QuadraticOptimizee", "RandomScaling", "get_optimizee", "optimizee_name"]
