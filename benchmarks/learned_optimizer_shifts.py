@@ -16,7 +16,6 @@ plots, `learned_optimizer_shifts.{md,json}` and `learned_optimizer_shifts_*.png`
 `--output_dir`), or `all`. `--configs` and `--seeds` split the work between processes.
 """
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -352,10 +351,10 @@ def digits_convnet_fit(make_learned, steps=300, adam_grid=(1e-3, 3e-3, 1e-2, 3e-
     """
     import keras
 
-    from keras_meta.learned_optimizer.optimizees.mlp_digits import _digits_split
+    from keras_meta.learned_optimizer.optimizees.digits import digits_split
 
-    x_train, y_train = _digits_split("train", 0.3, 0)
-    x_val, y_val = _digits_split("heldout", 0.3, 0)
+    x_train, y_train = digits_split("train")
+    x_val, y_val = digits_split("heldout")
     x_train = x_train.reshape(-1, 8, 8, 1).astype("float32")
     x_val = x_val.reshape(-1, 8, 8, 1).astype("float32")
     epochs = -(-steps // -(-len(x_train) // 128))

@@ -353,3 +353,20 @@ def hand_designed_rule(name, learning_rate):
         return AdamRule(learning_rate)
     raise ValueError(
         f"Unknown hand-designed rule {name!r}; expected one of {HAND_DESIGNED_RULES}.")
+
+
+def check_gradients(where, grads, params):
+    """`(grads, params)` as lists, if there is one gradient of each parameter's shape.
+
+    Raises `ValueError` naming `where` (the rule) and the offending position otherwise.
+    """
+    grads, params = list(grads), list(params)
+    if len(grads) != len(params):
+        raise ValueError(f"{where} got {len(grads)} gradients for {len(params)} parameters.")
+    for i, (g, p) in enumerate(zip(grads, params)):
+        if g is None:
+            raise ValueError(f"{where}: gradient {i} is None (parameter of shape {p.shape}).")
+        if g.shape.rank is not None and not g.shape.is_compatible_with(p.shape):
+            raise ValueError(
+                f"{where}: gradient {i} has shape {g.shape}; its parameter has shape {p.shape}.")
+    return grads, params

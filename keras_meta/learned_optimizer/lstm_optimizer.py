@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_meta._checks import check_int, check_one_of
+from keras_meta.core.update_rules import check_gradients
 
 _PREPROCESSING = ("log_sign", "none")
 
@@ -215,18 +216,7 @@ class LSTMOptimizer(keras.layers.Layer):
 
     def updates(self, grads, params, state, *, step=None, loss=None):
         """`(deltas, new_state)`: the change of each parameter, not yet added."""
-        grads, params = list(grads), list(params)
-        if len(grads) != len(params):
-            raise ValueError(
-                f"LSTMOptimizer.apply got {len(grads)} gradients for {len(params)} parameters."
-            )
-        for i, (g, p) in enumerate(zip(grads, params)):
-            if g is None:
-                raise ValueError(f"Gradient {i} is None (parameter of shape {p.shape}).")
-            if g.shape.rank is not None and not g.shape.is_compatible_with(p.shape):
-                raise ValueError(
-                    f"Gradient {i} has shape {g.shape}; its parameter has shape {p.shape}."
-                )
+        grads, params = check_gradients("LSTMOptimizer.apply", grads, params)
         flat = tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
         updates, new_state = self.coordinate_step(self.features(flat, loss), state)
         sizes = [tf.size(p) for p in params]

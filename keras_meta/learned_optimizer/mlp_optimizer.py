@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_meta._checks import check_int, check_one_of
+from keras_meta.core.update_rules import check_gradients
 
 _DIRECT_INITIALIZERS = ("adam", "zeros")
 _FEATURE_FLOOR = 1e-5
@@ -233,7 +234,7 @@ class MLPOptimizer(keras.layers.Layer):
 
     def updates(self, grads, params, state, *, step=None, loss=None):
         """`(deltas, new_state)`: the change of each parameter, not yet added."""
-        grads, params = _checked(type(self).__name__, grads, params)
+        grads, params = check_gradients("MLPOptimizer.apply", grads, params)
         if not isinstance(state, (tuple, list)) or len(state) != len(params):
             raise ValueError(
                 f"MLPOptimizer state must hold one (m, v) pair per parameter ({len(params)}); "
@@ -277,14 +278,3 @@ class MLPOptimizer(keras.layers.Layer):
                 config["output_initializer"])
         return cls(**config)
 
-
-def _checked(name, grads, params):
-    grads, params = list(grads), list(params)
-    if len(grads) != len(params):
-        raise ValueError(f"{name} got {len(grads)} gradients for {len(params)} parameters.")
-    for i, (g, p) in enumerate(zip(grads, params)):
-        if g is None:
-            raise ValueError(f"Gradient {i} is None (parameter of shape {p.shape}).")
-        if g.shape.rank is not None and not g.shape.is_compatible_with(p.shape):
-            raise ValueError(f"Gradient {i} has shape {g.shape}; its parameter has shape {p.shape}.")
-    return grads, params

@@ -123,7 +123,7 @@ def test_bad_apply_inputs_are_named():
     state = rule.init_state(params)
     with pytest.raises(ValueError, match="got 3 gradients for 4 parameters"):
         rule.apply(_grads()[:3], params, state, step=0)
-    with pytest.raises(ValueError, match=r"Gradient 1 has shape \(5,\); its parameter has shape"):
+    with pytest.raises(ValueError, match=r"gradient 1 has shape \(5,\); its parameter has shape"):
         rule.apply([_grads()[0], tf.zeros([5])] + _grads()[2:], params, state, step=0)
     with pytest.raises(ValueError, match="one \\(h, c\\) pair per layer \\(2\\)"):
         rule.apply(_grads(), params, state[:1], step=0)

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lopt_helpers import (META_SEED as SEED, central_differences, meta_grad, meta_loss, pick,
+                          quadratic_task)
 from keras_meta.learned_optimizer import LSTMOptimizer
 from keras_meta.learned_optimizer import unrolled_meta_loss
-from keras_meta.learned_optimizer.optimizees import QuadraticOptimizee
-
-SEED = tf.constant([3, 7])
 
 
 def _rule(preprocessing="log_sign"):
@@ -19,20 +18,10 @@ def _rule(preprocessing="log_sign"):
                          output_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=5))
 
 
-def _task():
-    return QuadraticOptimizee(dim=3, num_functions=2, dtype="float64")
 
 
-def _meta_loss(rule, task, steps=3, first_order=False):
-    params = task.init_params(SEED)
-    return unrolled_meta_loss(rule, task, params, rule.init_state(params), SEED, 0,
-                              [1.0] * steps, first_order=first_order)[0]
 
 
-def _meta_grad(rule, task, first_order):
-    with tf.GradientTape() as tape:
-        loss = _meta_loss(rule, task, first_order=first_order)
-    return tape.gradient(loss, rule.trainable_variables)
 
 
 def _coordinates(rule, per_variable=4):
@@ -45,40 +34,24 @@ def _coordinates(rule, per_variable=4):
     return picked
 
 
-def _central_differences(loss_fn, rule, coordinates, eps=1e-6):
-    values = []
-    for i, index in coordinates:
-        v = rule.trainable_variables[i]
-        original = v.numpy()
-        shifted = []
-        for sign in (1.0, -1.0):
-            w = original.copy()
-            w[index] += sign * eps
-            v.assign(w)
-            shifted.append(float(loss_fn()))
-        v.assign(original)
-        values.append((shifted[0] - shifted[1]) / (2 * eps))
-    return np.array(values)
 
 
-def _pick(grads, coordinates):
-    return np.array([grads[i].numpy()[index] for i, index in coordinates])
 
 
 @pytest.mark.parametrize("preprocessing", ["log_sign", "none"])
 def test_exact_meta_gradient_matches_finite_differences(preprocessing):
-    rule, task = _rule(preprocessing), _task()
+    rule, task = _rule(preprocessing), quadratic_task()
     coordinates = _coordinates(rule)
-    analytic = _pick(_meta_grad(rule, task, first_order=False), coordinates)
-    numeric = _central_differences(lambda: _meta_loss(rule, task), rule, coordinates)
+    analytic = pick(meta_grad(rule, task, first_order=False), coordinates)
+    numeric = central_differences(lambda: meta_loss(rule, task), rule, coordinates)
     assert np.max(np.abs(numeric)) > 1e-3  # the check is not vacuous
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7 * np.max(np.abs(numeric)))
 
 
 def test_first_order_mode_holds_the_optimizee_gradients_constant():
-    rule, task = _rule("none"), _task()
+    rule, task = _rule("none"), quadratic_task()
     coordinates = _coordinates(rule)
-    first_order = _pick(_meta_grad(rule, task, first_order=True), coordinates)
+    first_order = pick(meta_grad(rule, task, first_order=True), coordinates)
 
     # The same unroll written with the gradients recorded at the current phi and fed back
     # as constants: its exact gradient is what the paper's approximation computes.
@@ -103,11 +76,11 @@ def test_first_order_mode_holds_the_optimizee_gradients_constant():
 
     with tf.GradientTape() as tape:
         value = surrogate()
-    np.testing.assert_allclose(float(value), float(_meta_loss(rule, task)), rtol=1e-12)
-    held_constant = _pick(tape.gradient(value, rule.trainable_variables), coordinates)
+    np.testing.assert_allclose(float(value), float(meta_loss(rule, task)), rtol=1e-12)
+    held_constant = pick(tape.gradient(value, rule.trainable_variables), coordinates)
     np.testing.assert_allclose(first_order, held_constant, rtol=1e-10, atol=1e-12)
 
-    exact = _central_differences(lambda: _meta_loss(rule, task), rule, coordinates)
+    exact = central_differences(lambda: meta_loss(rule, task), rule, coordinates)
     relative = np.max(np.abs(first_order - exact)) / np.max(np.abs(exact))
     assert relative > 1e-3, "first-order mode should drop the second-derivative terms"
 
@@ -119,7 +92,7 @@ def _grad_of(fn, rule):
 
 
 def test_truncation_cuts_the_gradient_but_carries_params_and_state():
-    rule, task = _rule(), _task()
+    rule, task = _rule(), quadratic_task()
     params0 = task.init_params(SEED)
     state0 = rule.init_state(params0)
     w = [1.0, 1.0]

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lopt_helpers import central_differences, meta_grad, meta_loss, pick, quadratic_task
 from keras_meta.core import functional
 from keras_meta.core.inner_loop import adapt_params
 from keras_meta.learned_optimizer import (MetaOptimizerConfig, MetaOptimizerTrainer,
-                                          MLPOptimizer, unrolled_meta_loss)
+                                          MLPOptimizer)
 from keras_meta.learned_optimizer.optimizees import QuadraticOptimizee
 from keras_meta.maml import MAML
 
@@ -194,7 +195,6 @@ def test_bad_apply_inputs_are_named():
 
 # -- the exact meta-gradient (mirrors test_meta_gradients.py) -------------------------------------
 
-SEED = tf.constant([3, 7])
 
 
 def _fd_rule():
@@ -202,20 +202,10 @@ def _fd_rule():
                         output_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=5))
 
 
-def _task():
-    return QuadraticOptimizee(dim=3, num_functions=2, dtype="float64")
 
 
-def _meta_loss(rule, task, steps=3, first_order=False):
-    params = task.init_params(SEED)
-    return unrolled_meta_loss(rule, task, params, rule.init_state(params), SEED, 0,
-                              [1.0] * steps, first_order=first_order)[0]
 
 
-def _meta_grad(rule, task, first_order):
-    with tf.GradientTape() as tape:
-        loss = _meta_loss(rule, task, first_order=first_order)
-    return tape.gradient(loss, rule.trainable_variables)
 
 
 def _coordinates(rule, per_variable=3):
@@ -231,41 +221,25 @@ def _coordinates(rule, per_variable=3):
     return picked
 
 
-def _central_differences(loss_fn, rule, coordinates, eps=1e-6):
-    values = []
-    for i, index in coordinates:
-        v = rule.trainable_variables[i]
-        original = np.array(v.numpy())  # an ndarray also for the scalar log_step_scale
-        shifted = []
-        for sign in (1.0, -1.0):
-            w = original.copy()
-            w[index] += sign * eps
-            v.assign(w)
-            shifted.append(float(loss_fn()))
-        v.assign(original)
-        values.append((shifted[0] - shifted[1]) / (2 * eps))
-    return np.array(values)
 
 
-def _pick(grads, coordinates):
-    return np.array([grads[i].numpy()[index] for i, index in coordinates])
 
 
 def test_exact_meta_gradient_matches_finite_differences_and_first_order_differs():
-    rule, task = _fd_rule(), _task()
+    rule, task = _fd_rule(), quadratic_task()
     names = [v.name for v in rule.trainable_variables]
     assert "log_step_scale" in names and "direct_kernel" in names
     coordinates = _coordinates(rule)
     assert {names[i] for i, _ in coordinates} == set(names)
-    exact = _meta_grad(rule, task, first_order=False)
+    exact = meta_grad(rule, task, first_order=False)
     assert all(g is not None for g in exact)
-    analytic = _pick(exact, coordinates)
-    numeric = _central_differences(lambda: _meta_loss(rule, task), rule, coordinates)
+    analytic = pick(exact, coordinates)
+    numeric = central_differences(lambda: meta_loss(rule, task), rule, coordinates)
     assert np.max(np.abs(numeric)) > 1e-3  # the check is not vacuous
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5,
                                atol=1e-7 * np.max(np.abs(numeric)))
 
-    first_order = _pick(_meta_grad(rule, task, first_order=True), coordinates)
+    first_order = pick(meta_grad(rule, task, first_order=True), coordinates)
     relative = np.max(np.abs(first_order - numeric)) / np.max(np.abs(numeric))
     assert relative > 1e-3, "first-order mode should drop the second-derivative terms"
 

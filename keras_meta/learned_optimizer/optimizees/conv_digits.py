@@ -5,11 +5,11 @@ import tensorflow as tf
 
 from keras_meta._checks import check_int, check_one_of, is_int
 from keras_meta.learned_optimizer.optimizees._seeds import as_seed
-from keras_meta.learned_optimizer.optimizees.mlp_digits import (_ACTIVATIONS, _SPLITS,
-                                                                 _digits_split)
+from keras_meta.learned_optimizer.optimizees.digits import (ACTIVATIONS, SPLITS,
+                                                            DigitsClassifierFamily, digits_split)
 
 
-class ConvDigitsOptimizee:
+class ConvDigitsOptimizee(DigitsClassifierFamily):
     """Training a convnet on mini-batches of digits: a test "shift" for a rule trained on MLPs.
 
     The network is conv 3x3 (`filters[0]`) -> activation -> 2x2 max-pool -> conv 3x3
@@ -43,7 +43,6 @@ class ConvDigitsOptimizee:
     TensorShape([])
     """
 
-    num_functions = 1
 
     def __init__(self, filters=(8, 16), activation="relu", batch_size=128, split="train",
                  heldout_fraction=0.3, split_seed=0, dtype="float32"):
@@ -51,9 +50,9 @@ class ConvDigitsOptimizee:
                 or not all(is_int(f) and f >= 1 for f in filters)):
             raise ValueError("ConvDigitsOptimizee filters must be a tuple/list of two ints >= 1; "
                              f"got {filters!r}.")
-        check_one_of("ConvDigitsOptimizee activation", activation, tuple(_ACTIVATIONS))
+        check_one_of("ConvDigitsOptimizee activation", activation, tuple(ACTIVATIONS))
         check_int("ConvDigitsOptimizee batch_size", batch_size)
-        check_one_of("ConvDigitsOptimizee split", split, _SPLITS)
+        check_one_of("ConvDigitsOptimizee split", split, SPLITS)
         if not 0.0 < heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
         self.filters = tuple(filters)
@@ -63,7 +62,7 @@ class ConvDigitsOptimizee:
         self.heldout_fraction = float(heldout_fraction)
         self.split_seed = split_seed
         self.dtype = tf.as_dtype(dtype)
-        x, y = _digits_split(split, heldout_fraction, split_seed)
+        x, y = digits_split(split, heldout_fraction, split_seed)
         self.x = tf.constant(x.reshape(-1, 8, 8, 1), dtype=self.dtype)
         self.y = tf.constant(y)
         self.num_examples = len(x)
@@ -84,7 +83,7 @@ class ConvDigitsOptimizee:
 
     def _cross_entropy(self, params, x, y):
         k1, b1, k2, b2, w, b = params
-        activation = _ACTIVATIONS[self.activation]
+        activation = ACTIVATIONS[self.activation]
         h = x
         for kernel, bias in ((k1, b1), (k2, b2)):
             h = activation(tf.nn.conv2d(h, kernel, strides=1, padding="SAME") + bias)
@@ -94,27 +93,8 @@ class ConvDigitsOptimizee:
         return tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
 
-    def function_losses(self, params, seed, step=0):
-        batch_seed = tf.random.experimental.stateless_fold_in(
-            as_seed(seed), tf.cast(step, tf.int64))
-        idx = tf.random.stateless_uniform([self.batch_size], batch_seed, 0, self.num_examples,
-                                          dtype=tf.int64)
-        loss = self._cross_entropy(params, tf.gather(self.x, idx), tf.gather(self.y, idx))
-        return loss[None]
-
-    def loss(self, params, seed, step=0):
-        return tf.reduce_sum(self.function_losses(params, seed, step))
-
-    def eval_losses(self, params, seed):
-        """Cross-entropy on the whole split (no mini-batch noise)."""
-        return self._cross_entropy(params, self.x, self.y)[None]
-
     def get_config(self):
         return {"filters": list(self.filters), "activation": self.activation,
                 "batch_size": self.batch_size, "split": self.split,
                 "heldout_fraction": self.heldout_fraction, "split_seed": self.split_seed,
                 "dtype": self.dtype.name}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

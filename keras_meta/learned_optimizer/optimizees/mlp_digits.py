@@ -5,23 +5,8 @@ import tensorflow as tf
 
 from keras_meta._checks import check_int, check_one_of, is_int
 from keras_meta.learned_optimizer.optimizees._seeds import as_seed
-
-_SPLITS = ("train", "heldout")
-
-
-def _digits_split(split, heldout_fraction, split_seed):
-    # sklearn ships the 1797 digits with the package, so nothing is downloaded.
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(split_seed).permutation(len(x))
-    num_heldout = int(round(heldout_fraction * len(x)))
-    idx = order[num_heldout:] if split == "train" else order[:num_heldout]
-    return (x[idx] / 16.0).astype(np.float64), y[idx].astype(np.int64)
-
-
-_ACTIVATIONS = {"sigmoid": tf.sigmoid, "relu": tf.nn.relu, "tanh": tf.tanh}
-
+from keras_meta.learned_optimizer.optimizees.digits import (ACTIVATIONS, SPLITS,
+                                                            DigitsClassifierFamily, digits_split)
 
 def _check_hidden_units(hidden_units):
     """`hidden_units` as a tuple of layer widths (an int is one layer)."""
@@ -34,7 +19,7 @@ def _check_hidden_units(hidden_units):
                      f"tuple/list of ints >= 1; got {hidden_units!r}.")
 
 
-class MLPDigitsOptimizee:
+class MLPDigitsOptimizee(DigitsClassifierFamily):
     """Training an MLP (64 -> hidden layer(s) -> 10 softmax) on mini-batches of digits.
 
     A function is a random initialisation plus a random sequence of mini-batches, both named by
@@ -67,15 +52,14 @@ class MLPDigitsOptimizee:
     [(64, 20), (20,), (20, 20), (20,), (20, 10), (10,)]
     """
 
-    num_functions = 1
 
     # `activation` comes last so that positional calls written before it still mean the same.
     def __init__(self, hidden_units=20, batch_size=128, split="train", heldout_fraction=0.3,
                  split_seed=0, dtype="float32", activation="sigmoid"):
         self.layer_units = _check_hidden_units(hidden_units)
-        check_one_of("MLPDigitsOptimizee activation", activation, tuple(_ACTIVATIONS))
+        check_one_of("MLPDigitsOptimizee activation", activation, tuple(ACTIVATIONS))
         check_int("MLPDigitsOptimizee batch_size", batch_size)
-        check_one_of("MLPDigitsOptimizee split", split, _SPLITS)
+        check_one_of("MLPDigitsOptimizee split", split, SPLITS)
         if not 0.0 < heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
         # An int for one layer keeps the attribute (and the config) as it was before depth.
@@ -87,7 +71,7 @@ class MLPDigitsOptimizee:
         self.heldout_fraction = float(heldout_fraction)
         self.split_seed = split_seed
         self.dtype = tf.as_dtype(dtype)
-        x, y = _digits_split(split, heldout_fraction, split_seed)
+        x, y = digits_split(split, heldout_fraction, split_seed)
         self.x = tf.constant(x, dtype=self.dtype)
         self.y = tf.constant(y)
         self.num_examples = len(x)
@@ -110,28 +94,13 @@ class MLPDigitsOptimizee:
         return params
 
     def _cross_entropy(self, params, x, y):
-        activation = _ACTIVATIONS[self.activation]
+        activation = ACTIVATIONS[self.activation]
         h = x
         for i in range(0, len(params) - 2, 2):
             h = activation(tf.matmul(h, params[i]) + params[i + 1])
         logits = tf.matmul(h, params[-2]) + params[-1]
         return tf.reduce_mean(
             tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
-
-    def function_losses(self, params, seed, step=0):
-        batch_seed = tf.random.experimental.stateless_fold_in(
-            as_seed(seed), tf.cast(step, tf.int64))
-        idx = tf.random.stateless_uniform([self.batch_size], batch_seed, 0, self.num_examples,
-                                          dtype=tf.int64)
-        loss = self._cross_entropy(params, tf.gather(self.x, idx), tf.gather(self.y, idx))
-        return loss[None]
-
-    def loss(self, params, seed, step=0):
-        return tf.reduce_sum(self.function_losses(params, seed, step))
-
-    def eval_losses(self, params, seed):
-        """Cross-entropy on the whole split (no mini-batch noise)."""
-        return self._cross_entropy(params, self.x, self.y)[None]
 
     def get_config(self):
         hidden_units = (self.hidden_units if is_int(self.hidden_units)
@@ -140,7 +109,3 @@ class MLPDigitsOptimizee:
                 "batch_size": self.batch_size,
                 "split": self.split, "heldout_fraction": self.heldout_fraction,
                 "split_seed": self.split_seed, "dtype": self.dtype.name}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
