@@ -11,9 +11,10 @@ layers, ReLU, and a convnet. Finally the best configuration's rule drives a Kera
     python -m benchmarks.learned_optimizer_shifts --model_dir=../runs/l2l_shifts
 
 Stages (`--stage`): `train` (resumable: rerunning continues each run), `evaluate` (cached per
-rule file, keyed by its sha256, so a retrained rule is evaluated again), `report` (tables,
-plots, `learned_optimizer_shifts.{md,json}` and `learned_optimizer_shifts_*.png` in
-`--output_dir`), or `all`. `--configs` and `--seeds` split the work between processes.
+rule file, keyed by its sha256, so a retrained rule is evaluated again), `report`
+(`learned_optimizer_shifts.{md,json}`, `learned_optimizer_shifts.png` and
+`learned_optimizer_shifts_fit.png` in `--output_dir`), or `all`. `--configs` and `--seeds`
+split the work between processes.
 """
 
 import hashlib
@@ -341,13 +342,14 @@ def _plot(f, shifts, runs, learned, baselines):
     plt.close(fig)
 
 
-def digits_convnet_fit(make_learned, steps=300, adam_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
-                       seed=0):
-    """Validation-loss curves of a Keras digits convnet fitted with a learned rule and Adam.
+def digits_fit(make_learned, model="convnet", steps=300,
+               adam_grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1), seed=0):
+    """Validation-loss curves of a Keras digits model fitted with a learned rule and Adam.
 
-    The convnet (3x3x8, pool, 3x3x16, pool, dense, ReLU) was never in meta-training. Both
-    optimizers get the same initial weights and batches; Adam's rate is the grid point with
-    the lowest final validation loss (tuned on the very number reported: the hard baseline).
+    `model="convnet"` (3x3x8, pool, 3x3x16, pool, dense, ReLU) or `"mlp2"` (two hidden layers
+    of 20 sigmoid units); neither was in meta-training. Both optimizers get the same initial
+    weights and batches; Adam's rate is the grid point with the lowest final validation loss
+    (tuned on the very number reported: the hard baseline).
     """
     import keras
 
@@ -355,44 +357,71 @@ def digits_convnet_fit(make_learned, steps=300, adam_grid=(1e-3, 3e-3, 1e-2, 3e-
 
     x_train, y_train = digits_split("train")
     x_val, y_val = digits_split("heldout")
-    x_train = x_train.reshape(-1, 8, 8, 1).astype("float32")
-    x_val = x_val.reshape(-1, 8, 8, 1).astype("float32")
+    shape = (8, 8, 1) if model == "convnet" else (64,)
+    x_train = x_train.reshape((-1,) + shape).astype("float32")
+    x_val = x_val.reshape((-1,) + shape).astype("float32")
     epochs = -(-steps // -(-len(x_train) // 128))
 
     def fit(optimizer):
         keras.utils.set_random_seed(seed)
-        model = keras.Sequential([
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.MaxPooling2D(),
-            keras.layers.Flatten(),
-            keras.layers.Dense(10),
-        ])
-        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
+        if model == "convnet":
+            layers = [keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                      keras.layers.MaxPooling2D(),
+                      keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+                      keras.layers.MaxPooling2D(), keras.layers.Flatten()]
+        else:
+            layers = [keras.layers.Dense(20, activation="sigmoid"),
+                      keras.layers.Dense(20, activation="sigmoid")]
+        net = keras.Sequential([keras.Input(shape), *layers, keras.layers.Dense(10)])
+        net.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(
             from_logits=True))
-        history = model.fit(x_train, y_train, batch_size=128, epochs=epochs, verbose=0,
+        history = net.fit(x_train, y_train, batch_size=128, epochs=epochs, verbose=0,
                             validation_data=(x_val, y_val), shuffle=True)
-        return [float(v) for v in history.history["val_loss"]]
+        return ([float(v) for v in history.history["val_loss"]],
+                [float(v) for v in history.history["loss"]])
 
-    curves = {"learned": fit(make_learned())}
+    runs = {"learned": fit(make_learned())}
     adam = {lr: fit(keras.optimizers.Adam(lr)) for lr in adam_grid}
-    best = min(adam, key=lambda lr: adam[lr][-1] if np.isfinite(adam[lr][-1]) else np.inf)
-    curves[f"Adam (lr {best:g})"] = adam[best]
-    return {"epochs": epochs, "steps_per_epoch": -(-len(x_train) // 128), "curves": curves,
-            "final_validation_loss": {k: v[-1] for k, v in curves.items()},
-            "adam_grid": {str(lr): c[-1] for lr, c in adam.items()}}
+    best = min(adam, key=lambda lr: adam[lr][0][-1] if np.isfinite(adam[lr][0][-1]) else np.inf)
+    runs[f"Adam (lr {best:g})"] = adam[best]
+    return {"epochs": epochs, "steps_per_epoch": -(-len(x_train) // 128),
+            "curves": {k: v[0] for k, v in runs.items()},
+            "final_validation_loss": {k: v[0][-1] for k, v in runs.items()},
+            "final_training_loss": {k: v[1][-1] for k, v in runs.items()},
+            "adam_grid": {str(lr): c[0][-1] for lr, c in adam.items()}}
 
 
-def _fit_comparison(f, name):
-    """The configuration's seed-0 rule in `model.fit` on a Keras digits convnet vs tuned Adam."""
+def _plot_fit(f, fit):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(fit), figsize=(4 * len(fit), 3.2), squeeze=False)
+    for ax, (key, entry) in zip(axes.flat, fit.items()):
+        for label, curve in entry["curves"].items():
+            ax.plot(np.arange(1, len(curve) + 1), curve, label=label)
+        ax.set(title=key, xlabel="epoch", yscale="log")
+        ax.legend(fontsize=7)
+    axes.flat[0].set_ylabel("validation cross-entropy")
+    fig.tight_layout()
+    fig.savefig(os.path.join(f.output_dir, "learned_optimizer_shifts_fit.png"), dpi=110)
+    plt.close(fig)
+
+
+def _fit_comparison(f, names):
+    """Each configuration's seed-0 rule in `model.fit` on Keras digits models vs a tuned Adam."""
     from keras_meta.learned_optimizer import LearnedOptimizer
 
-    rule_file = os.path.join(_run_dir(f, name, int(f.seeds[0])), "rule.keras")
-    if not os.path.exists(rule_file):
-        return None
-    return digits_convnet_fit(lambda: LearnedOptimizer.from_file(rule_file), steps=f.fit_steps)
+    results = {}
+    for model in ("convnet", "mlp2"):
+        for name in names:
+            rule_file = os.path.join(_run_dir(f, name, int(f.seeds[0])), "rule.keras")
+            if os.path.exists(rule_file):
+                print(f"== model.fit: {name} on the {model}", flush=True)
+                results[f"{name}/{model}"] = digits_fit(
+                    lambda: LearnedOptimizer.from_file(rule_file), model=model, steps=f.fit_steps)
+    return results
 
 
 def main(argv):
@@ -410,17 +439,25 @@ def main(argv):
         _evaluate(f)
     if f.stage in ("report", "all"):
         report, lines = _report(f, command)
-        fit = _fit_comparison(f, "mlp" if "mlp" in f.configs else f.configs[0])
+        fit = _fit_comparison(f, [n for n in ("mlp", "lstm") if n in f.configs])
         if fit:
             report["fit"] = fit
-            lines += ["## `model.fit` on a Keras digits convnet (not in meta-training)", "",
-                      f"{f.fit_steps} steps of batch 128 on the training digits; validation "
-                      "loss on the held-out digits. Adam's rate tuned on the same validation "
-                      "loss.", "", "| optimizer | validation loss after "
-                      f"{f.fit_steps} steps |", "|---|---|"]
-            for label, value in fit["final_validation_loss"].items():
-                lines.append(f"| {label} | {value:.4f} |")
+            lines += ["## `model.fit` on Keras digits models (not in meta-training)", "",
+                      f"About {f.fit_steps} steps of batch 128 on the training digits "
+                      "(whole epochs); validation loss on the held-out digits. Adam's rate is "
+                      "tuned on that same validation loss (grid 1e-3 .. 1e-1). Seed-0 rules.", "",
+                      "| rule / Keras model | validation: learned rule | validation: tuned Adam "
+                      "| last epoch's training loss: learned / Adam | Adam's rate |",
+                      "|---|---|---|---|---|"]
+            for key, entry in fit.items():
+                finals = entry["final_validation_loss"]
+                train = entry["final_training_loss"]
+                adam_label = next(k for k in finals if k.startswith("Adam"))
+                lines.append(f"| {key} | {finals['learned']:.4f} | {finals[adam_label]:.4f} | "
+                             f"{train['learned']:.4f} / {train[adam_label]:.4f} | "
+                             f"{adam_label[len('Adam (lr '):-1]} |")
             lines.append("")
+            _plot_fit(f, fit)
         with open(os.path.join(f.output_dir, "learned_optimizer_shifts.json"), "w") as file:
             json.dump(report, file, indent=2, default=str)
         with open(os.path.join(f.output_dir, "learned_optimizer_shifts.md"), "w") as file:

@@ -12,9 +12,10 @@ several timescales and of its square, and learn only the map from those to a ste
     x    = [g, m_1..m_K, g / sqrt(v), m_1..m_K / sqrt(v)]   (per coordinate; + theta, optionally)
     x    = x / rms_over_the_tensor(x)     (each feature, each parameter tensor)
     [d, a] = MLP(x) + [x . w_direct, 0]
-    theta <- theta + step_scale * d * exp(magnitude_scale * a)
+    theta <- theta + step_scale * d * exp(magnitude_scale * a) * min(1, rms(m_2 / sqrt(v)))
 
-`step_scale` is learned (as its log). The linear `w_direct` path starts at -1 on m_2 / sqrt(v),
+`step_scale` is learned (as its log). The last factor, per tensor, is Adam's annealing, which
+the per-tensor normalization would otherwise remove (see `annealing`). The linear `w_direct` path starts at -1 on m_2 / sqrt(v),
 so before any meta-training the rule is an Adam-like step of size `step_scale`
 (`direct_initializer="zeros"` starts it at exactly zero instead). The rule keeps no step count
 and no horizon feature, so nothing in it is tied to the length of the runs it was trained on.
@@ -216,7 +217,19 @@ class MLPOptimizer(keras.layers.Layer):
         direction = out[:, 0] + tf.linalg.matvec(x, self.direct_kernel.value)
         magnitude = out[:, 1]
         step = tf.exp(self.log_step_scale.value + self.magnitude_scale * magnitude)
-        return direction * step, state
+        return direction * step * self.annealing(state), state
+
+    def annealing(self, state):
+        """A tensor's step factor in (0, 1]: the RMS of m_2 / sqrt(v) over it, capped at 1.
+
+        The features are normalized per tensor, which keeps meta-training stable but hides
+        what makes Adam's steps shrink near a minimum: the momenta average out while v keeps
+        the noise, so m / sqrt(v) falls. Without this factor every step stays full size, and
+        a rule excellent at 200 steps drifts back up by 500.
+        """
+        m, v = state
+        ratio = m[:, 1] * tf.math.rsqrt(v + self.epsilon)
+        return tf.minimum(1.0, tf.sqrt(tf.reduce_mean(tf.square(ratio)) + 1e-12))
 
     def call(self, features, state=None):
         raise NotImplementedError(

@@ -364,3 +364,32 @@ def test_horizon_curriculum_schedule_and_single_trace():
     assert all(np.isfinite(losses))
     assert trainer.tracing_count == 1
     assert int(trainer.iteration.numpy()) == 4
+
+
+def test_steps_anneal_when_the_gradient_is_noise_around_a_minimum():
+    # Gradients that flip sign every step (noise around a minimum): the momenta average out
+    # while v keeps their size, so m_0.9 / sqrt(v) falls and the step falls with it, as
+    # Adam's does. Per-tensor feature normalization alone would keep every step full size.
+    rule = MLPOptimizer(output_initializer="zeros", step_scale=0.1, dtype="float64", seed=0)
+    rng = np.random.RandomState(0)
+    p = tf.constant(rng.randn(40))
+    magnitude = np.abs(rng.randn(40)) + 0.5
+    state = rule.init_state([p])
+    m, v = np.zeros([40, 4]), np.zeros([40])
+    sizes = []
+    for step in range(300):
+        g = magnitude * (-1.0) ** step
+        (delta,), state = rule.updates([tf.constant(g)], [p], state, step=step)
+        m, v = _np_accumulate(g, m, v)
+        ratio = m[:, 1] / np.sqrt(v + 1e-12)
+        expected_factor = min(1.0, float(np.sqrt(np.mean(ratio ** 2) + 1e-12)))
+        np.testing.assert_allclose(float(rule.annealing(state[0])), expected_factor, rtol=1e-12)
+        sizes.append(float(np.sqrt(np.mean(delta.numpy() ** 2))))
+    # Full-size steps while m / sqrt(v) is large early on, then far smaller ones.
+    assert sizes[0] == pytest.approx(0.1, rel=1e-6)
+    assert sizes[-1] < 0.15 * sizes[0]  # m_0.9 / sqrt(v) is about 0.1 by then
+    # A consistent gradient keeps the factor at 1: the rule still makes full steps.
+    steady = rule.init_state([p])
+    for step in range(300):
+        _, steady = rule.updates([tf.constant(magnitude)], [p], steady, step=step)
+    assert float(rule.annealing(steady[0])) == 1.0
