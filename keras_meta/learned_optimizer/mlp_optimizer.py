@@ -58,6 +58,9 @@ class MLPOptimizer(keras.layers.Layer):
         param_feature: also feed the parameter's value (normalized per tensor).
         direct_initializer: `"adam"` (the linear path starts as -m / sqrt(v) at the second
             decay, an Adam-like rule) or `"zeros"`.
+        formula_version: the version of the update formula the weights were trained with.
+            Saved in the config, so that a rule file from a keras-meta whose formula differs
+            is refused rather than applied with other math; only `FORMULA_VERSION` loads.
         output_initializer: initializer of the MLP's output kernel (small random by default;
             `"zeros"` with `direct_initializer="zeros"` gives exactly zero updates).
         seed: integer seed of the weight initializers.
@@ -73,6 +76,9 @@ class MLPOptimizer(keras.layers.Layer):
     [TensorShape([3, 2]), TensorShape([2])]
     """
 
+    # Bumped whenever the map from (weights, gradients) to steps changes.
+    FORMULA_VERSION = 2
+
     def __init__(
         self,
         hidden_sizes=(32, 32),
@@ -85,9 +91,15 @@ class MLPOptimizer(keras.layers.Layer):
         direct_initializer="adam",
         output_initializer=None,
         seed=None,
+        formula_version=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if formula_version is not None and formula_version != self.FORMULA_VERSION:
+            raise ValueError(
+                f"This MLPOptimizer was trained with update formula version {formula_version!r}; "
+                f"this keras-meta computes version {self.FORMULA_VERSION} (2 added the per-tensor "
+                "annealing factor). Its weights would be applied with other math: retrain it.")
         hidden_sizes = tuple(hidden_sizes)
         for size in hidden_sizes:
             check_int("MLPOptimizer hidden_sizes entry", size)
@@ -280,6 +292,7 @@ class MLPOptimizer(keras.layers.Layer):
             direct_initializer=self.direct_initializer,
             output_initializer=keras.initializers.serialize(self.output_initializer),
             seed=self.seed,
+            formula_version=self.FORMULA_VERSION,
         )
         return config
 

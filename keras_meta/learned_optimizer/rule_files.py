@@ -92,6 +92,7 @@ def load_rule(path, expected_class=None):
     class_name = config.get("class_name") if isinstance(config, dict) else None
     if expected_class is not None and class_name != expected_class.__name__:
         raise ValueError(f"{path} holds a {class_name}; expected a {expected_class.__name__}.")
+    _check_formula_version(path, config)
     try:
         rule = keras.saving.load_model(path, compile=False)
     except (ValueError, TypeError, KeyError, OSError) as error:
@@ -108,6 +109,18 @@ def load_rule(path, expected_class=None):
     if bad:
         raise ValueError(f"{path} holds non-finite weights {bad}; it cannot be used.")
     return rule
+
+
+def _check_formula_version(path, config):
+    """Refuses weights trained under another version of their rule's update formula."""
+    cls = keras.saving.get_registered_object(config.get("registered_name") or "")
+    current = getattr(cls, "FORMULA_VERSION", None)
+    saved = (config.get("config") or {}).get("formula_version")
+    if current is not None and saved is not None and saved != current:
+        raise ValueError(
+            f"{path} holds a {config.get('class_name')} trained with update formula version "
+            f"{saved}; this keras-meta computes version {current}. Its weights would be applied "
+            "with other math: retrain the rule.")
 
 
 class _archive:

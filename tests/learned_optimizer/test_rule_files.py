@@ -223,3 +223,25 @@ def test_learned_optimizer_from_file_trains_a_model(tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
     # from_file passes optimizer arguments on.
     assert float(LearnedOptimizer.from_file(path, learning_rate=0.5).learning_rate) == 0.5
+
+
+def test_a_rule_file_of_another_update_formula_is_refused(tmp_path):
+    # A file written when the MLP rule computed its steps differently must not load into
+    # today's formula: the same weights would mean another optimizer.
+    path = tmp_path / "rule.keras"
+    save_rule(_mlp(), path)
+    tampered = tmp_path / "old.keras"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                assert config["config"]["formula_version"] == MLPOptimizer.FORMULA_VERSION
+                config["config"]["formula_version"] = 1
+                data = json.dumps(config)
+            dst.writestr(item, data)
+    with pytest.raises(ValueError, match="trained with update formula version 1; this "
+                                         "keras-meta computes version 2"):
+        load_rule(tampered)
+    with pytest.raises(ValueError, match="formula version 1"):
+        MLPOptimizer.from_config(dict(_mlp().get_config(), formula_version=1))
