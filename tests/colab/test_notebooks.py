@@ -136,7 +136,14 @@ def _execute(name, kernel_spec_dir, figure_dir, env):
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
                             resources={"metadata": {"path": str(REPO)}})
     start = time.perf_counter()
-    client.execute(env=kernel_env)
+    try:
+        client.execute(env=kernel_env)
+    finally:
+        # A kernel handed to NotebookClient is not the client's to stop: without this, every
+        # executed notebook left its kernel (about 1 GiB, TF threads) running for the rest of
+        # the test session.
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     return nb, time.perf_counter() - start
 
 
