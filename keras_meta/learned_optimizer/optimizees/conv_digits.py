@@ -3,10 +3,9 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_meta._checks import check_int, check_one_of, is_int
+from keras_meta._checks import check_one_of, is_int
 from keras_meta.learned_optimizer.optimizees._seeds import as_seed
-from keras_meta.learned_optimizer.optimizees.digits import (ACTIVATIONS, SPLITS,
-                                                            DigitsClassifierFamily, digits_split)
+from keras_meta.learned_optimizer.optimizees.digits import ACTIVATIONS, DigitsClassifierFamily
 
 
 class ConvDigitsOptimizee(DigitsClassifierFamily):
@@ -51,21 +50,10 @@ class ConvDigitsOptimizee(DigitsClassifierFamily):
             raise ValueError("ConvDigitsOptimizee filters must be a tuple/list of two ints >= 1; "
                              f"got {filters!r}.")
         check_one_of("ConvDigitsOptimizee activation", activation, tuple(ACTIVATIONS))
-        check_int("ConvDigitsOptimizee batch_size", batch_size)
-        check_one_of("ConvDigitsOptimizee split", split, SPLITS)
-        if not 0.0 < heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
         self.filters = tuple(filters)
         self.activation = activation
-        self.batch_size = batch_size
-        self.split = split
-        self.heldout_fraction = float(heldout_fraction)
-        self.split_seed = split_seed
-        self.dtype = tf.as_dtype(dtype)
-        x, y = digits_split(split, heldout_fraction, split_seed)
-        self.x = tf.constant(x.reshape(-1, 8, 8, 1), dtype=self.dtype)
-        self.y = tf.constant(y)
-        self.num_examples = len(x)
+        self._load_digits("ConvDigitsOptimizee", batch_size, split, heldout_fraction, split_seed,
+                          dtype, (8, 8, 1))
 
     def init_params(self, seed):
         f1, f2 = self.filters

@@ -9,6 +9,7 @@ seed derived from (function seed, t), so a seed names the same batches everywher
 import numpy as np
 import tensorflow as tf
 
+from keras_meta._checks import check_int, check_one_of
 from keras_meta.learned_optimizer.optimizees._seeds import as_seed
 
 SPLITS = ("train", "heldout")
@@ -29,11 +30,28 @@ def digits_split(split, heldout_fraction=0.3, split_seed=0):
 class DigitsClassifierFamily:
     """The mini-batch and loss methods of a digits classifier family.
 
-    A subclass sets `x`, `y`, `num_examples`, `batch_size` and defines
+    A subclass calls `_load_digits` from its constructor and defines
     `_cross_entropy(params, x, y)`; one function is one classifier (`num_functions = 1`).
     """
 
     num_functions = 1
+
+    def _load_digits(self, name, batch_size, split, heldout_fraction, split_seed, dtype,
+                     image_shape):
+        """Checks and stores the data settings; loads the split as `[N, *image_shape]`."""
+        check_int(f"{name} batch_size", batch_size)
+        check_one_of(f"{name} split", split, SPLITS)
+        if not 0.0 < heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
+        self.batch_size = batch_size
+        self.split = split
+        self.heldout_fraction = float(heldout_fraction)
+        self.split_seed = split_seed
+        self.dtype = tf.as_dtype(dtype)
+        x, y = digits_split(split, heldout_fraction, split_seed)
+        self.x = tf.constant(x.reshape((-1,) + tuple(image_shape)), dtype=self.dtype)
+        self.y = tf.constant(y)
+        self.num_examples = len(x)
 
     def function_losses(self, params, seed, step=0):
         batch_seed = tf.random.experimental.stateless_fold_in(

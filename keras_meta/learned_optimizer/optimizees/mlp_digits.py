@@ -5,8 +5,7 @@ import tensorflow as tf
 
 from keras_meta._checks import check_int, check_one_of, is_int
 from keras_meta.learned_optimizer.optimizees._seeds import as_seed
-from keras_meta.learned_optimizer.optimizees.digits import (ACTIVATIONS, SPLITS,
-                                                            DigitsClassifierFamily, digits_split)
+from keras_meta.learned_optimizer.optimizees.digits import ACTIVATIONS, DigitsClassifierFamily
 
 def _check_hidden_units(hidden_units):
     """`hidden_units` as a tuple of layer widths (an int is one layer)."""
@@ -58,23 +57,12 @@ class MLPDigitsOptimizee(DigitsClassifierFamily):
                  split_seed=0, dtype="float32", activation="sigmoid"):
         self.layer_units = _check_hidden_units(hidden_units)
         check_one_of("MLPDigitsOptimizee activation", activation, tuple(ACTIVATIONS))
-        check_int("MLPDigitsOptimizee batch_size", batch_size)
-        check_one_of("MLPDigitsOptimizee split", split, SPLITS)
-        if not 0.0 < heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in (0, 1); got {heldout_fraction!r}.")
         # An int for one layer keeps the attribute (and the config) as it was before depth.
         self.hidden_units = (self.layer_units[0] if len(self.layer_units) == 1
                              else self.layer_units)
         self.activation = activation
-        self.batch_size = batch_size
-        self.split = split
-        self.heldout_fraction = float(heldout_fraction)
-        self.split_seed = split_seed
-        self.dtype = tf.as_dtype(dtype)
-        x, y = digits_split(split, heldout_fraction, split_seed)
-        self.x = tf.constant(x, dtype=self.dtype)
-        self.y = tf.constant(y)
-        self.num_examples = len(x)
+        self._load_digits("MLPDigitsOptimizee", batch_size, split, heldout_fraction, split_seed,
+                          dtype, (64,))
 
     def init_params(self, seed):
         widths = (64,) + self.layer_units + (10,)
