@@ -1,7 +1,14 @@
 r"""Seconds per MAML meta-iteration, peak memory and GFLOP/s, for the configurations we track.
 
-    python benchmarks/meta_step.py                      # all configurations
+    python benchmarks/meta_step.py                      # the summary table (issue #17)
+    python benchmarks/meta_step.py --configs=all        # every configuration
     python benchmarks/meta_step.py --configs=omniglot_5w1s_second,omniglot_5w1s_first
+
+The summary times, in one run, plain TF nested tapes, keras-meta's per-task loop, its batched
+pass and the choice `task_batching="auto"` measures (`MAML.autotune`, from an empty timings
+cache, so the measurement is part of the run), for Omniglot 5w1s (first and second order),
+Omniglot 20w1s with 5 inner steps, and the sinusoid MLP, next to the machine's float32
+matmul peak (`matmul_peak`: the best of square matmuls of 512 to 4096 in a `tf.function`).
 
 Each configuration runs in its own process (so peak RSS is its own), times the compiled outer
 step (meta-gradient + Adam) over `--repeats` iterations after `--warmup`, and reports the
@@ -14,18 +21,28 @@ and convolutions, forward and backward), divided by the median time.
 
 import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", None, "Configurations to run (default: all).")
+flags.DEFINE_list("configs", None, "Configurations to run (default: the summary table's; "
+                  "\"all\": every configuration except the memory rows with many inner steps).")
 flags.DEFINE_integer("repeats", 10, "Timed iterations.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
+flags.DEFINE_string("omniglot_source_dir", None,
+                    "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")
+flags.DEFINE_string("data_dir", None, "Where the trainer rows prepare TFDS data (default: a "
+                    "temporary folder).")
 flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+flags.DEFINE_boolean("count_flops_everywhere", False,
+                     "Also count FLOPs (GFLOP/s) for the plain and loop rows (another trace of "
+                     "their unrolled graphs).")
 flags.DEFINE_boolean("tensor_memory", True,
                      "Measure the peak tensor memory of the timed iterations (CPU: runs with "
                      "TensorFlow's BFC allocator, which keeps statistics).")
@@ -35,11 +52,19 @@ flags.DEFINE_boolean("tensor_memory", True,
 # with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
 # steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML;
 # fused: MAML(fused_batch_norm=) (the "_unfused" rows run the batched batch norm as plain ops).
+# impl "auto": MAML(task_batching="auto") after `MAML.autotune` on the benchmark's meta-batch.
 def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
-            policy=None, chunk=None, fused=True):
+            policy=None, chunk=None, fused=True, ways=5, queries=15):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
                 inner=inner, recompute=recompute, policy=policy, chunk=chunk, fused=fused,
-                meta_batch=32 if task == "omniglot" else 25)
+                ways=ways, queries=queries,
+                meta_batch={"omniglot": 32 if ways == 5 else 16}.get(task, 25))
+
+
+def _omniglot_20w1s(impl, **kwargs):
+    # The MAML paper's 20-way setting: 5 inner steps, meta-batch 16; one query per class,
+    # as its code (and the omniglot_20way_1shot preset) trains.
+    return _config("omniglot", impl, inner=5, ways=20, queries=1, **kwargs)
 
 
 CONFIGS = {
@@ -75,11 +100,51 @@ CONFIGS = {
                                                         recompute=True),
     "omniglot_5w1s_second_50_inner_recompute_3": _config("omniglot", "batched", inner=50,
                                                           recompute=3),
+    "omniglot_5w1s_second_auto": _config("omniglot", "auto"),
+    "omniglot_5w1s_first_loop": _config("omniglot", "loop", first_order=True),
+    "omniglot_5w1s_first_auto": _config("omniglot", "auto", first_order=True),
+    "omniglot_20w1s_second_plain": _omniglot_20w1s("plain"),
+    "omniglot_20w1s_second_loop": _omniglot_20w1s("loop"),
+    "omniglot_20w1s_second": _omniglot_20w1s("batched"),
+    "omniglot_20w1s_second_auto": _omniglot_20w1s("auto"),
+    "sinusoid_second_loop": _config("sinusoid", "loop"),
+    "sinusoid_second_auto": _config("sinusoid", "auto"),
+    "sinusoid_second_loop_xla": _config("sinusoid", "loop", jit=True),
+    "sinusoid_second_auto_xla": _config("sinusoid", "auto", jit=True),
+    "matmul_peak": dict(task="matmul", impl="peak", steps=1),
+    # keras-meta's trainer on the same settings (real episodes from its data pipeline,
+    # progress lines, summaries and its final checkpoint included): its seconds per iteration
+    # against the matching benchmark row. Omniglot needs --omniglot_source_dir.
+    "sinusoid_second_trainer": dict(_config("sinusoid", "trainer"), compare="sinusoid_second"),
+    "sinusoid_second_xla_10_per_call_trainer": dict(
+        _config("sinusoid", "trainer", jit=True, steps=10),
+        compare="sinusoid_second_xla_10_per_call"),
+    "omniglot_5w1s_second_trainer": dict(_config("omniglot", "trainer"),
+                                         compare="omniglot_5w1s_second_auto"),
 }
-DEFAULT_CONFIGS = [n for n in CONFIGS if "_inner" not in n]
+TRAINER_CONFIGS = [n for n in CONFIGS if n.endswith("_trainer")]
+# The summary: workload -> {column: configuration}.
+SUMMARY = {
+    "Omniglot 5w1s, second order": {
+        "plain": "omniglot_5w1s_second_plain", "loop": "omniglot_5w1s_second_loop",
+        "batched": "omniglot_5w1s_second", "auto": "omniglot_5w1s_second_auto"},
+    "Omniglot 5w1s, first order": {
+        "plain": "omniglot_5w1s_first_plain", "loop": "omniglot_5w1s_first_loop",
+        "batched": "omniglot_5w1s_first", "auto": "omniglot_5w1s_first_auto"},
+    "Omniglot 20w1s, 5 inner steps, second order": {
+        "plain": "omniglot_20w1s_second_plain", "loop": "omniglot_20w1s_second_loop",
+        "batched": "omniglot_20w1s_second", "auto": "omniglot_20w1s_second_auto"},
+    "sinusoid, second order": {
+        "plain": "sinusoid_second_plain", "loop": "sinusoid_second_loop",
+        "batched": "sinusoid_second", "auto": "sinusoid_second_auto"},
+    "sinusoid, second order, XLA": {
+        "plain": "sinusoid_second_plain_xla", "loop": "sinusoid_second_loop_xla",
+        "batched": "sinusoid_second_xla", "auto": "sinusoid_second_auto_xla"},
+}
+SUMMARY_CONFIGS = ["matmul_peak"] + [c for row in SUMMARY.values() for c in row.values()]
 
 
-def _episode(task, meta_batch):
+def _episode(task, meta_batch, ways=5, queries=15):
     import numpy as np
     import tensorflow as tf
 
@@ -89,13 +154,13 @@ def _episode(task, meta_batch):
     if task == "sinusoid":
         from keras_meta.data.sinusoid import sinusoid_episodes
         return next(iter(sinusoid_episodes(10, 10, meta_batch, seed=0)))
-    # The MAML paper's Omniglot episode: 5-way 1-shot, 15 queries per class, 28x28x1 inputs.
+    # The MAML paper's Omniglot episode: N-way 1-shot, 28x28x1 inputs, `queries` per class.
     # Pixel values do not change the cost, so random images stand in for real ones.
     return km.Episode(
-        tf.constant(rng.random((meta_batch, 5, 28, 28, 1)), tf.float32),
-        tf.constant(np.tile(np.arange(5), (meta_batch, 1)), tf.int32),
-        tf.constant(rng.random((meta_batch, 75, 28, 28, 1)), tf.float32),
-        tf.constant(np.tile(np.repeat(np.arange(5), 15), (meta_batch, 1)), tf.int32))
+        tf.constant(rng.random((meta_batch, ways, 28, 28, 1)), tf.float32),
+        tf.constant(np.tile(np.arange(ways), (meta_batch, 1)), tf.int32),
+        tf.constant(rng.random((meta_batch, ways * queries, 28, 28, 1)), tf.float32),
+        tf.constant(np.tile(np.repeat(np.arange(ways), queries), (meta_batch, 1)), tf.int32))
 
 
 def _flops(concrete):
@@ -109,7 +174,7 @@ def _flops(concrete):
         return None
 
 
-def _plain_step(task, first_order, meta_batch):
+def _plain_step(task, first_order, meta_batch, ways=5, inner_steps=1):
     """The baseline: what a user writes with TensorFlow alone (see the comment on CONFIGS)."""
     import keras
     import tensorflow as tf
@@ -123,9 +188,12 @@ def _plain_step(task, first_order, meta_batch):
         for _ in range(4):
             layers += [keras.layers.Conv2D(64, 3, 2, "same", use_bias=False),
                        keras.layers.BatchNormalization(), keras.layers.ReLU()]
-        layers += [keras.layers.Flatten(), keras.layers.Dense(5)]
+        # The MAML paper's Omniglot network, as keras-meta's conv4 builds it: the last
+        # feature map averaged over its positions.
+        layers += [keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(ways)]
         model = keras.Sequential(layers)
-        loss_fn, alpha = keras.losses.SparseCategoricalCrossentropy(from_logits=True), 0.4
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        alpha = 0.4 if ways == 5 else 0.1
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)
 
@@ -134,16 +202,17 @@ def _plain_step(task, first_order, meta_batch):
         with tf.GradientTape() as outer:
             losses = []
             for t in range(meta_batch):
-                params = [tf.identity(v.value) for v in model.trainable_variables]
-                with tf.GradientTape() as inner:
-                    inner.watch(params)
-                    pred, _ = model.stateless_call(params, state, episode.support_x[t],
-                                                   training=True)
-                    loss = loss_fn(episode.support_y[t], pred)
-                grads = inner.gradient(loss, params)
-                if first_order:
-                    grads = [tf.stop_gradient(g) for g in grads]
-                fast = [p - alpha * g for p, g in zip(params, grads)]
+                fast = [tf.identity(v.value) for v in model.trainable_variables]
+                for _ in range(inner_steps):
+                    with tf.GradientTape() as inner:
+                        inner.watch(fast)
+                        pred, _ = model.stateless_call(fast, state, episode.support_x[t],
+                                                       training=True)
+                        loss = loss_fn(episode.support_y[t], pred)
+                    grads = inner.gradient(loss, fast)
+                    if first_order:
+                        grads = [tf.stop_gradient(g) for g in grads]
+                    fast = [p - alpha * g for p, g in zip(fast, grads)]
                 pred, _ = model.stateless_call(fast, state, episode.query_x[t], training=True)
                 losses.append(loss_fn(episode.query_y[t], pred))
             meta_loss = tf.add_n(losses) / meta_batch
@@ -161,15 +230,84 @@ def _ours_step(spec):
     from keras_meta.backbones import conv4, mlp
 
     kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
-                  task_batching=spec["impl"], recompute_inner_steps=spec["recompute"],
+                  task_batching=spec["impl"],
+                  recompute_inner_steps=spec["recompute"],
                   task_chunk_size=spec["chunk"], fused_batch_norm=spec["fused"])
     if spec["task"] == "sinusoid":
         maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", **kwargs)
     else:
-        maml = km.MAML(conv4(5), inner_lr=0.4, **kwargs,
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        maml = km.MAML(conv4(spec["ways"]), inner_lr=0.4 if spec["ways"] == 5 else 0.1,
+                       **kwargs, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     maml.compile(keras.optimizers.Adam(1e-3))
-    return maml.meta_train_steps if spec["steps"] > 1 else maml.meta_train_step
+    if spec["steps"] > 1:
+        return (lambda episodes: maml.meta_train_steps(episodes)), maml
+    return (lambda episodes: maml.meta_train_step(episodes)), maml
+
+
+def _trainer_row(name, spec):
+    """Runs keras-meta's trainer for warm-up + repeats iterations; its own seconds/iteration."""
+    import resource
+
+    from keras_meta.training import train
+    from keras_meta.training.presets import PRESETS
+
+    # Long enough that the final checkpoint and the first call's tracing weigh little; the
+    # presets' own checkpoint and log periods.
+    iterations = 5000 if spec["task"] == "sinusoid" else 60
+    common = dict(num_iterations=iterations, eval_every=0, num_eval_tasks=spec["meta_batch"],
+                  steps_per_execution=spec["steps"], jit_compile=spec["jit"],
+                  first_order=spec["first_order"])
+    if spec["task"] == "sinusoid":
+        config = PRESETS["sinusoid_one_step"].replace(**common)
+    else:
+        if not FLAGS.omniglot_source_dir:
+            raise app.UsageError(f"{name} needs --omniglot_source_dir (the Omniglot zips).")
+        config = PRESETS["omniglot_5way_1shot_15queries"].replace(
+            omniglot_source_dir=FLAGS.omniglot_source_dir, data_dir=FLAGS.data_dir, **common)
+    with tempfile.TemporaryDirectory() as model_dir:
+        results = train(config, model_dir, verbose=False)
+    seconds = results["seconds_per_iteration"]
+    row = {"config": name, "median_s": seconds, "min_s": seconds, "max_s": seconds,
+           "first_call_s": None, "peak_rss_mib": resource.getrusage(
+               resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_step_mib": None,
+           "tensor_peak_mib": None, "gflop": None, "gflops_per_s": None,
+           "compare": spec["compare"], "iterations": iterations}
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def _matmul_peak():
+    """The machine's float32 matmul rate: the best of square matmuls in a `tf.function`."""
+    import numpy as np
+    import tensorflow as tf
+
+    best = None
+    for n in (512, 1024, 2048, 4096):
+        a = tf.random.normal([n, n])
+        b = tf.random.normal([n, n])
+        repeats = max(2, int(2e10 // (2 * n ** 3)))
+
+        @tf.function
+        def chain(a, b, repeats=repeats):
+            out = tf.zeros([], tf.float32)
+            for _ in range(repeats):
+                # Each product depends on the last sum, so none is skipped or overlapped away.
+                out += tf.reduce_sum(tf.matmul(a + out * 0.0, b)) * 0.0
+            return out
+
+        chain(a, b).numpy()
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            chain(a, b).numpy()
+            times.append(time.perf_counter() - t)
+        rate = 2 * n ** 3 * repeats / float(np.median(times)) / 1e9
+        if best is None or rate > best[0]:
+            best = (rate, n)
+    row = {"config": "matmul_peak", "median_s": None, "min_s": None, "max_s": None,
+           "first_call_s": None, "peak_rss_mib": None, "rss_before_step_mib": None,
+           "tensor_peak_mib": None, "gflop": None, "gflops_per_s": best[0],
+           "matmul_size": best[1]}
+    print("ROW " + json.dumps(row), flush=True)
 
 
 def run_child(name):
@@ -182,19 +320,40 @@ def run_child(name):
     import keras_meta as km
 
     spec = CONFIGS[name]
+    if spec["impl"] == "peak":
+        _matmul_peak()
+        return
+    if spec["impl"] == "trainer":
+        _trainer_row(name, spec)
+        return
     keras.utils.set_random_seed(0)
     if spec["policy"]:
         keras.config.set_dtype_policy(spec["policy"])
+    episode = _episode(spec["task"], spec["meta_batch"], spec["ways"], spec["queries"])
+    choice, tuning_seconds = None, None
     if spec["impl"] == "plain":
-        python_step = _plain_step(spec["task"], spec["first_order"], spec["meta_batch"])
+        python_step = _plain_step(spec["task"], spec["first_order"], spec["meta_batch"],
+                                  spec["ways"], spec["inner"])
     else:
-        python_step = _ours_step(spec)
-    episode = _episode(spec["task"], spec["meta_batch"])
+        python_step, maml = _ours_step(spec)
+        if spec["impl"] == "auto":
+            # From an empty cache (the parent gives each child its own): the measurement
+            # is timed here, as a first run on a new machine pays it.
+            t = time.perf_counter()
+            choice, _ = maml.autotune(episode, jit_compile=spec["jit"],
+                                      log=lambda m: print(m, file=sys.stderr, flush=True))
+            tuning_seconds = time.perf_counter() - t
+            choice = choice.label
     if spec["steps"] > 1:
         # Distinct meta-batches stacked on a leading axis, one graph loop over them.
         episode = km.Episode(*(tf.stack([tf.roll(x, k, axis=0) for k in range(spec["steps"])])
                                for x in episode))
     step = tf.function(python_step, jit_compile=spec["jit"])
+    if spec["impl"] != "plain":
+        # As keras-meta's trainer calls its step: through the concrete function, which skips
+        # tf.function's per-call argument binding. "plain" is called as users call theirs.
+        from keras_meta.training.concrete_step import ConcreteStep
+        step = ConcreteStep(step)
 
     def run():
         out = step(episode)
@@ -221,7 +380,10 @@ def run_child(name):
         tensor_peak_mib = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     flops = None
-    if spec["steps"] == 1:
+    # The FLOPs of a workload do not depend on how its tasks run; counting them traces the
+    # step again, which for the unrolled plain and loop graphs costs as much as the timing.
+    if spec["steps"] == 1 and (FLAGS.count_flops_everywhere or spec["impl"] not in ("plain",
+                                                                                       "loop")):
         flops = _flops(tf.function(python_step).get_concrete_function(episode))
     median = float(np.median(times))
     row = {"config": name, "median_s": median, "min_s": float(np.min(times)),
@@ -229,15 +391,66 @@ def run_child(name):
            "peak_rss_mib": peak_mib, "rss_before_step_mib": rss_before / 1024,
            "tensor_peak_mib": tensor_peak_mib,
            "gflop": flops / 1e9 if flops else None,
-           "gflops_per_s": flops / 1e9 / median if flops else None}
+           "gflops_per_s": flops / 1e9 / median if flops else None,
+           "choice": choice, "tuning_s": tuning_seconds}
     print("ROW " + json.dumps(row), flush=True)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _print_summary(rows):
+    """The issue-17 table: plain / loop / batched / auto per workload, and the matmul peak."""
+    peak = rows.get("matmul_peak", {}).get("gflops_per_s")
+    if peak:
+        print(f"float32 matmul peak: {peak:.0f} GFLOP/s "
+              f"({rows['matmul_peak']['matmul_size']}x{rows['matmul_peak']['matmul_size']})\n")
+    lines = []
+    for workload, columns in SUMMARY.items():
+        got = {k: rows.get(v) for k, v in columns.items()}
+        if not any(got.values()):
+            continue
+        ms = "sinusoid" in workload
+        unit = 1e3 if ms else 1.0
+
+        def cell(key):
+            r = got.get(key)
+            return f"{r['median_s'] * unit:.{2 if ms else 3}f}" if r else "-"
+
+        auto = got.get("auto")
+        ratio = (f"{got['plain']['median_s'] / auto['median_s']:.2f}x"
+                 if auto and got.get("plain") else "-")
+        rate = "-"
+        if auto and auto.get("gflops_per_s"):
+            rate = f"{auto['gflops_per_s']:.0f}"
+            if peak:
+                rate += f" ({100 * auto['gflops_per_s'] / peak:.0f}% of peak)"
+        choice = f"{auto['choice']} (tuned in {auto['tuning_s']:.0f} s)" if auto and \
+            auto.get("choice") else "-"
+        lines.append(f"| {workload} ({'ms' if ms else 's'}) | {cell('plain')} | {cell('loop')} | "
+                     f"{cell('batched')} | {cell('auto')} | {choice} | {ratio} | {rate} |")
+    if lines:
+        print("| median per meta-iteration | plain TF | loop | batched | auto | auto's choice | "
+              "plain / auto | auto GFLOP/s |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines) + "\n")
 
 
 def main(argv):
     if FLAGS.child:
         run_child(FLAGS.child)
         return
-    names = FLAGS.configs or DEFAULT_CONFIGS
+    names = FLAGS.configs or SUMMARY_CONFIGS
+    if names == ["all"]:
+        names = SUMMARY_CONFIGS + [n for n in DEFAULT_CONFIGS if n not in SUMMARY_CONFIGS]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise app.UsageError(f"Unknown --configs {unknown}; known: {sorted(CONFIGS)}.")
@@ -249,31 +462,60 @@ def main(argv):
         # TensorFlow's BFC allocator on the CPU keeps statistics (current and peak bytes of
         # live tensors), like the GPU allocator does; the default CPU allocator keeps none.
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+    # "auto" measures from an empty timings cache in every child, as on a new machine.
+    env["KERAS_META_AUTOTUNE"] = "1"
+    # The trainer rows prepare Omniglot once, here or in --data_dir.
+    data_dir = FLAGS.data_dir or tempfile.mkdtemp(prefix="meta_step_tfds_")
+    failed = []
     for name in names:
         print(f"running {name} ...", flush=True)
-        out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), f"--child={name}",
-             f"--repeats={FLAGS.repeats}", f"--warmup={FLAGS.warmup}"],
-            capture_output=True, text=True, env=env)
+        with tempfile.TemporaryDirectory() as cache:
+            out = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), f"--child={name}",
+                 f"--repeats={FLAGS.repeats}", f"--warmup={FLAGS.warmup}",
+                 f"--count_flops_everywhere={FLAGS.count_flops_everywhere}"]
+                + ([f"--omniglot_source_dir={FLAGS.omniglot_source_dir}",
+                    f"--data_dir={data_dir}"] if FLAGS.omniglot_source_dir else []),
+                capture_output=True, text=True, env=dict(env, KERAS_META_CACHE_DIR=cache))
         lines = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
         if out.returncode or not lines:
+            # One failed row is reported, not allowed to lose the others' figures.
             print(out.stderr[-3000:])
-            raise RuntimeError(f"{name} failed (exit {out.returncode}).")
+            print(f"{name} FAILED (exit {out.returncode})", flush=True)
+            failed.append(name)
+            continue
         rows.append(json.loads(lines[-1][4:]))
+        if FLAGS.output:
+            with open(FLAGS.output, "w") as f:
+                json.dump(rows, f, indent=2)
     print(f"\ncommand: python {' '.join(sys.argv)}")
-    print(f"{os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after {FLAGS.warmup} warm-up\n")
-    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | "
-          "peak tensor MiB | GFLOP | GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after "
+          f"{FLAGS.warmup} warm-up\n")
+    by_name = {r["config"]: r for r in rows}
+    _print_summary(by_name)
     for r in rows:
+        other = by_name.get(r.get("compare"))
+        if other:
+            print(f"trainer: {r['config']} {r['median_s'] * 1e3:.2f} ms per iteration against "
+                  f"{other['config']} {other['median_s'] * 1e3:.2f} ms: "
+                  f"{100 * (r['median_s'] / other['median_s'] - 1):+.0f}%")
+    print()
+    print("| configuration | median s | min s | max s | first call s | peak RSS MiB | "
+          "peak tensor MiB | GFLOP | GFLOP/s | auto's choice (tuning s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["config"] == "matmul_peak" or r.get("compare"):
+            continue
         g = f"{r['gflop']:.1f}" if r["gflop"] else "-"
         gs = f"{r['gflops_per_s']:.1f}" if r["gflops_per_s"] else "-"
         sp = f"{r['tensor_peak_mib']:.0f}" if r.get("tensor_peak_mib") else "-"
+        choice = (f"{r['choice']} ({r['tuning_s']:.0f})" if r.get("choice") else "-")
         print(f"| {r['config']} | {r['median_s']:.4f} | {r['min_s']:.4f} | {r['max_s']:.4f} | "
-              f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {sp} | {g} | {gs} |")
-    if FLAGS.output:
-        with open(FLAGS.output, "w") as f:
-            json.dump(rows, f, indent=2)
+              f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {sp} | {g} | {gs} | "
+              f"{choice} |")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

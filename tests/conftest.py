@@ -7,6 +7,13 @@ import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# "auto" task batching takes the batched pass without timing the candidates first: timing
+# costs a trace of every candidate, and the paths are equal (tests/core/test_batching.py).
+# tests/maml/test_task_batching_autotune.py turns it on where it is the subject.
+os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
+# Nothing a test measures lands in the user's cache.
+os.environ.setdefault("KERAS_META_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"keras_meta_test_cache_{os.getpid()}"))
 
 # Where the local Omniglot copy is: the Makefile exports it (the shared copy beside the
 # repository). The library itself never looks for it.

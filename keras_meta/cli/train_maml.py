@@ -125,7 +125,10 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
     flags.DEFINE_string("task_batching", defaults.task_batching,
-                        f"How a meta-batch's tasks run: {configs.TASK_BATCHING_MODES}.", **fv)
+                        f"How a meta-batch's tasks run: {configs.TASK_BATCHING_MODES}. auto: "
+                        "time the loop, the batched pass and chunks of it on the first "
+                        "meta-batch and keep the fastest (cached per machine; "
+                        "KERAS_META_AUTOTUNE=0: batched when possible, unmeasured).", **fv)
     flags.DEFINE_integer("recompute_inner_steps", defaults.recompute_inner_steps,
                          "0: store the inner steps' activations; k: recompute them in the "
                          "backward pass in segments of k steps (less memory).", **fv)

@@ -58,9 +58,12 @@ class MAML(keras.Model):
         task_batching: how a meta-batch's tasks run. `"batched"`: all tasks in one pass of the
             network (`keras_meta.task_batching`; stacked per-task parameters, grouped
             convolutions), much faster; `"loop"`: one fast-weights call per task, unrolled in
-            the graph, for any model; `"auto"` (default): batched when the model's layers and
-            the update rule allow it (SGD, no running statistics), else the loop. Both give
-            the same meta-gradient.
+            the graph, for any model; `"auto"` (default): the fastest way this machine
+            runs it, measured (`autotune`: the loop, the batched pass, chunks of it, fused
+            or plain batch norm; `fit` measures on its first meta-batch, cached per machine)
+            among those the model's layers and the update rule allow (batching needs SGD and
+            no running statistics); unmeasured (`KERAS_META_AUTOTUNE=0`), batched whenever
+            allowed. Every form gives the same meta-gradient.
         task_chunk_size: with task batching, run the meta-batch in chunks of this many tasks
             (`None`: all at once). The batched pass keeps every task's activations alive at
             once; chunks bound that, down to the loop's footprint at 1, at some speed.
@@ -171,6 +174,8 @@ class MAML(keras.Model):
             self, self.model.trainable_variables, learn_inner_lr, self.inner_lr,
             num_steps=self.inner_steps)
         self.meta_loss_tracker = keras.metrics.Mean(name="loss")
+        # What `autotune` measured to be fastest here (`TaskBatchingChoice`), for "auto".
+        self._task_batching_choice = None
         if task_batching == "batched":
             problems = self._batching_problems()
             if problems:
@@ -188,10 +193,95 @@ class MAML(keras.Model):
 
     @property
     def uses_task_batching(self):
-        """Whether meta-batches run task-batched (see `task_batching`)."""
+        """Whether meta-batches run task-batched (see `task_batching` and `autotune`)."""
         if self.task_batching == "loop":
             return False
+        choice = self._task_batching_choice
+        if choice is not None and self.task_batching == "auto":
+            return choice.task_batching == "batched"
         return not self._batching_problems()
+
+    @property
+    def task_batching_choice(self):
+        """The `TaskBatchingChoice` that `autotune` made (or was given), or `None`."""
+        return self._task_batching_choice
+
+    def set_task_batching_choice(self, choice):
+        """Runs `"auto"` task batching as `choice` (a `TaskBatchingChoice`, or `None`: the rule).
+
+        Every choice computes the same meta-gradient (up to float32 rounding); this changes
+        only how fast. Already traced step functions keep what they traced.
+        """
+        if choice is not None:
+            if self.task_batching != "auto":
+                raise ValueError(
+                    f"task_batching={self.task_batching!r} is fixed; a measured choice "
+                    f"({choice.label}) applies only to task_batching='auto'.")
+            if choice.task_batching == "batched" and self._batching_problems():
+                raise ValueError(f"The choice {choice.label!r} is not possible here: "
+                                 + "; ".join(self._batching_problems()) + ".")
+        self._task_batching_choice = choice
+
+    def autotune(self, episodes, *, repeats=5, jit_compile=False, use_cache=True, log=print):
+        """Times the ways to run a meta-batch on `episodes` and keeps the fastest.
+
+        Only for `task_batching="auto"` (a fixed `"batched"` or `"loop"` is the override and
+        is returned unmeasured). The timings are cached per machine and model signature
+        (`keras_meta.maml.task_batching_autotune`), so later runs on the same machine skip
+        the measurement. `fit` calls this on its first meta-batch; a custom loop calls it
+        before tracing its step.
+
+        Args:
+            episodes: one meta-batch as training will see it.
+            repeats: timed rounds per candidate.
+            jit_compile: time the candidates compiled with XLA (as the trainer's flag).
+            use_cache: read and write the timings cache.
+            log: a `print`-like callable for the choice and its timings.
+
+        Returns:
+            `(choice, report)`, see `autotune_task_batching`; `report` is `None` when nothing
+            was measured.
+
+        Example:
+
+        >>> choice, report = maml.autotune(next(iter(train_episodes)))
+        >>> choice.label
+        'batched, chunks of 8, fused batch norm'
+        """
+        from keras_meta.maml.task_batching_autotune import (TaskBatchingChoice,
+                                                            autotune_task_batching)
+        self._check_ready()
+        if self.task_batching != "auto":
+            fixed = TaskBatchingChoice(self.task_batching, self.task_chunk_size,
+                                       self.fused_batch_norm)
+            return fixed, None
+        choice, report = autotune_task_batching(self, episodes, repeats=repeats,
+                                                jit_compile=jit_compile, use_cache=use_cache,
+                                                log=log)
+        self.set_task_batching_choice(choice)
+        # Keras' compiled step functions read the choice when they trace: make them anew.
+        for name in ("train_function", "test_function", "predict_function"):
+            if getattr(self, name, None) is not None:
+                setattr(self, name, None)
+        return choice, report
+
+    def fit(self, x=None, *args, **kwargs):
+        """Keras `fit`; with `task_batching="auto"`, first times the ways to run a meta-batch.
+
+        The measurement (see `autotune`) runs once, on the first meta-batch of a
+        `tf.data.Dataset`, unless `KERAS_META_AUTOTUNE=0` or a choice is already made.
+        """
+        from keras_meta.maml.task_batching_autotune import autotune_enabled
+        if (self.task_batching == "auto" and self._task_batching_choice is None
+                and isinstance(x, tf.data.Dataset) and autotune_enabled()
+                and not self._batching_problems() and self.loss_fn is not None
+                and not tf.distribute.has_strategy()):
+            # Under a tf.distribute strategy each replica's step is what runs; the timings
+            # of a single-device step would not describe it, so the rule applies there.
+            first = next(iter(x), None)
+            if first is not None:
+                self.autotune(first, jit_compile=bool(getattr(self, "jit_compile", False)))
+        return super().fit(x, *args, **kwargs)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False, **kwargs):
         """Sets the outer optimizer, the task loss (if not given to the constructor) and metrics."""
@@ -254,9 +344,21 @@ class MAML(keras.Model):
             inner_steps=self.inner_steps if steps is None else steps,
             first_order=self.first_order if first_order is None else first_order,
             multi_step_loss_weights=self._step_loss_weights(),
-            task_batched=self.uses_task_batching, task_chunk_size=self.task_chunk_size,
+            task_batched=self.uses_task_batching, task_chunk_size=self._chunk_size(),
             inner_loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps,
-            fused_batch_norm=self.fused_batch_norm, query_training=query_training)
+            fused_batch_norm=self._fused_batch_norm(), query_training=query_training)
+
+    def _chunk_size(self):
+        choice = self._task_batching_choice
+        if choice is not None and self.task_batching == "auto":
+            return choice.task_chunk_size
+        return self.task_chunk_size
+
+    def _fused_batch_norm(self):
+        choice = self._task_batching_choice
+        if choice is not None and self.task_batching == "auto":
+            return choice.fused_batch_norm
+        return self.fused_batch_norm
 
     def _step_loss_weights(self):
         weights = self.multi_step_loss_weights

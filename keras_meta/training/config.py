@@ -120,7 +120,9 @@ class MAMLTrainConfig:
             fails with an error naming them, rather than hanging.
         mixed_precision: None, "mixed_float16" (with loss scaling, inner loop included) or
             "mixed_bfloat16": the Keras dtype policy of the model; variables stay float32.
-        task_batching: "auto", "batched" or "loop" (see `MAML`).
+        task_batching: "auto" (the fastest of the loop, the batched pass and chunks of it,
+            timed on the first meta-batch and cached per machine: `MAML.autotune`),
+            "batched" or "loop" (see `MAML`).
         recompute_inner_steps: 0 (off) or k: recompute inner steps in segments of k.
         task_chunk_size: 0 (all tasks in one pass) or the tasks per batched pass.
         fused_batch_norm: task-batched batch norm through TensorFlow's fused op (default,

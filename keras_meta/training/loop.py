@@ -19,10 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_meta.maml.task_batching_autotune import autotune_enabled
 from keras_meta.training import run_state
 from keras_meta.data.episode_indices import shard_meta_batch_size
 from keras_meta.training.cluster import (PEER_ERRORS, TF_CONFIG_ENV, ClusterError,
                                          cluster_role, start_multi_worker, worker_lost)
+from keras_meta.training.concrete_step import ConcreteStep
 from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.distribute import (all_gather_rows, distribute_episodes,
                                             distributed_meta_train_step, make_strategy,
@@ -305,6 +307,15 @@ def _train(config, model_dir, strategy, role, resume, printer):
     if role is not None:
         _check_workers_agree(strategy, role, config, int(step))
 
+    if not distributed and config.task_batching == "auto" and autotune_enabled():
+        # Before any step traces: the step functions read the choice when they trace.
+        first = next(iter(task.train_dataset(int(step) * config.meta_batch_size).take(1)))
+        choice, report = maml.autotune(first, jit_compile=config.jit_compile, log=printer)
+        if writes_run and report is not None:
+            run_state.append_history(model_dir, "task_batching", int(step),
+                                     choice=choice.label, cached=report["cached"],
+                                     timings=report["timings"])
+
     def save(manager, iteration):
         manager.save(checkpoint_number=iteration)
         if writes_run:
@@ -321,8 +332,9 @@ def _train(config, model_dir, strategy, role, resume, printer):
         if distributed:
             return tf.function(lambda episodes: distributed_meta_train_step(
                 maml, strategy, episodes, return_preds=False, first_order=first_order))
-        return tf.function(lambda episodes: maml.meta_train_step(episodes, first_order),
-                           jit_compile=config.jit_compile)
+        return ConcreteStep(tf.function(
+            lambda episodes: maml.meta_train_step(episodes, first_order),
+            jit_compile=config.jit_compile))
 
     step_functions = {False: step_function(None)}
     if config.first_order_iterations:
@@ -347,11 +359,13 @@ def _train(config, model_dir, strategy, role, resume, printer):
     start = int(step)
     progress = Progress(config.num_iterations, config.log_every, start, printer)
     if config.steps_per_execution > 1:
-        steps_functions = {
-            first_order: tf.function(
-                lambda episodes, f=first_order: maml.meta_train_steps(episodes, f or None),
-                jit_compile=config.jit_compile)
-            for first_order in step_functions}
+        def steps_function(first_order):
+            return ConcreteStep(tf.function(
+                lambda episodes: maml.meta_train_steps(episodes, first_order or None),
+                jit_compile=config.jit_compile))
+
+        steps_functions = {first_order: steps_function(first_order)
+                           for first_order in step_functions}
 
         def run_chunk(size, episodes, first_order):
             if size > 1:

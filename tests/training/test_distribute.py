@@ -96,9 +96,6 @@ OUT["grad_max"] = max(float(np.max(np.abs(g))) for g in grads1)
 
 # Running statistics: the mean over replicas of the state each reached after its 2 tasks.
 halves = [km.Episode(*(x[i:i + 2] for x in BATCH)) for i in (0, 2)]
-# The float32 noise floor: the same mean computed on one device as the mean of the halves'.
-half_grads = [tf.function(one.meta_gradients)(h)[1] for h in halves]
-OUT["floor_norm_rel"] = norm_rel(grads1, [(a + b) / 2 for a, b in zip(*half_grads)])
 states = [one.meta_batch_losses(h, return_state=True)[2] for h in halves]
 
 # (2) Weights after two full meta-train steps, SGD (sensitive to the gradient's scale) and Adam.
@@ -121,16 +118,20 @@ OUT["sgd_moved"] = norm_rel(initial, [a.numpy() for a in one.trainable_variables
 OUT["sgd_weight_rel"] = norm_rel(moved, [b.numpy() - i for b, i in zip(
     two.trainable_variables, initial)])
 
-adam = lambda: keras.optimizers.Adam(1e-2)
-one, two = build(DEFAULT, adam), build(MIRRORED, adam)
-step1, step2 = tf.function(one.meta_train_step), tf.function(
-    lambda e: kd.distributed_meta_train_step(two, MIRRORED, e))
-for _ in range(2):
-    step1(BATCH)
-    step2(next(DIST))
-OUT["adam_weight_rel"] = norm_rel([a.numpy() - i for a, i in zip(one.trainable_variables, initial)],
-                                  [b.numpy() - i for b, i in zip(two.trainable_variables, initial)])
-OUT["adam_iterations"] = int(two.optimizer.iterations.numpy())
+# Adam (its slots mirrored, the step count shared) once, on the MLP: the conv4 case is about
+# the running statistics, and its second-order loop traces are the slowest part of this file.
+if KIND == "mlp":
+    adam = lambda: keras.optimizers.Adam(1e-2)
+    one, two = build(DEFAULT, adam), build(MIRRORED, adam)
+    step1, step2 = tf.function(one.meta_train_step), tf.function(
+        lambda e: kd.distributed_meta_train_step(two, MIRRORED, e))
+    for _ in range(2):
+        step1(BATCH)
+        step2(next(DIST))
+    OUT["adam_weight_rel"] = norm_rel(
+        [a.numpy() - i for a, i in zip(one.trainable_variables, initial)],
+        [b.numpy() - i for b, i in zip(two.trainable_variables, initial)])
+    OUT["adam_iterations"] = int(two.optimizer.iterations.numpy())
 
 # (3) An uneven meta-batch is refused with a clear message.
 uneven = sinusoid_episodes(5, 5, 3, seed=0)
@@ -181,7 +182,7 @@ def mlp_run(tmp_path_factory):
     return _run(COMPARE, "mlp", tmp_path=tmp_path_factory.mktemp("mlp"))
 
 
-def _check_equal_to_one_device(out):
+def _check_equal_to_one_device(out, adam=True):
     loss1, loss2 = out["loss"]
     assert loss2 == pytest.approx(loss1, rel=1e-5)
     assert out["grad_max"] > 1e-3  # a real gradient, not zeros compared with zeros
@@ -195,8 +196,9 @@ def _check_equal_to_one_device(out):
     # of the meta-loss is an error of order 1 for SGD and ~1e-2 for Adam here; float32
     # rounding after two second-order conv4 steps reaches ~2e-5).
     assert out["sgd_weight_rel"] < 1e-4
-    assert out["adam_weight_rel"] < 1e-4
-    assert out["adam_iterations"] == 2
+    if adam:
+        assert out["adam_weight_rel"] < 1e-4
+        assert out["adam_iterations"] == 2
 
 
 def test_mirrored_meta_gradient_and_steps_equal_one_device_mlp(mlp_run):
@@ -213,7 +215,7 @@ def test_uneven_meta_batch_is_refused(mlp_run):
 
 def test_mirrored_meta_gradient_and_steps_equal_one_device_conv4_batch_norm(tmp_path):
     out = _run(COMPARE, "conv4", tmp_path=tmp_path)
-    _check_equal_to_one_device(out)
+    _check_equal_to_one_device(out, adam=False)
     # Per-step batch norm: running statistics are the replicas' mean.
     assert out["state_rel"] < 1e-5
 

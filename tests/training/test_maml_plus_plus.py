@@ -82,8 +82,7 @@ def test_maml_plus_plus_presets_carry_every_piece():
 def test_a_maml_plus_plus_run_trains_and_resumes(tmp_path):
     config = PRESETS["maml_plus_plus_omniglot_5way_1shot"].replace(
         num_iterations=3, meta_batch_size=2, eval_every=0, num_eval_tasks=2,
-        checkpoint_every=1, log_every=1, multi_step_loss_anneal_iterations=2,
-        first_order_iterations=1)
+        checkpoint_every=1, log_every=1, multi_step_loss_anneal_iterations=2)
     results = train(config, str(tmp_path / "run"), verbose=False)
     assert results["iterations"] == 3
     assert np.isfinite(results["results"]["5"]["accuracy"]["mean"])

@@ -1,0 +1,350 @@
+"""Choosing how a meta-batch's tasks run by timing the candidates, as cuDNN autotunes.
+
+Which form of the meta-step is fastest depends on the machine, not only on what the model
+supports: on one 2-core CPU the all-tasks batched pass is 1.2x faster than the per-task
+loop at second order, on another they tie, and chunks of tasks win where the batched pass's
+activations overflow the cache. Every candidate computes the same meta-gradient (each path is
+tested against the loop and against finite differences in float64), so the choice changes
+only the speed and float32 rounding, never the mathematics.
+
+`autotune_task_batching(maml, episodes)` traces each candidate's meta-gradient on one real
+meta-batch, times them in interleaved rounds (so that a load change on the machine biases
+none of them), and returns the fastest as a `TaskBatchingChoice` with every timing. Chunks
+are timed only in the batch-norm form (fused or plain) that won on the full batched pass,
+unless the two are within 10%: tracing, not timing, is most of the measurement's cost. The
+result is cached per machine and model signature in a JSON file
+(`$KERAS_META_CACHE_DIR/task_batching.json`, default `~/.cache/keras_meta/`), so a run or a
+resume on the same machine does not pay for the measurement again. `MAML.autotune` applies
+the choice; `MAML(task_batching="batched" | "loop")` overrides it.
+"""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from keras_meta.core import batching
+from keras_meta.data.episode import as_episode
+from keras_meta.layers import MetaBatchNormalization
+
+CACHE_DIR_ENV = "KERAS_META_CACHE_DIR"
+# "0", "off" or "false" turns measuring off: "auto" then takes the batched pass whenever the
+# model allows it (the rule before measuring existed).
+AUTOTUNE_ENV = "KERAS_META_AUTOTUNE"
+CACHE_FILE = "task_batching.json"
+# Bumped when what a cached entry means changes (the candidates or how they are timed).
+CACHE_VERSION = 1
+CHUNK_SIZES = (4, 8, 16)
+# A batch-norm form whose full batched pass is slower than the other's by more than this
+# factor (beyond run-to-run noise) is not timed in chunks.
+PRUNE = 1.1
+# Each timed round of a candidate lasts at least this long (several calls of a fast step).
+MIN_ROUND_SECONDS = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskBatchingChoice:
+    """One way to run a meta-batch's tasks (see `MAML`'s `task_batching`).
+
+    Args:
+        task_batching: `"batched"` (all tasks, or chunks of them, in one pass) or `"loop"`.
+        task_chunk_size: with `"batched"`, tasks per pass (`None`: all).
+        fused_batch_norm: with `"batched"`, TensorFlow's fused batch norm (see `MAML`).
+
+    Example:
+
+    >>> TaskBatchingChoice("batched", 8, True).label
+    'batched, chunks of 8'
+    >>> TaskBatchingChoice("batched", None, False).label
+    'batched (plain batch norm)'
+    """
+
+    task_batching: str
+    task_chunk_size: Optional[int] = None
+    fused_batch_norm: bool = True
+
+    def __post_init__(self):
+        if self.task_batching not in ("batched", "loop"):
+            raise ValueError(f"task_batching must be 'batched' or 'loop'; got "
+                             f"{self.task_batching!r}.")
+
+    @property
+    def label(self):
+        if self.task_batching == "loop":
+            return "loop"
+        label = "batched" + (f", chunks of {self.task_chunk_size}" if self.task_chunk_size
+                             else "")
+        return label + ("" if self.fused_batch_norm else " (plain batch norm)")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, value):
+        return cls(**value)
+
+
+def autotune_enabled():
+    """Whether `"auto"` task batching measures (`KERAS_META_AUTOTUNE` is not 0/off/false)."""
+    return os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def _has_fused_batch_norm(model):
+    return any(isinstance(layer, MetaBatchNormalization) and layer.mode == "transductive"
+               for layer in model._flatten_layers(include_self=False))
+
+
+def candidates(maml, meta_batch_size):
+    """The `TaskBatchingChoice`s worth timing for `maml` on meta-batches of this size.
+
+    The loop always; when the model can run task-batched, the batched pass over all tasks and
+    in chunks of 4, 8 and 16 tasks (those smaller than the meta-batch), each with fused and
+    plain batch norm when the model has transductive batch norm. An explicit
+    `task_chunk_size` or `fused_batch_norm=False` of the model is kept, not varied.
+    """
+    out = [TaskBatchingChoice("loop", None, bool(maml.fused_batch_norm))]
+    if maml._batching_problems():
+        return out
+    if maml.task_chunk_size is not None:
+        chunks = [maml.task_chunk_size]
+    else:
+        chunks = [None] + [c for c in CHUNK_SIZES if c < meta_batch_size]
+    fused = [True, False] if maml.fused_batch_norm and _has_fused_batch_norm(maml.model) \
+        else [bool(maml.fused_batch_norm)]
+    out += [TaskBatchingChoice("batched", c, f) for f in fused for c in chunks]
+    return out
+
+
+def machine_description():
+    """What the timings depend on besides the model: CPU model and count, accelerators, TF."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    accelerators = [d.device_type + ":" + (tf.config.experimental.get_device_details(d).get(
+        "device_name", "") if d.device_type == "GPU" else "")
+        for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "accelerators": accelerators,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "tensorflow": tf.__version__}
+
+
+def signature(maml, episodes, *, jit_compile=False, first_order=None):
+    """A stable key for the timings: the model, the MAML settings, the shapes, the machine."""
+    episodes = as_episode(episodes)
+    model = maml.model
+    description = {
+        "version": CACHE_VERSION,
+        "model": json.loads(json.dumps(model.get_config(), default=str)),
+        "weights": [[list(v.shape), str(v.dtype)] for v in model.weights],
+        "dtype_policy": keras.config.dtype_policy().name,
+        "inner_steps": maml.inner_steps,
+        "first_order": maml.first_order if first_order is None else bool(first_order),
+        "learn_inner_lr": maml.learn_inner_lr,
+        "multi_step": maml.multi_step_loss_weights is not None,
+        "recompute": maml.recompute_inner_steps,
+        "update_rule": type(maml.update_rule).__name__ if maml.update_rule is not None else None,
+        "episodes": [[list(x.shape), x.dtype.name] for x in episodes],
+        "jit_compile": bool(jit_compile),
+        "machine": machine_description(),
+    }
+    text = json.dumps(description, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_path():
+    """The timings cache: `$KERAS_META_CACHE_DIR` or `~/.cache/keras_meta`, `task_batching.json`."""
+    root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "keras_meta")
+    return os.path.join(root, CACHE_FILE)
+
+
+def _read_cache(path, log):
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+        if not isinstance(entries, dict):
+            raise ValueError(f"a JSON object was expected, got {type(entries).__name__}")
+        return entries
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        # A damaged cache costs one measurement, never a wrong choice: it is measured again
+        # and rewritten.
+        log(f"[autotune] ignoring the unreadable timings cache {path} ({error}); measuring again")
+        return {}
+
+
+def _write_cache(path, key, entry, log):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        entries = _read_cache(path, lambda message: None)
+        entries[key] = entry
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".task_batching.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(entries, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as error:
+        log(f"[autotune] could not write the timings cache {path} ({error}); the choice "
+            "holds for this process only")
+
+
+def _cached_choice(entry, options):
+    try:
+        choice = TaskBatchingChoice.from_dict(entry["choice"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    # A cached choice the model can no longer take (e.g. an explicit chunk size) is measured anew.
+    return choice if choice in options else None
+
+
+def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, first_order=None,
+                           use_cache=True, path=None, log=print):
+    """Times every candidate's meta-gradient on `episodes` and returns the fastest.
+
+    Args:
+        maml: a compiled or uncompiled `MAML` (its task loss must be set).
+        episodes: one meta-batch (a batched `Episode`), as training will see it.
+        repeats: timed rounds; each round times every candidate once, in turn.
+        jit_compile: time the candidates compiled with XLA, as a `jit_compile` trainer runs.
+        first_order: the derivative order to time (default: the model's).
+        use_cache: read and write the timings cache (`cache_path()`).
+        path: the cache file (default `cache_path()`).
+        log: where the progress and the result are printed (a `print`-like callable).
+
+    Returns:
+        `(choice, report)`: the fastest `TaskBatchingChoice` and a dict with `timings`
+        (label -> median seconds, or the error that candidate raised), `cached`, `seconds`
+        (the measurement's own cost) and `key`.
+
+    Example:
+
+    >>> choice, report = autotune_task_batching(maml, next(iter(train_dataset)))
+    >>> maml.set_task_batching_choice(choice)
+    """
+    if maml.task_batching != "auto":
+        raise ValueError(f"autotune_task_batching is for task_batching='auto'; this MAML has "
+                         f"the fixed {maml.task_batching!r}.")
+    episodes = as_episode(episodes)
+    meta_batch = episodes.support_x.shape[0]
+    if meta_batch is None:
+        raise ValueError("autotune_task_batching needs a static meta-batch size; got "
+                         f"support_x with shape {episodes.support_x.shape}.")
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats!r}.")
+    options = candidates(maml, meta_batch)
+    key = signature(maml, episodes, jit_compile=jit_compile, first_order=first_order)
+    path = path or cache_path()
+    if use_cache:
+        entry = _read_cache(path, log).get(key)
+        choice = _cached_choice(entry, options) if entry else None
+        if choice is not None:
+            log(f"[autotune] task batching: {choice.label} (cached timings from "
+                f"{entry.get('measured_at', '?')}: {_describe(entry.get('timings', {}))})")
+            return choice, {"timings": entry.get("timings", {}), "cached": True, "seconds": 0.0,
+                            "key": key, "choice": choice.to_dict()}
+    if len(options) == 1:
+        return options[0], {"timings": {}, "cached": False, "seconds": 0.0, "key": key,
+                            "choice": options[0].to_dict()}
+    started = time.perf_counter()
+    log(f"[autotune] timing {len(options)} ways to run a meta-batch of {meta_batch} tasks "
+        f"({'; '.join(c.label for c in options)}) ...")
+    previous = maml.task_batching_choice
+    functions, errors, first_call, skipped = {}, {}, {}, {}
+    # One tf.function per candidate is the point here, not an accidental retrace.
+    verbosity = tf.get_logger().level
+    tf.get_logger().setLevel("ERROR")
+    try:
+        # The full batched pass of each batch-norm form first: chunks are then timed only
+        # in the form that won there (a form slower on the full pass by more than the noise
+        # is slower in chunks too), which saves a third of the tracing with batch norm.
+        options = sorted(options, key=lambda c: (c.task_batching == "batched",
+                                                 c.task_chunk_size is not None))
+        warm = {}
+        for choice in options:
+            full = TaskBatchingChoice("batched", None, choice.fused_batch_norm)
+            rival = TaskBatchingChoice("batched", None, not choice.fused_batch_norm)
+            if (choice.task_chunk_size is not None and maml.task_chunk_size is None
+                    and full in warm and rival in warm and warm[full] > PRUNE * warm[rival]):
+                skipped[choice] = (f"not timed: {full.label} was {warm[full] / warm[rival]:.2f}x "
+                                   f"{rival.label} on the full pass")
+                continue
+            maml.set_task_batching_choice(choice)
+            # A fresh function per candidate: the model's settings are read when it traces.
+            fn = tf.function(lambda e: maml.meta_gradients(e, first_order=first_order)[:2],
+                             jit_compile=jit_compile)
+            t = time.perf_counter()
+            try:
+                _run(fn, episodes)
+                first_call[choice] = time.perf_counter() - t
+                t = time.perf_counter()
+                _run(fn, episodes)  # warm-up: the first call after tracing is slower
+                warm[choice] = time.perf_counter() - t
+            except (tf.errors.ResourceExhaustedError, tf.errors.InternalError,
+                    tf.errors.UnimplementedError) as error:
+                errors[choice] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+                continue
+            functions[choice] = fn
+    finally:
+        maml.set_task_batching_choice(previous)
+        tf.get_logger().setLevel(verbosity)
+    if not functions:
+        raise RuntimeError("Every task-batching candidate failed: " + "; ".join(
+            f"{c.label}: {e}" for c, e in errors.items()))
+    times = {choice: [] for choice in functions}
+    # A millisecond step is timed over several calls per round: one call's time is mostly
+    # noise at that scale (and a wrong choice costs as much as a slow one).
+    calls = {choice: max(1, math.ceil(MIN_ROUND_SECONDS / max(warm[choice], 1e-6)))
+             for choice in functions}
+    for _ in range(int(repeats)):
+        for choice, fn in functions.items():
+            t = time.perf_counter()
+            for _ in range(calls[choice]):
+                _run(fn, episodes)
+            times[choice].append((time.perf_counter() - t) / calls[choice])
+    medians = {choice: statistics.median(ts) for choice, ts in times.items()}
+    best = min(medians, key=medians.get)
+    timings = {c.label: round(m, 6) for c, m in medians.items()}
+    timings.update({c.label: e for c, e in errors.items()})
+    timings.update({c.label: e for c, e in skipped.items()})
+    seconds = time.perf_counter() - started
+    log(f"[autotune] task batching: {best.label} ({_describe(timings)}; measured in "
+        f"{seconds:.0f} s, tracing included)")
+    entry = {"choice": best.to_dict(), "timings": timings,
+             "first_call_seconds": {c.label: round(s, 3) for c, s in first_call.items()},
+             "repeats": int(repeats), "machine": machine_description(),
+             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if use_cache:
+        _write_cache(path, key, entry, log)
+    return best, {"timings": timings, "cached": False, "seconds": seconds, "key": key,
+                  "choice": best.to_dict()}
+
+
+def _run(fn, episodes):
+    loss, grads = fn(episodes)
+    # Reading the values waits for the whole step; the gradients are what training needs.
+    loss.numpy()
+    for g in grads:
+        g.numpy() if g is not None else None
+
+
+def _describe(timings):
+    """`label: seconds` fastest first, then the candidates that failed."""
+    timed = sorted((v, k) for k, v in timings.items() if not isinstance(v, str))
+    failed = [f"{k}: {v}" for k, v in timings.items() if isinstance(v, str)]
+    return "; ".join([f"{k}: {v:.4f} s" for v, k in timed] + failed)

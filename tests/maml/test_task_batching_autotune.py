@@ -1,0 +1,188 @@
+"""`task_batching="auto"` chooses by measurement: candidates, the cache, and who reads the choice.
+
+Timings themselves are never asserted (they depend on the machine's load); what is asserted
+is which candidates are timed, that a measured choice is cached per signature and reused,
+that a damaged cache is measured again, and that the choice reaches the meta-objective.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_meta as km
+from keras_meta.backbones import conv4, mlp
+from keras_meta.data.sinusoid import sinusoid_episodes
+from keras_meta.maml import task_batching_autotune as autotune
+from keras_meta.maml.task_batching_autotune import TaskBatchingChoice
+
+
+def images(num_tasks=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return km.Episode(
+        tf.constant(rng.normal(size=(num_tasks, 3, 8, 8, 1)), tf.float32),
+        tf.constant(np.tile(np.arange(3), (num_tasks, 1)), tf.int32),
+        tf.constant(rng.normal(size=(num_tasks, 3, 8, 8, 1)), tf.float32),
+        tf.constant(np.tile(np.arange(3), (num_tasks, 1)), tf.int32))
+
+
+def image_maml(**kwargs):
+    keras.utils.set_random_seed(0)
+    return km.MAML(conv4(3, (8, 8, 1), filters=4, **kwargs.pop("backbone", {})),
+                   inner_lr=0.4, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                   **kwargs)
+
+
+def labels(options):
+    return [c.label for c in options]
+
+
+def test_candidates_cover_the_loop_chunks_and_both_batch_norms():
+    assert labels(autotune.candidates(image_maml(), 32)) == [
+        "loop", "batched", "batched, chunks of 4", "batched, chunks of 8",
+        "batched, chunks of 16", "batched (plain batch norm)",
+        "batched, chunks of 4 (plain batch norm)", "batched, chunks of 8 (plain batch norm)",
+        "batched, chunks of 16 (plain batch norm)"]
+    # Chunks as large as the meta-batch are the full pass: not timed twice.
+    assert labels(autotune.candidates(image_maml(), 8)) == [
+        "loop", "batched", "batched, chunks of 4", "batched (plain batch norm)",
+        "batched, chunks of 4 (plain batch norm)"]
+
+
+def test_candidates_keep_what_the_user_fixed():
+    assert labels(autotune.candidates(image_maml(task_chunk_size=2), 32)) == [
+        "loop", "batched, chunks of 2", "batched, chunks of 2 (plain batch norm)"]
+    assert labels(autotune.candidates(image_maml(fused_batch_norm=False), 8)) == [
+        "loop", "batched (plain batch norm)",
+        "batched, chunks of 4 (plain batch norm)"]
+    # Without batch norm the fused flag changes nothing, so it is not varied.
+    sinusoid = km.MAML(mlp((8,)), inner_lr=0.01, loss="mse")
+    assert labels(autotune.candidates(sinusoid, 8)) == ["loop", "batched",
+                                                        "batched, chunks of 4"]
+    # Per-step batch norm has running statistics: only the loop can run it.
+    per_step = image_maml(backbone=dict(batch_norm="per_step", num_inner_steps=1))
+    assert labels(autotune.candidates(per_step, 8)) == ["loop"]
+
+
+def test_a_measured_choice_is_cached_per_signature_and_reused(tmp_path):
+    path = str(tmp_path / "cache.json")
+    maml = image_maml()
+    messages = []
+    choice, report = autotune.autotune_task_batching(maml, images(), repeats=1, path=path,
+                                                     log=messages.append)
+    options = autotune.candidates(maml, 8)
+    assert choice in options and not report["cached"]
+    # Every candidate is timed, or said to be left out (chunks in a batch-norm form that
+    # lost on the full pass by more than 10%).
+    assert set(report["timings"]) == set(labels(options))
+    timed = {k: v for k, v in report["timings"].items() if not isinstance(v, str)}
+    assert {"loop", "batched", "batched (plain batch norm)"} <= set(timed)
+    assert all(t > 0 for t in timed.values())
+    for label, why in report["timings"].items():
+        if isinstance(why, str):
+            assert "chunks of" in label and why.startswith("not timed:"), (label, why)
+    assert choice.label == min(timed, key=timed.get)
+    assert choice.label in messages[-1] and "measured in" in messages[-1]
+    entry = json.load(open(path))[report["key"]]
+    assert entry["choice"] == choice.to_dict() and entry["machine"]["cpu_count"] > 0
+
+    again, report2 = autotune.autotune_task_batching(image_maml(), images(seed=1), repeats=1,
+                                                     path=path, log=messages.append)
+    assert again == choice and report2["cached"] and report2["seconds"] == 0.0
+    assert report2["key"] == report["key"] and "cached timings" in messages[-1]
+
+    # Another meta-batch size, derivative order or machine is another signature.
+    _, other = autotune.autotune_task_batching(image_maml(), images(num_tasks=4), repeats=1,
+                                               path=path, log=messages.append)
+    assert not other["cached"] and other["key"] != report["key"]
+    assert autotune.signature(image_maml(first_order=True), images()) != report["key"]
+    assert len(json.load(open(path))) == 2
+
+
+def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path):
+    path = tmp_path / "cache.json"
+    path.write_text("{ not json")
+    messages = []
+    sinusoid = km.MAML(mlp((8,)), inner_lr=0.01, loss="mse")
+    episodes = next(iter(sinusoid_episodes(5, 5, 8, seed=0)))
+    choice, report = autotune.autotune_task_batching(sinusoid, episodes, repeats=1,
+                                                     path=str(path), log=messages.append)
+    assert not report["cached"] and any("ignoring the unreadable" in m for m in messages)
+    assert json.loads(path.read_text())[report["key"]]["choice"] == choice.to_dict()
+    # A cached choice this model can no longer take is not applied: it is measured anew.
+    entries = json.loads(path.read_text())
+    entries[report["key"]]["choice"] = TaskBatchingChoice("batched", 16, True).to_dict()
+    path.write_text(json.dumps(entries))
+    fresh, report = autotune.autotune_task_batching(sinusoid, episodes, repeats=1,
+                                                    path=str(path), log=messages.append)
+    assert not report["cached"] and fresh in autotune.candidates(sinusoid, 8)
+
+
+def test_the_choice_reaches_the_meta_objective_and_keeps_the_meta_gradient():
+    maml = image_maml()
+    data = images(num_tasks=4)
+    reference = maml.meta_gradients(data)
+    for choice in [TaskBatchingChoice("loop"), TaskBatchingChoice("batched", 2, False)]:
+        maml.set_task_batching_choice(choice)
+        objective = maml.objective()
+        assert objective.task_batched == (choice.task_batching == "batched")
+        assert objective.task_chunk_size == choice.task_chunk_size
+        assert objective.fused_batch_norm == choice.fused_batch_norm
+        assert maml.uses_task_batching == (choice.task_batching == "batched")
+        loss, grads, _ = maml.meta_gradients(data)
+        np.testing.assert_allclose(loss.numpy(), reference[0].numpy(), rtol=1e-5)
+        for a, b in zip(reference[1], grads):
+            assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a) + 1e-6
+    maml.set_task_batching_choice(None)
+    assert maml.objective().task_batched and maml.objective().task_chunk_size is None
+
+
+def test_a_fixed_task_batching_is_the_override():
+    maml = image_maml(task_batching="batched", task_chunk_size=4)
+    choice, report = maml.autotune(images())
+    assert choice == TaskBatchingChoice("batched", 4, True) and report is None
+    with pytest.raises(ValueError, match="fixed"):
+        maml.set_task_batching_choice(TaskBatchingChoice("loop"))
+    with pytest.raises(ValueError, match="task_batching='auto'"):
+        autotune.autotune_task_batching(maml, images())
+    per_step = image_maml(backbone=dict(batch_norm="per_step", num_inner_steps=1))
+    with pytest.raises(ValueError, match="not possible here"):
+        per_step.set_task_batching_choice(TaskBatchingChoice("batched"))
+
+
+@pytest.mark.parametrize("enabled", ["1", "0"])
+def test_fit_measures_first_unless_turned_off(monkeypatch, tmp_path, enabled):
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, enabled)
+    monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path))
+    maml = km.MAML(mlp((8,)), inner_lr=0.01, loss="mse")
+    maml.compile(keras.optimizers.Adam(1e-3))
+    dataset = sinusoid_episodes(5, 5, 8, seed=0)
+    maml.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
+    if enabled == "1":
+        assert maml.task_batching_choice in autotune.candidates(maml, 8)
+        assert (tmp_path / autotune.CACHE_FILE).exists()
+    else:
+        assert maml.task_batching_choice is None
+        assert not (tmp_path / autotune.CACHE_FILE).exists()
+
+
+def test_the_trainer_records_its_choice(monkeypatch, tmp_path):
+    from keras_meta.training import run_state, train
+    from keras_meta.training.config import MAMLTrainConfig
+
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    config = MAMLTrainConfig(task_family="sinusoid", num_iterations=3, meta_batch_size=8,
+                             eval_every=0, num_eval_tasks=4, log_every=1)
+    train(config, str(tmp_path / "run"), verbose=False)
+    events = [e for e in run_state.read_history(str(tmp_path / "run"))
+              if e["event"] == "task_batching"]
+    assert len(events) == 1 and not events[0]["cached"]
+    assert events[0]["choice"] in events[0]["timings"]
+    # A resume on the same machine reuses the timings.
+    train(config.replace(num_iterations=5), str(tmp_path / "run"), verbose=False)
+    events = [e for e in run_state.read_history(str(tmp_path / "run"))
+              if e["event"] == "task_batching"]
+    assert len(events) == 2 and events[1]["cached"]
