@@ -21,7 +21,6 @@ and convolutions, forward and backward), divided by the median time.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -397,14 +396,8 @@ def run_child(name):
 
 
 def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    from keras_meta.maml.task_batching_autotune import machine_description
+    return machine_description()["cpu"]
 
 
 def _print_summary(rows):

@@ -212,6 +212,10 @@ class MAML(keras.Model):
         Every choice computes the same meta-gradient (up to float32 rounding); this changes
         only how fast. Already traced step functions keep what they traced.
         """
+        from keras_meta.maml.task_batching_autotune import TaskBatchingChoice
+        if choice is not None and not isinstance(choice, TaskBatchingChoice):
+            raise TypeError(f"set_task_batching_choice takes a TaskBatchingChoice or None; got "
+                            f"{type(choice).__name__} {choice!r}.")
         if choice is not None:
             if self.task_batching != "auto":
                 raise ValueError(

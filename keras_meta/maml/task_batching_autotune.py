@@ -95,7 +95,14 @@ class TaskBatchingChoice:
 
 def autotune_enabled():
     """Whether `"auto"` task batching measures (`KERAS_META_AUTOTUNE` is not 0/off/false)."""
-    return os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+    value = os.environ.get(AUTOTUNE_ENV, "1").strip().lower()
+    if value in ("1", "on", "true", "yes", ""):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    # A typo must not silently pick either behaviour.
+    raise ValueError(f"{AUTOTUNE_ENV}={os.environ[AUTOTUNE_ENV]!r} is not understood; expected "
+                     "1/on/true/yes (measure) or 0/off/false/no (batched when possible).")
 
 
 def _has_fused_batch_norm(model):

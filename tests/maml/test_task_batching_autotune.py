@@ -186,3 +186,18 @@ def test_the_trainer_records_its_choice(monkeypatch, tmp_path):
     events = [e for e in run_state.read_history(str(tmp_path / "run"))
               if e["event"] == "task_batching"]
     assert len(events) == 2 and events[1]["cached"]
+
+
+def test_bad_choices_and_switch_values_are_refused(monkeypatch):
+    with pytest.raises(TypeError, match="TaskBatchingChoice or None; got str"):
+        image_maml().set_task_batching_choice("batched")
+    with pytest.raises(ValueError, match="must be 'batched' or 'loop'"):
+        TaskBatchingChoice("grouped")
+    monkeypatch.setenv(autotune.AUTOTUNE_ENV, "maybe")
+    with pytest.raises(ValueError, match="KERAS_META_AUTOTUNE='maybe' is not understood"):
+        autotune.autotune_enabled()
+    for value, expected in [("off", False), ("0", False), ("ON", True), ("1", True)]:
+        monkeypatch.setenv(autotune.AUTOTUNE_ENV, value)
+        assert autotune.autotune_enabled() is expected
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        autotune.autotune_task_batching(image_maml(), images(), repeats=0)
