@@ -79,7 +79,8 @@ def main(argv):
         return value
 
     tasks = sinusoid_episodes(config.shots_at_eval, config.queries_at_eval, None,
-                              seed=config.seed + 2_000_003, num_episodes=FLAGS.num_tasks)
+                              seed=config.seed + 2_000_003, num_episodes=FLAGS.num_tasks,
+                              stream=config.sinusoid_stream)
     rows = []
     for task in tasks:
         q = query_losses(task.support_x, task.support_y, task.query_x, task.query_y).numpy()

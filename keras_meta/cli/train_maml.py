@@ -123,6 +123,9 @@ def define_flags(flag_values=FLAGS):
                          "Checkpoint every N iterations.", **fv)
     flags.DEFINE_integer("log_every", defaults.log_every, "Progress line every N iterations.", **fv)
     flags.DEFINE_integer("seed", defaults.seed, "Seed of the initialisation and the episodes.", **fv)
+    flags.DEFINE_integer("sinusoid_stream", defaults.sinusoid_stream,
+                         "Which mapping of episode indices to sinusoid tasks: 2, or 1 (that of "
+                         "runs started before stream 2; resuming one needs its own).", **fv)
     flags.DEFINE_boolean("jit_compile", defaults.jit_compile, "XLA-compile the train step.", **fv)
     flags.DEFINE_string("task_batching", defaults.task_batching,
                         f"How a meta-batch's tasks run: {configs.TASK_BATCHING_MODES}. auto: "

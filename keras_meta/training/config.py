@@ -15,6 +15,7 @@ from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.data.omniglot import IMAGES_PER_CLASS as OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import PROTOCOLS as OMNIGLOT_PROTOCOLS
 from keras_meta.data.omniglot import omniglot_split_sizes
+from keras_meta.data.sinusoid import STREAMS as SINUSOID_STREAMS
 from keras_meta.layers import BATCH_NORM_MODES
 from keras_meta.maml import LR_MODES, TASK_BATCHING_MODES
 from keras_meta.training.distribute import STRATEGIES
@@ -129,6 +130,9 @@ class MAMLTrainConfig:
             faster) or plain ops (`False`); same meta-gradient up to float32 rounding (see
             `MAML`).
         steps_per_execution: outer steps per compiled call.
+        sinusoid_stream: which mapping of episode indices to sinusoid tasks the run draws
+            (`keras_meta.data.sinusoid`): 2, or 1, that of runs started before stream 2
+            existed (their saved configs read as 1, so they resume on their own tasks).
         image_preprocessing: `ImagePreprocessing.get_config()` of the images the model takes
             (classification), or `None` for the task family's own (filled in by `train`).
             Saved with the run, so that an export needs no dataset.
@@ -198,6 +202,7 @@ class MAMLTrainConfig:
     steps_per_execution: int = 1
     image_preprocessing: Optional[dict] = None
     client_image_shape: Optional[tuple] = None
+    sinusoid_stream: int = 2
 
     def __post_init__(self):
         if isinstance(self.eval_inner_steps, int):
@@ -269,6 +274,8 @@ class MAMLTrainConfig:
             bad("fused_batch_norm", "True or False")
         if not is_int(self.recompute_inner_steps) or self.recompute_inner_steps < 0:
             bad("recompute_inner_steps", "an integer >= 0 (0: off; k: segments of k steps)")
+        if self.sinusoid_stream not in SINUSOID_STREAMS:
+            bad("sinusoid_stream", f"one of {SINUSOID_STREAMS}")
         if not is_int(self.steps_per_execution) or self.steps_per_execution < 1:
             bad("steps_per_execution", "an integer >= 1")
         if self.steps_per_execution > 1 and self.strategy != "default":
@@ -459,6 +466,9 @@ class MAMLTrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown MAMLTrainConfig fields {unknown}; known: {sorted(known)}.")
+        if "sinusoid_stream" not in values and values.get("task_family", "sinusoid") == "sinusoid":
+            # Written before stream 2: that run's tasks are stream 1's.
+            values = dict(values, sinusoid_stream=1)
         if "pooling" not in values and values.get("task_family") == "omniglot":
             # Written before `pooling` existed, when conv4 always flattened: the weights of
             # that run (its dense kernel) need a flattening network.

@@ -214,38 +214,92 @@ def train(config, model_dir, *, verbose=True):
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _chunks(task, config, start, strategy=None, role=None):
-    """`(size, episodes)` pairs covering iterations `start .. num_iterations`.
+def _distributed_chunks(task, config, start, strategy, role=None):
+    """`(1, episodes)` per meta-iteration from `start` on, distributed over `strategy`'s
+    replicas (one step per call: `steps_per_execution` is 1 under a strategy)."""
+    if role is not None:
+        # Each worker samples only its own share of every meta-batch.
+        iterator = iter(worker_episodes(strategy, task.train_dataset, start,
+                                        config.meta_batch_size))
+        for _ in range(config.num_iterations - start):
+            yield 1, next(iterator)
+        return
+    dataset = task.train_dataset(start * config.meta_batch_size).take(
+        config.num_iterations - start)
+    for episodes in distribute_episodes(strategy, dataset):
+        yield 1, episodes
 
-    With `steps_per_execution` K > 1, `size` is K and the episodes are K meta-batches stacked
-    on a leading axis (one call of `MAML.meta_train_steps`); a remainder shorter than K runs
-    one meta-batch at a time. Streams are pure functions of the episode index, so the chunking
-    does not change which episodes are seen.
-    """
+
+def _chunk_sizes(config, start):
+    """The number of iterations of each call from `start` on: `steps_per_execution` while a
+    whole chunk fits, then single iterations."""
     per_call = config.steps_per_execution
     remaining = config.num_iterations - start
     full = remaining // per_call if per_call > 1 else 0
+    return [per_call] * full + [1] * (remaining - full * per_call)
+
+
+def _local_chunks(task, config, start):
+    """`(size, iterator)` per call covering iterations `start .. num_iterations` in one process.
+
+    With `steps_per_execution` K > 1, `size` is K and each element of the iterator is K
+    meta-batches stacked on a leading axis (one call of `MAML.meta_train_steps`); a remainder
+    shorter than K runs one meta-batch at a time. Streams are pure functions of the episode
+    index, so the chunking does not change which episodes are seen. The call takes its
+    episodes from the iterator inside its graph: tf.data prepares the next meta-batches on its
+    own threads while a step runs, and no episode passes through Python.
+    """
+    sizes = _chunk_sizes(config, start)
+    per_call = config.steps_per_execution
+    full = sizes.count(per_call) if per_call > 1 else 0
     if full:
         stacked = task.train_dataset(start * config.meta_batch_size).batch(
-            per_call, drop_remainder=True)
-        for episodes in stacked.take(full):
-            yield per_call, episodes
+            per_call, drop_remainder=True).prefetch(1)
+        iterator = iter(stacked)
+        for _ in range(full):
+            yield per_call, iterator
     rest_start = start + full * per_call
-    if rest_start >= config.num_iterations:
-        return
-    if role is not None:
-        # Each worker samples only its own share of every meta-batch.
-        iterator = iter(worker_episodes(strategy, task.train_dataset, rest_start,
-                                        config.meta_batch_size))
+    if rest_start < config.num_iterations:
+        iterator = iter(task.train_dataset(rest_start * config.meta_batch_size))
         for _ in range(config.num_iterations - rest_start):
-            yield 1, next(iterator)
-        return
-    dataset = task.train_dataset(rest_start * config.meta_batch_size).take(
-        config.num_iterations - rest_start)
+            yield 1, iterator
+
+
+def _step_function(maml, config, strategy, first_order, size, iterator, step):
+    """The call that runs `size` meta-iterations, advances `step` by `size`, and returns the
+    meta-loss.
+
+    `first_order` True is MAML++'s first-order phase; False keeps the run's own order. With
+    `strategy`, the call takes the episodes and runs one distributed meta-step over the
+    replicas' shares. Otherwise it takes no input: it draws its episodes from `iterator`
+    (`size` meta-batches stacked when `size` > 1) inside its graph.
+    """
+    order = True if first_order else None
     if strategy is not None:
-        dataset = distribute_episodes(strategy, dataset)
-    for episodes in dataset:
-        yield 1, episodes
+        distributed = tf.function(lambda episodes: distributed_meta_train_step(
+            maml, strategy, episodes, return_preds=False, first_order=order)[0])
+
+        def call(episodes):
+            loss = distributed(episodes)
+            step.assign_add(size)
+            return loss
+        return call
+
+    def meta_iterations(episodes):
+        if size > 1:
+            return maml.meta_train_steps(episodes, order)
+        return maml.meta_train_step(episodes, order)[0]
+
+    compiled = tf.function(meta_iterations, jit_compile=config.jit_compile)
+
+    # The step counter moves inside the call too: no eager op per iteration, each of which
+    # costs a tenth of a compiled sinusoid step.
+    def drawn():
+        loss = compiled(iterator.get_next())
+        step.assign_add(size)
+        return loss
+
+    return ConcreteStep(tf.function(drawn))
 
 
 def _train(config, model_dir, strategy, role, resume, printer):
@@ -327,21 +381,19 @@ def _train(config, model_dir, strategy, role, resume, printer):
     writer = (tf.summary.create_file_writer(os.path.join(model_dir, "logs")) if writes_run
               else tf.summary.create_noop_writer())
     # Derivative-order annealing (MAML++): a first-order step function for the first
-    # `first_order_iterations`, the run's own order after; each is traced once.
-    def step_function(first_order):
+    # `first_order_iterations`, the run's own order after; each is traced once per chunk size.
+    step_functions = {}
+
+    def run_chunk(size, source, first_order):
+        key = (first_order, size)
+        if key not in step_functions:
+            step_functions[key] = _step_function(
+                maml, config, strategy if distributed else None, first_order, size,
+                None if distributed else source, step)
         if distributed:
-            return tf.function(lambda episodes: distributed_meta_train_step(
-                maml, strategy, episodes, return_preds=False, first_order=first_order))
-        return ConcreteStep(tf.function(
-            lambda episodes: maml.meta_train_step(episodes, first_order),
-            jit_compile=config.jit_compile))
+            return step_functions[key](source)
+        return step_functions[key]()
 
-    step_functions = {False: step_function(None)}
-    if config.first_order_iterations:
-        step_functions[True] = step_function(True)
-
-    def train_step(episodes, first_order=False):
-        return step_functions[first_order](episodes)
     evaluator = TaskEvaluator(maml, classification=task.classification)
     higher_is_better = task.classification
     metric_name = "accuracy" if task.classification else "mse"
@@ -358,42 +410,28 @@ def _train(config, model_dir, strategy, role, resume, printer):
 
     start = int(step)
     progress = Progress(config.num_iterations, config.log_every, start, printer)
-    if config.steps_per_execution > 1:
-        def steps_function(first_order):
-            return ConcreteStep(tf.function(
-                lambda episodes: maml.meta_train_steps(episodes, first_order or None),
-                jit_compile=config.jit_compile))
-
-        steps_functions = {first_order: steps_function(first_order)
-                           for first_order in step_functions}
-
-        def run_chunk(size, episodes, first_order):
-            if size > 1:
-                return steps_functions[first_order](episodes)
-            return train_step(episodes, first_order)[0]
-    else:
-        def run_chunk(size, episodes, first_order):
-            return train_step(episodes, first_order)[0]
+    chunks = (_distributed_chunks(task, config, start, strategy, role) if distributed
+              else _local_chunks(task, config, start))
     loop_start = time.perf_counter()
     timed_from = None
     last_loss = float("nan")
     try:
         with writer.as_default():
-            for size, episodes in _chunks(task, config, start,
-                                          strategy if distributed else None, role):
-                loss = run_chunk(size, episodes, int(step) < config.first_order_iterations)
+            s = start
+            for size, source in chunks:
+                # `s` mirrors `step`, which the call advances: no variable read per iteration.
+                loss = run_chunk(size, source, s < config.first_order_iterations)
+                s += size
                 last_loss = float(loss)
                 if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                     if writes_run:
-                        run_state.append_history(model_dir, "diverged", int(step) + size,
+                        run_state.append_history(model_dir, "diverged", s,
                                                  meta_loss=last_loss)
                     raise FloatingPointError(
-                        f"The meta-loss is {last_loss} at iteration {int(step) + size}. "
+                        f"The meta-loss is {last_loss} at iteration {s}. "
                         f"Training stopped; the last good checkpoint "
                         f"({latest.latest_checkpoint or 'none'}) is kept. Lower inner_lr or "
                         "meta_lr.")
-                step.assign_add(size)
-                s = int(step)
                 if timed_from is None:
                     # The first step traces the graph: time the steady state from here on.
                     timed_from = (s, time.perf_counter())

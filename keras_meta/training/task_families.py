@@ -102,12 +102,14 @@ def build_model(config):
 def _sinusoid(config):
     def train(start_index, shard=None):
         return sinusoid_episodes(config.num_shots, config.num_queries, config.meta_batch_size,
-                                 seed=config.seed, start_index=start_index, shard=shard)
+                                 seed=config.seed, start_index=start_index, shard=shard,
+                                 stream=config.sinusoid_stream)
 
     def finite(seed_offset, num_tasks):
         return lambda: sinusoid_episodes(
             config.shots_at_eval, config.queries_at_eval, eval_batch_size(num_tasks),
-            seed=config.seed + seed_offset, num_episodes=num_tasks)
+            seed=config.seed + seed_offset, num_episodes=num_tasks,
+            stream=config.sinusoid_stream)
 
     return dict(classification=False, train_dataset=train,
                 val_dataset=finite(1_000_003, config.num_val_tasks),
@@ -245,6 +247,7 @@ FAMILIES_OF_FIELD = {
     "pooling": _IMAGE_FAMILIES,
     "data_dir": _IMAGE_FAMILIES,
     "omniglot_protocol": ("omniglot",),
+    "sinusoid_stream": ("sinusoid",),
     "eval_within_alphabet": ("omniglot",),
     "omniglot_source_dir": ("omniglot",),
     **{field: ("images",) for field in (
