@@ -166,8 +166,9 @@ def test_kill_one_worker_and_relaunch_ends_where_uninterrupted_run_ends(two_work
     reference_dir, _ = two_worker_run
     model_dir = tmp_path / "run"
     # The chief must stop by itself: the launcher's grace outlasts the run's 30 s worker
-    # timeout (a peer lost outside a collective, e.g. during a save, is found by that timeout).
-    command = _launch_command(*TRAIN_ARGS, f"--model_dir={model_dir}", grace_seconds=75)
+    # timeout (a peer lost outside a collective, e.g. during a save, is found by that timeout)
+    # and the bound below, so a chief the launcher had to kill fails the test.
+    command = _launch_command(*TRAIN_ARGS, f"--model_dir={model_dir}", grace_seconds=120)
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     try:
@@ -188,10 +189,11 @@ def test_kill_one_worker_and_relaunch_ends_where_uninterrupted_run_ends(two_work
     assert proc.returncode != 0
     assert "worker 1 (pid" in output and "killed by SIGKILL" in output
     # The chief stops by itself, naming what happened and what to do, within the worker
-    # timeout (30 s) and its teardown.
+    # timeout (30 s) and its teardown: once 76 s beside another test process
+    # on two cores (CI runs two), hence the bound.
     assert "another worker failed or stopped answering" in output, output[-3000:]
     assert "relaunch every worker with the same command" in output
-    assert time.monotonic() - killed_at < 70
+    assert time.monotonic() - killed_at < 100
     assert not (model_dir / "eval_results.json").exists()
 
     code, log = _run(command, timeout=400)
