@@ -230,15 +230,6 @@ def _distributed_chunks(task, config, start, strategy, role=None):
         yield 1, episodes
 
 
-def _chunk_sizes(config, start):
-    """The number of iterations of each call from `start` on: `steps_per_execution` while a
-    whole chunk fits, then single iterations."""
-    per_call = config.steps_per_execution
-    remaining = config.num_iterations - start
-    full = remaining // per_call if per_call > 1 else 0
-    return [per_call] * full + [1] * (remaining - full * per_call)
-
-
 def _local_chunks(task, config, start):
     """`(size, iterator)` per call covering iterations `start .. num_iterations` in one process.
 
@@ -249,9 +240,8 @@ def _local_chunks(task, config, start):
     episodes from the iterator inside its graph: tf.data prepares the next meta-batches on its
     own threads while a step runs, and no episode passes through Python.
     """
-    sizes = _chunk_sizes(config, start)
     per_call = config.steps_per_execution
-    full = sizes.count(per_call) if per_call > 1 else 0
+    full = (config.num_iterations - start) // per_call if per_call > 1 else 0
     if full:
         stacked = task.train_dataset(start * config.meta_batch_size).batch(
             per_call, drop_remainder=True).prefetch(1)

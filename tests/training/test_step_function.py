@@ -16,8 +16,9 @@ def _weights(config, iterations, drawn):
     maml = build_maml(config, task.model, task.loss_fn)
     step = tf.Variable(0, dtype=tf.int64)
     chunks = list(loop._local_chunks(task, config, 0))
-    assert [size for size, _ in chunks] == loop._chunk_sizes(config, 0)
-    assert sum(size for size, _ in chunks) == iterations
+    per_call = config.steps_per_execution
+    full = iterations // per_call if per_call > 1 else 0
+    assert [size for size, _ in chunks] == [per_call] * full + [1] * (iterations - full * per_call)
     if drawn:
         functions = {}
         for size, iterator in chunks:
