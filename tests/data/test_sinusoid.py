@@ -93,3 +93,15 @@ def test_a_run_config_saved_before_stream_2_reads_as_stream_1():
     assert MAMLTrainConfig().sinusoid_stream == 2
     with pytest.raises(ValueError, match="sinusoid_stream"):
         MAMLTrainConfig(sinusoid_stream=0)
+
+
+def test_resuming_a_stream_1_run_on_stream_2_is_refused_naming_the_field():
+    from keras_meta.training import run_state
+    from keras_meta.training.config import MAMLTrainConfig
+
+    values = MAMLTrainConfig().to_dict()
+    del values["sinusoid_stream"]
+    saved = MAMLTrainConfig.from_dict(values)
+    with pytest.raises(ValueError, match="sinusoid_stream"):
+        run_state.resume_changes(saved, MAMLTrainConfig())
+    assert run_state.resume_changes(saved, MAMLTrainConfig(sinusoid_stream=1)) == {}
