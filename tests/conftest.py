@@ -40,7 +40,35 @@ def omniglot_source_dir():
 
 @pytest.fixture(scope="session")
 def omniglot_data_dir(omniglot_source_dir, tmp_path_factory):
-    """A TFDS data dir with `omniglot` 3.0.0 prepared offline, once per session (~1-2 min)."""
+    """A TFDS data dir with `omniglot` 3.0.0 prepared offline, once per test run (~1-2 min).
+
+    Under pytest-xdist the worker processes share one folder beside their own temporary
+    folders: `prepare_omniglot` locks it, so one worker prepares and the others wait and
+    find it ready, instead of every worker paying the preparation again.
+    """
     from keras_meta.data.omniglot import prepare_omniglot
 
-    return prepare_omniglot(omniglot_source_dir, tmp_path_factory.mktemp("tfds"))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # getbasetemp() is this worker's own folder (.../pytest-N/popen-gwK); its parent is
+        # the run's, shared by all the workers of this run and by no other run.
+        data_dir = tmp_path_factory.getbasetemp().parent / "shared_tfds"
+    else:
+        data_dir = tmp_path_factory.mktemp("tfds")
+    return prepare_omniglot(omniglot_source_dir, data_dir)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the files with slow tests first, each file's tests together and in their order.
+
+    pytest-xdist (`make test`) hands whole files to its workers in this order; starting with
+    the long ones leaves the short ones to even out the end, where a long file started last
+    would leave the other worker idle for minutes.
+    """
+    def has_slow(path):
+        return any(item.get_closest_marker("slow") for item in by_file[path])
+
+    by_file = {}
+    for item in items:
+        by_file.setdefault(item.path, []).append(item)
+    order = sorted(by_file, key=lambda path: not has_slow(path))  # stable: otherwise unchanged
+    items[:] = [item for path in order for item in by_file[path]]

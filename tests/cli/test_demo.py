@@ -144,14 +144,26 @@ def test_demo_from_the_preset_tests_exports_and_serves_it(omniglot_data_dir, omn
     np.testing.assert_allclose(served["logits"], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_demo_flags_that_do_not_apply_are_refused():
+def test_demo_flags_that_do_not_apply_are_refused(monkeypatch):
     import subprocess
     import sys
 
-    for args, message in ((["--num_iterations=5"], "--num_iterations applies to --train only"),
-                          (["--train", "--preset=omniglot_5way_1shot"],
+    from absl import app, flags
+
+    # One refusal through `python -m trainers.demo` (exit status, message on stderr); the others
+    # through the same `main` in this process, on a fresh set of the demo's flags: each process
+    # costs a TensorFlow import.
+    proc = subprocess.run([sys.executable, "-m", "trainers.demo", "--num_iterations=5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "--num_iterations applies to --train only" in proc.stderr, proc.stderr[-2000:]
+    for args, message in ((["--train", "--preset=omniglot_5way_1shot"],
                            "--preset and --train exclude each other"),
                           (["--preset=nope"], "--preset='nope': Unknown preset 'nope'")):
-        proc = subprocess.run([sys.executable, "-m", "trainers.demo"] + args,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
+        flag_values = flags.FlagValues()
+        demo_module.define_flags(flag_values)
+        flag_values(["demo", *args])
+        monkeypatch.setattr(demo_module, "FLAGS", flag_values)
+        with pytest.raises(app.UsageError) as refused:
+            demo_module.main(["demo"])
+        assert message in str(refused.value), args

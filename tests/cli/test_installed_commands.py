@@ -126,9 +126,12 @@ def install(tmp_path_factory):
 
     venv = tmp / "venv"
     base_python = getattr(sys, "_base_executable", None) or sys.executable
-    _run([base_python, "-m", "venv", venv], cwd=tmp)
+    # Without pip of its own (ensurepip costs seconds): this interpreter's pip installs into
+    # the venv through `--python`, running there as the venv's own pip would.
+    _run([base_python, "-m", "venv", "--without-pip", venv], cwd=tmp)
     python = venv / "bin" / "python"
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheels[0]], cwd=tmp)
+    _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+          wheels[0]], cwd=tmp)
     site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=tmp).stdout.strip())
     assert (site / PACKAGE / "__init__.py").is_file(), f"the wheel did not install into {site}"

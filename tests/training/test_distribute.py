@@ -1,8 +1,8 @@
 """Distributed MAML: MirroredStrategy over 2 logical CPUs against one device.
 
-Logical devices must be configured before TensorFlow initialises, so every comparison runs in
-a fresh subprocess (a script below) that prints its measurements as JSON; the assertions are
-here. The equalities are exact in real arithmetic: a missing or doubled 1/num_replicas share
+Logical devices must be configured before TensorFlow initialises, so the comparisons run in
+one fresh subprocess (the script below) that prints its measurements as JSON; the assertions
+are here. The equalities are exact in real arithmetic: a missing or doubled 1/num_replicas share
 of the meta-loss, a replica seeing the wrong tasks, or Keras' per-replica loss scaling leaking
 into the inner loop all fail them (the SGD comparison too: Adam alone is blind to a constant
 gradient factor).
@@ -49,13 +49,14 @@ def norm_rel(xs, ys):
     return float(np.linalg.norm(x - y) / np.linalg.norm(x))
 '''
 
-COMPARE = PRELUDE + r'''
-KIND = sys.argv[1]
+SCRIPT = PRELUDE + r'''
+from keras_meta.training.config import MAMLTrainConfig
+from keras_meta.training import train
 
 
-def batch():
+def batch(kind):
     rng = np.random.default_rng(0)
-    if KIND == "mlp":
+    if kind == "mlp":
         return next(iter(sinusoid_episodes(5, 5, 4, seed=3)))
     return km.Episode(tf.constant(rng.random((4, 3, 8, 8, 1)) + 1.0, tf.float32),
                       tf.constant([[0, 1, 2]] * 4, tf.int32),
@@ -63,10 +64,10 @@ def batch():
                       tf.constant([[0, 1, 2, 0, 1, 2]] * 4, tf.int32))
 
 
-def build(strategy, optimizer):
+def build(kind, strategy, optimizer):
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        if KIND == "mlp":
+        if kind == "mlp":
             base = km.backbones.mlp(hidden=(16, 16))
             maml = km.MAML(base, inner_lr=0.05, inner_steps=2, loss="mse",
                            learn_inner_lr="per_variable")
@@ -79,88 +80,99 @@ def build(strategy, optimizer):
     return maml
 
 
-BATCH = batch()
-DIST = iter(kd.distribute_episodes(MIRRORED, tf.data.Dataset.from_tensors(BATCH).repeat()))
+def compare(kind):
+    out = {}
+    whole = batch(kind)
+    dist = iter(kd.distribute_episodes(MIRRORED, tf.data.Dataset.from_tensors(whole).repeat()))
 
-# (1) The all-reduced meta-gradient against the single-device one of the whole meta-batch.
-sgd = lambda: keras.optimizers.SGD(0.05)
-one, two = build(DEFAULT, sgd), build(MIRRORED, sgd)
-# Both in graphs: eager and graph execution of the same single-device gradient already differ
-# by ~1e-5 (relative) for conv4, from Grappler's rewrites of the convolutions.
-loss1, grads1, _ = tf.function(one.meta_gradients)(BATCH)
-loss2, grads2 = tf.function(lambda e: kd.distributed_meta_gradients(two, MIRRORED, e))(next(DIST))
-OUT["loss"] = [float(loss1), float(loss2)]
-OUT["grad_rel"] = max(rel(a, b) for a, b in zip(grads1, grads2))  # worst tensor
-OUT["grad_norm_rel"] = norm_rel(grads1, grads2)
-OUT["grad_max"] = max(float(np.max(np.abs(g))) for g in grads1)
+    # (1) The all-reduced meta-gradient against the single-device one of the whole meta-batch.
+    sgd = lambda: keras.optimizers.SGD(0.05)
+    one, two = build(kind, DEFAULT, sgd), build(kind, MIRRORED, sgd)
+    # Both in graphs: eager and graph execution of the same single-device gradient already
+    # differ by ~1e-5 (relative) for conv4, from Grappler's rewrites of the convolutions.
+    loss1, grads1, _ = tf.function(one.meta_gradients)(whole)
+    loss2, grads2 = tf.function(lambda e: kd.distributed_meta_gradients(two, MIRRORED, e))(
+        next(dist))
+    out["loss"] = [float(loss1), float(loss2)]
+    out["grad_rel"] = max(rel(a, b) for a, b in zip(grads1, grads2))  # worst tensor
+    out["grad_norm_rel"] = norm_rel(grads1, grads2)
+    out["grad_max"] = max(float(np.max(np.abs(g))) for g in grads1)
 
-# Running statistics: the mean over replicas of the state each reached after its 2 tasks.
-halves = [km.Episode(*(x[i:i + 2] for x in BATCH)) for i in (0, 2)]
-states = [one.meta_batch_losses(h, return_state=True)[2] for h in halves]
+    # Running statistics: the mean over replicas of the state each reached after its 2 tasks.
+    halves = [km.Episode(*(x[i:i + 2] for x in whole)) for i in (0, 2)]
+    states = [one.meta_batch_losses(h, return_state=True)[2] for h in halves]
 
-# (2) Weights after two full meta-train steps, SGD (sensitive to the gradient's scale) and Adam.
-step1, step2 = tf.function(one.meta_train_step), tf.function(
-    lambda e: kd.distributed_meta_train_step(two, MIRRORED, e))
-losses = []
-for i in range(2):
-    l1, _ = step1(BATCH)
-    l2, preds = step2(next(DIST))
-    losses.append([float(l1), float(l2)])
-    if i == 0 and states[0]:
-        OUT["state_rel"] = max(rel((a + b) / 2, v.numpy()) for a, b, v in
-                               zip(*states, two.model.non_trainable_variables))
-OUT["step_losses"] = losses
-OUT["preds_shape"] = list(preds.shape)
-initial = [v.numpy() for v in build(DEFAULT, sgd).trainable_variables]
-moved = [a.numpy() - b for a, b in zip(one.trainable_variables, initial)]
-OUT["sgd_moved"] = norm_rel(initial, [a.numpy() for a in one.trainable_variables])
-# Relative to the displacement: the weights themselves would hide an error in the update.
-OUT["sgd_weight_rel"] = norm_rel(moved, [b.numpy() - i for b, i in zip(
-    two.trainable_variables, initial)])
-
-# Adam (its slots mirrored, the step count shared) once, on the MLP: the conv4 case is about
-# the running statistics, and its second-order loop traces are the slowest part of this file.
-if KIND == "mlp":
-    adam = lambda: keras.optimizers.Adam(1e-2)
-    one, two = build(DEFAULT, adam), build(MIRRORED, adam)
+    # (2) Weights after two full meta-train steps, SGD (sensitive to the gradient's scale)
+    # and Adam.
     step1, step2 = tf.function(one.meta_train_step), tf.function(
         lambda e: kd.distributed_meta_train_step(two, MIRRORED, e))
-    for _ in range(2):
-        step1(BATCH)
-        step2(next(DIST))
-    OUT["adam_weight_rel"] = norm_rel(
-        [a.numpy() - i for a, i in zip(one.trainable_variables, initial)],
-        [b.numpy() - i for b, i in zip(two.trainable_variables, initial)])
-    OUT["adam_iterations"] = int(two.optimizer.iterations.numpy())
+    losses = []
+    for i in range(2):
+        l1, _ = step1(whole)
+        l2, preds = step2(next(dist))
+        losses.append([float(l1), float(l2)])
+        if i == 0 and states[0]:
+            out["state_rel"] = max(rel((a + b) / 2, v.numpy()) for a, b, v in
+                                   zip(*states, two.model.non_trainable_variables))
+    out["step_losses"] = losses
+    out["preds_shape"] = list(preds.shape)
+    initial = [v.numpy() for v in build(kind, DEFAULT, sgd).trainable_variables]
+    moved = [a.numpy() - b for a, b in zip(one.trainable_variables, initial)]
+    out["sgd_moved"] = norm_rel(initial, [a.numpy() for a in one.trainable_variables])
+    # Relative to the displacement: the weights themselves would hide an error in the update.
+    out["sgd_weight_rel"] = norm_rel(moved, [b.numpy() - i for b, i in zip(
+        two.trainable_variables, initial)])
 
-# (3) An uneven meta-batch is refused with a clear message.
-uneven = sinusoid_episodes(5, 5, 3, seed=0)
-try:
-    kd.distribute_episodes(MIRRORED, uneven)
-    OUT["uneven"] = None
-except ValueError as e:
-    OUT["uneven"] = str(e)
-print("RESULT " + json.dumps(OUT))
-'''
+    # Adam (its slots mirrored, the step count shared) once, on the MLP: the conv4 case is
+    # about the running statistics, and its second-order loop traces are the slowest part here.
+    if kind == "mlp":
+        adam = lambda: keras.optimizers.Adam(1e-2)
+        one, two = build(kind, DEFAULT, adam), build(kind, MIRRORED, adam)
+        step1, step2 = tf.function(one.meta_train_step), tf.function(
+            lambda e: kd.distributed_meta_train_step(two, MIRRORED, e))
+        for _ in range(2):
+            step1(whole)
+            step2(next(dist))
+        out["adam_weight_rel"] = norm_rel(
+            [a.numpy() - i for a, i in zip(one.trainable_variables, initial)],
+            [b.numpy() - i for b, i in zip(two.trainable_variables, initial)])
+        out["adam_iterations"] = int(two.optimizer.iterations.numpy())
+    return out
 
-TRAINER = PRELUDE + r'''
-from keras_meta.training.config import MAMLTrainConfig
-from keras_meta.training import train
 
-model_dir = sys.argv[1]
-tiny = MAMLTrainConfig(num_iterations=4, meta_batch_size=4, num_shots=5, num_queries=5,
-                       eval_every=2, num_val_tasks=4, num_eval_tasks=6, checkpoint_every=2,
-                       log_every=2, eval_inner_steps=(1,))
-OUT["default"] = train(tiny, os.path.join(model_dir, "default"), verbose=False)
-OUT["mirrored"] = train(tiny.replace(strategy="mirrored"), os.path.join(model_dir, "mirrored"),
-                        verbose=False)
-OUT["resumed"] = train(tiny.replace(strategy="mirrored", num_iterations=6),
-                       os.path.join(model_dir, "mirrored"), verbose=False)
-try:
-    train(tiny.replace(strategy="mirrored", meta_batch_size=3), os.path.join(model_dir, "x"))
-    OUT["uneven"] = None
-except ValueError as e:
-    OUT["uneven"] = str(e)
+def uneven():
+    # An uneven meta-batch is refused with a clear message.
+    try:
+        kd.distribute_episodes(MIRRORED, sinusoid_episodes(5, 5, 3, seed=0))
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def trainer(model_dir):
+    out = {}
+    tiny = MAMLTrainConfig(num_iterations=4, meta_batch_size=4, num_shots=5, num_queries=5,
+                           eval_every=2, num_val_tasks=4, num_eval_tasks=6, checkpoint_every=2,
+                           log_every=2, eval_inner_steps=(1,))
+    out["default"] = train(tiny, os.path.join(model_dir, "default"), verbose=False)
+    out["mirrored"] = train(tiny.replace(strategy="mirrored"), os.path.join(model_dir, "mirrored"),
+                            verbose=False)
+    out["resumed"] = train(tiny.replace(strategy="mirrored", num_iterations=6),
+                           os.path.join(model_dir, "mirrored"), verbose=False)
+    try:
+        train(tiny.replace(strategy="mirrored", meta_batch_size=3), os.path.join(model_dir, "x"))
+        out["uneven"] = None
+    except ValueError as e:
+        out["uneven"] = str(e)
+    return out
+
+
+# The trainer's runs take a process of their own: its MirroredStrategy's collectives would
+# clash with those of MIRRORED above ("Shape mismatch in the collective instance").
+if sys.argv[1] == "compare":
+    OUT = {"mlp": compare("mlp"), "conv4": compare("conv4"), "uneven": uneven()}
+else:
+    OUT = trainer(sys.argv[2])
 print("RESULT " + json.dumps(OUT))
 '''
 
@@ -177,9 +189,11 @@ def _run(script, *args, tmp_path):
     return json.loads(line[len("RESULT "):])
 
 
+# One subprocess for both models' comparisons: each separate start would import TensorFlow
+# and set up the two logical devices again.
 @pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return _run(COMPARE, "mlp", tmp_path=tmp_path_factory.mktemp("mlp"))
+def compared(tmp_path_factory):
+    return _run(SCRIPT, "compare", tmp_path=tmp_path_factory.mktemp("compare"))
 
 
 def _check_equal_to_one_device(out, adam=True):
@@ -201,27 +215,28 @@ def _check_equal_to_one_device(out, adam=True):
         assert out["adam_iterations"] == 2
 
 
-def test_mirrored_meta_gradient_and_steps_equal_one_device_mlp(mlp_run):
-    _check_equal_to_one_device(mlp_run)
-    assert mlp_run["preds_shape"] == [4, 5, 1]  # gathered in the global task order
+def test_mirrored_meta_gradient_and_steps_equal_one_device_mlp(compared):
+    out = compared["mlp"]
+    _check_equal_to_one_device(out)
+    assert out["preds_shape"] == [4, 5, 1]  # gathered in the global task order
 
 
-def test_uneven_meta_batch_is_refused(mlp_run):
-    message = mlp_run["uneven"]
+def test_uneven_meta_batch_is_refused(compared):
+    message = compared["uneven"]
     assert message is not None
     assert "meta-batch size 3 does not divide evenly across the 2 replicas" in message
     assert "multiple of 2" in message
 
 
-def test_mirrored_meta_gradient_and_steps_equal_one_device_conv4_batch_norm(tmp_path):
-    out = _run(COMPARE, "conv4", tmp_path=tmp_path)
+def test_mirrored_meta_gradient_and_steps_equal_one_device_conv4_batch_norm(compared):
+    out = compared["conv4"]
     _check_equal_to_one_device(out, adam=False)
     # Per-step batch norm: running statistics are the replicas' mean.
     assert out["state_rel"] < 1e-5
 
 
 def test_trainer_end_to_end_with_mirrored_strategy(tmp_path):
-    out = _run(TRAINER, str(tmp_path), tmp_path=tmp_path)
+    out = _run(SCRIPT, "trainer", str(tmp_path), tmp_path=tmp_path)
     default, mirrored, resumed = out["default"], out["mirrored"], out["resumed"]
     assert mirrored["iterations"] == 4 and resumed["iterations"] == 6
     assert mirrored["config"]["strategy"] == "mirrored"

@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import multi_worker_probe  # noqa: E402
 
 # A sinusoid run long enough to kill a worker between two checkpoints (about 50 iterations a
-# second on 2 cores, so several seconds remain after the first checkpoints).
-NUM_ITERATIONS = 600
+# second on 2 cores, so seconds remain after the first checkpoints; the chief cannot finish
+# without the killed worker, as every iteration all-reduces with it).
+NUM_ITERATIONS = 300
 TRAIN_ARGS = [
     "--task_family=sinusoid", f"--num_iterations={NUM_ITERATIONS}", "--meta_batch_size=4",
-    "--inner_steps=1", "--checkpoint_every=50", "--eval_every=300", "--log_every=100",
+    "--inner_steps=1", "--checkpoint_every=50", "--eval_every=150", "--log_every=100",
     "--num_val_tasks=10", "--num_eval_tasks=20", "--eval_inner_steps=1,5",
     "--worker_timeout_seconds=30",
 ]

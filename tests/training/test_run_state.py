@@ -6,6 +6,7 @@ failed resume, a learning rate ignored on resume, a corrupt checkpoint, leftover
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -30,15 +31,29 @@ def _export_and_answer(model_dir, base_dir):
     return predict_local(path, inputs=REQUEST)["predictions"]
 
 
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """One finished TINY run and what its export answers; each test resumes, corrupts or
+    edits its own copy (a run directory holds only relative checkpoint paths)."""
+    model_dir = tmp_path_factory.mktemp("tiny") / "run"
+    train(TINY, str(model_dir), verbose=False)
+    return model_dir, _export_and_answer(str(model_dir), model_dir.parent / "serving")
+
+
+def _copy_of(trained, tmp_path):
+    model_dir = tmp_path / "run"
+    shutil.copytree(trained[0], model_dir)
+    return str(model_dir)
+
+
 def _files(folder):
     return sorted(os.path.relpath(os.path.join(d, f), folder)
                   for d, _, names in os.walk(folder) for f in names)
 
 
-def test_a_failed_resume_does_not_change_what_is_exported(tmp_path):
-    model_dir = str(tmp_path / "run")
-    train(TINY, model_dir, verbose=False)
-    before = _export_and_answer(model_dir, tmp_path / "serving_a")
+def test_a_failed_resume_does_not_change_what_is_exported(tmp_path, trained_tiny):
+    model_dir = _copy_of(trained_tiny, tmp_path)
+    before = trained_tiny[1]
     with open(os.path.join(model_dir, "config.json")) as f:
         config_before = f.read()
 
@@ -60,12 +75,11 @@ def test_a_failed_resume_does_not_change_what_is_exported(tmp_path):
     assert events == ["start", "resume", "diverged"]
 
 
-def test_the_exporter_uses_the_config_inside_the_checkpoint(tmp_path):
+def test_the_exporter_uses_the_config_inside_the_checkpoint(tmp_path, trained_tiny):
     # Even a config.json overwritten by hand (or by an older trainer at a failed start) cannot
     # change the exported graph: the checkpoint carries the settings of its weights.
-    model_dir = str(tmp_path / "run")
-    train(TINY, model_dir, verbose=False)
-    before = _export_and_answer(model_dir, tmp_path / "a")
+    model_dir = _copy_of(trained_tiny, tmp_path)
+    before = trained_tiny[1]
     poisoned = TINY.replace(inner_lr=1e6)
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         f.write(poisoned.to_json())
@@ -75,9 +89,8 @@ def test_the_exporter_uses_the_config_inside_the_checkpoint(tmp_path):
     np.testing.assert_array_equal(_export_and_answer(model_dir, tmp_path / "b"), before)
 
 
-def test_a_new_learning_rate_on_resume_is_applied_and_recorded(tmp_path):
-    model_dir = str(tmp_path / "run")
-    train(TINY, model_dir, verbose=False)
+def test_a_new_learning_rate_on_resume_is_applied_and_recorded(tmp_path, trained_tiny):
+    model_dir = _copy_of(trained_tiny, tmp_path)
     results = train(TINY.replace(meta_lr=0.25, num_iterations=6), model_dir, verbose=False)
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     names = [n for n, _ in tf.train.list_variables(latest) if "learning_rate" in n]
@@ -90,9 +103,9 @@ def test_a_new_learning_rate_on_resume_is_applied_and_recorded(tmp_path):
     assert resume[0]["changes"] == {"meta_lr": [0.001, 0.25], "num_iterations": [4, 6]}
 
 
-def test_a_corrupt_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys):
-    model_dir = str(tmp_path / "run")
-    train(TINY, model_dir, verbose=False)
+def test_a_corrupt_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, capsys,
+                                                                  trained_tiny):
+    model_dir = _copy_of(trained_tiny, tmp_path)
     folder = os.path.join(model_dir, "checkpoints")
     newest = tf.train.latest_checkpoint(folder)
     assert newest.endswith("ckpt-4")
@@ -121,14 +134,13 @@ def test_a_malformed_config_file_is_named(tmp_path):
         run_state.read_config_file(str(path))
 
 
-def test_leftovers_of_an_interrupted_write_are_removed(tmp_path):
-    model_dir = tmp_path / "run"
-    train(TINY.replace(num_iterations=2), str(model_dir), verbose=False)
-    folder = model_dir / "checkpoints"
+def test_leftovers_of_an_interrupted_write_are_removed(tmp_path, trained_tiny):
+    model_dir = _copy_of(trained_tiny, tmp_path)
+    folder = tmp_path / "run" / "checkpoints"
     (folder / "checkpoint.tmp1f2e3d").write_text("half")
-    (folder / "ckpt-3_temp").mkdir()
-    (folder / "ckpt-3_temp" / "part").write_text("half")
-    train(TINY, str(model_dir), verbose=False)
+    (folder / "ckpt-5_temp").mkdir()
+    (folder / "ckpt-5_temp" / "part").write_text("half")
+    train(TINY.replace(num_iterations=6), model_dir, verbose=False)
     assert not list(folder.glob("*tmp*")) and not list(folder.glob("*_temp*"))
 
 

@@ -17,6 +17,9 @@ from trainers import train_maml
 TINY = MAMLTrainConfig(num_iterations=6, meta_batch_size=2, num_shots=5, num_queries=5,
                        eval_every=3, num_val_tasks=4, num_eval_tasks=6, checkpoint_every=2,
                        log_every=2, eval_inner_steps=(1, 2))
+# For runs judged by their training alone: each evaluation and each count of test steps
+# costs a trace, more than the iterations themselves.
+QUICK = TINY.replace(eval_every=0, eval_inner_steps=(1,))
 
 
 def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
@@ -43,20 +46,20 @@ def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
 
 
 def test_resume_continues_the_same_episode_stream(tmp_path):
-    straight = train(TINY.replace(eval_every=0), str(tmp_path / "a"), verbose=False)
-    train(TINY.replace(eval_every=0, num_iterations=4), str(tmp_path / "b"), verbose=False)
-    resumed = train(TINY.replace(eval_every=0), str(tmp_path / "b"), verbose=False)
+    straight = train(QUICK, str(tmp_path / "a"), verbose=False)
+    train(QUICK.replace(num_iterations=4), str(tmp_path / "b"), verbose=False)
+    resumed = train(QUICK, str(tmp_path / "b"), verbose=False)
     a, b = straight["results"]["1"]["loss"]["mean"], resumed["results"]["1"]["loss"]["mean"]
     assert a == pytest.approx(b, rel=1e-4)
 
 
 def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
     model_dir = str(tmp_path)
-    train(TINY.replace(num_iterations=4, eval_every=0), model_dir, verbose=False)
+    train(QUICK.replace(num_iterations=4), model_dir, verbose=False)
     good = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     with pytest.raises(FloatingPointError, match="meta-loss is (nan|inf)"):
         # meta_lr may change on resume, and is applied: the first step diverges.
-        train(TINY.replace(num_iterations=8, eval_every=0, meta_lr=1e30), model_dir,
+        train(QUICK.replace(num_iterations=8, meta_lr=1e30), model_dir,
               verbose=False)
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) == good
     reader = tf.train.load_checkpoint(good)
@@ -66,9 +69,9 @@ def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
 
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
-    train(TINY.replace(num_iterations=2, eval_every=0), str(tmp_path), verbose=False)
+    train(QUICK.replace(num_iterations=2), str(tmp_path), verbose=False)
     with pytest.raises(ValueError, match="inner_steps: saved 1, now 2"):
-        train(TINY.replace(inner_steps=2), str(tmp_path), verbose=False)
+        train(QUICK.replace(inner_steps=2), str(tmp_path), verbose=False)
 
 
 def _parse(argv):
@@ -166,7 +169,7 @@ def test_bad_flags_fail_with_a_clear_message(argv, message):
 
 
 def test_steps_per_execution_trains_the_same_model_and_checkpoints_on_time(tmp_path, capsys):
-    config = TINY.replace(num_iterations=7, eval_every=0, checkpoint_every=2, log_every=3)
+    config = QUICK.replace(num_iterations=7, checkpoint_every=2, log_every=3)
     one = train(config, str(tmp_path / "one"), verbose=False)
     capsys.readouterr()
     # 7 iterations in calls of 3: two stacked calls, then one single step.
@@ -184,7 +187,7 @@ def test_steps_per_execution_trains_the_same_model_and_checkpoints_on_time(tmp_p
 
 
 def test_recompute_and_loop_trainers_agree_with_the_default(tmp_path):
-    config = TINY.replace(num_iterations=3, eval_every=0, inner_steps=2)
+    config = QUICK.replace(num_iterations=3, inner_steps=2)
     base = train(config, str(tmp_path / "a"), verbose=False)["results"]["1"]["loss"]["mean"]
     for name, changes in (("b", dict(recompute_inner_steps=1)),
                           ("c", dict(task_batching="loop"))):
