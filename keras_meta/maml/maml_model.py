@@ -15,7 +15,7 @@ from keras_meta.core.losses import replica_loss_weight
 from keras_meta.data.episode import Episode, as_episode
 from keras_meta.maml.inner_rates import LR_MODES, make_inner_rates, read_inner_rates
 from keras_meta.maml.multi_step_loss import MultiStepLossSchedule
-from keras_meta.maml.objective import MetaObjective
+from keras_meta.maml.objective import MetaObjective, _not_converted
 from keras_meta.presets import Preset, PresetError
 
 # How a meta-batch's tasks run: batched when the model allows it, always batched, or a loop.
@@ -375,6 +375,7 @@ class MAML(keras.Model):
             return tuple(tf.unstack(weights(iteration)))
         return tuple(weights)
 
+    @_not_converted
     def task_query_loss(self, params, episode, *, steps, first_order, state=None,
                         query_training=True):
         """Query loss of one (unbatched) task after adaptation: `(loss, predictions, state)`.
@@ -387,6 +388,7 @@ class MAML(keras.Model):
             task_batched=False)
         return objective.task_query_loss(params, episode, state)
 
+    @_not_converted
     def meta_batch_losses(self, episodes, *, steps=None, first_order=None, return_state=False,
                           query_training=True):
         """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
@@ -400,6 +402,7 @@ class MAML(keras.Model):
 
     # -- Keras hooks ----------------------------------------------------------------------------
 
+    @_not_converted
     def meta_gradients(self, episodes, *, loss_weight=1.0, scale_loss=False,
                        return_state=False, first_order=None):
         """The mean post-adaptation query loss of a meta-batch and its gradient.
@@ -432,6 +435,7 @@ class MAML(keras.Model):
         out = (meta_loss, grads, preds)
         return out + (state,) if return_state else out
 
+    @_not_converted
     def replica_meta_train_step(self, episodes, first_order=None):
         """One replica's part of an outer step; the single-device step outside any strategy.
 
@@ -455,6 +459,7 @@ class MAML(keras.Model):
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return meta_loss, preds, state
 
+    @_not_converted
     def meta_train_step(self, episodes, first_order=None):
         """One outer step: meta-gradient, then the outer optimizer. Returns `(loss, preds)`.
 
@@ -520,6 +525,7 @@ class MAML(keras.Model):
 
     # -- adaptation for users -------------------------------------------------------------------
 
+    @_not_converted
     def adapt_params(self, support_x, support_y, steps=None):
         """Adapted parameter tensors for one support set (no variable is assigned)."""
         self._check_ready()
@@ -528,6 +534,7 @@ class MAML(keras.Model):
         objective = self.objective(self._user_steps(steps), first_order=True)
         return objective.adapt(functional.get_params(self.model), support_x, support_y)[0]
 
+    @_not_converted
     def adapt_and_predict(self, support_x, support_y, query_x, steps=None):
         """Adapts on one support set and returns the predictions for `query_x`.
 

@@ -27,6 +27,13 @@ from keras_meta.core.losses import per_task_loss, scalar_loss
 from keras_meta.core.step_context import inner_step
 from keras_meta.data.episode import Episode, as_episode
 
+# The objective has no data-dependent Python control flow (its loops run over Python ints and
+# static shapes), so AutoGraph would convert nothing here; but converting it and everything it
+# calls (backbones, inner rules, batch norm) on every trace was about half the cost of tracing
+# a second-order step. Keras' own train steps are excluded from AutoGraph the same way. Code
+# that did branch on a tensor here would fail at trace time, loudly, not change meaning.
+_not_converted = tf.autograph.experimental.do_not_convert
+
 
 @dataclasses.dataclass(frozen=True)
 class MetaObjective:
@@ -98,6 +105,7 @@ class MetaObjective:
 
     # -- one task at a time ---------------------------------------------------------------------
 
+    @_not_converted
     def adapt(self, params, support_x, support_y, state=None):
         """`(adapted, trajectory or None, state)` for one task's support set."""
         need = self._step_weights is not None
@@ -108,6 +116,7 @@ class MetaObjective:
             return_state=True, loss_scale=self.inner_loss_scale, recompute=self.recompute)
         return out if need else (out[0], None, out[1])
 
+    @_not_converted
     def query(self, params, query_x, steps_taken, state=None):
         """`(predictions, state)` of `params` on a query set after `steps_taken` steps."""
         # Per-step layers (MAML++ batch norm) use the slot after the last step taken: the
@@ -117,6 +126,7 @@ class MetaObjective:
                                               training=self.query_training, state=state,
                                               return_state=True)
 
+    @_not_converted
     def task_query_loss(self, params, episode, state=None):
         """Query loss of one (unbatched) task after adaptation.
 
@@ -137,6 +147,7 @@ class MetaObjective:
 
     # -- a meta-batch -----------------------------------------------------------------------------
 
+    @_not_converted
     def meta_batch_losses(self, params, episodes, *, return_state=False):
         """Per-task post-adaptation query losses `[meta_batch]` and query predictions.
 
@@ -189,11 +200,13 @@ class MetaObjective:
             total += w * per_task_loss(self.loss_fn, episodes.query_y, pred)
         return total, pred
 
+    @_not_converted
     def meta_loss(self, params, episodes):
         """The mean post-adaptation query loss of the meta-batch (float32 scalar)."""
         losses, _ = self.meta_batch_losses(params, episodes)
         return tf.reduce_mean(tf.cast(losses, tf.float32))
 
+    @_not_converted
     def meta_gradients(self, params, episodes):
         """`(meta_loss, grads)`: the mean query loss and its gradient w.r.t. `params`.
 

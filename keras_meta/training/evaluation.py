@@ -79,7 +79,8 @@ class TaskEvaluator:
                 return tf.map_fn(per_task, tuple(as_episode(episodes)),
                                  fn_output_signature=signature)
 
-            self._functions[steps] = tf.function(per_batch)
+            # No AutoGraph: the loop is `tf.map_fn`, and converting the task body only costs.
+            self._functions[steps] = tf.function(per_batch, autograph=False)
         return self._functions[steps]
 
     def per_task_metrics(self, dataset, num_tasks, inner_steps):
