@@ -24,9 +24,10 @@ demo: venv
 	$(PY) -m trainers.demo --model_dir=runs/demo --omniglot_source_dir=$(KERAS_META_OMNIGLOT_DIR)
 
 # The layering contracts first (seconds), then the tests in two processes (pytest-xdist),
-# a test file per process at a time: most of a test's time is single-threaded tracing, so two
-# processes on two cores took 19 minutes where one took 32. PYTEST_WORKERS=0 runs them in this
-# process (for a debugger, or to read a failure's output in order).
+# a test file per process at a time (files with slow tests first: tests/conftest.py). Most of a
+# test's time is single-threaded tracing, so two processes keep two cores busy: about 13 minutes
+# on a 2-core CPU. PYTEST_WORKERS=0 runs them in this process (for a debugger, or to read a
+# failure's output in order).
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 

@@ -20,9 +20,10 @@ def test_short_omniglot_run_beats_its_untrained_start_on_held_out_classes(
     trained = train(config, str(tmp_path / "trained"), verbose=False)
     before = untrained["results"]["3"]["accuracy"]["mean"]
     after = trained["results"]["3"]["accuracy"]["mean"]
-    # Chance is 0.2, and a random conv net adapted for 3 steps already gets ~0.4; 250 exact
-    # meta-steps reach ~0.7. A meta-gradient that did not improve the initialisation stays near
-    # the untrained figure.
+    # Chance is 0.2, and a random conv net (mean pooling) adapted for 3 steps already gets
+    # about 0.56; 250 exact meta-steps add more than 0.15 (100 or 160 steps added 0.12-0.15
+    # over seeds: too close to the bound to shorten this run). A meta-gradient that did not
+    # improve the initialisation stays near the untrained figure.
     assert after > 0.6, (before, after)
     assert after > before + 0.15, (before, after)
 
