@@ -57,6 +57,25 @@ def omniglot_data_dir(omniglot_source_dir, tmp_path_factory):
     return prepare_omniglot(omniglot_source_dir, data_dir)
 
 
+@pytest.fixture
+def refusal_of_main(monkeypatch):
+    """`refuse(module, *args)`: a flag script's `main` run in this process on a fresh set of its
+    flags (the module's `define_flags`, `FLAGS` and `main`); returns the `app.UsageError`
+    message it refuses with. A subprocess per refused flag would cost a TensorFlow import."""
+    from absl import app, flags
+
+    def refuse(module, *args):
+        flag_values = flags.FlagValues()
+        module.define_flags(flag_values)
+        flag_values([module.__name__, *args])
+        monkeypatch.setattr(module, "FLAGS", flag_values)
+        with pytest.raises(app.UsageError) as refused:
+            module.main([module.__name__])
+        return str(refused.value)
+
+    return refuse
+
+
 def pytest_collection_modifyitems(config, items):
     """Runs the files with slow tests first, each file's tests together and in their order.
 

@@ -144,15 +144,12 @@ def test_demo_from_the_preset_tests_exports_and_serves_it(omniglot_data_dir, omn
     np.testing.assert_allclose(served["logits"], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_demo_flags_that_do_not_apply_are_refused(monkeypatch):
+def test_demo_flags_that_do_not_apply_are_refused(refusal_of_main):
     import subprocess
     import sys
 
-    from absl import app, flags
-
     # One refusal through `python -m trainers.demo` (exit status, message on stderr); the others
-    # through the same `main` in this process, on a fresh set of the demo's flags: each process
-    # costs a TensorFlow import.
+    # through the same `main` in this process, on a fresh set of the demo's flags.
     proc = subprocess.run([sys.executable, "-m", "trainers.demo", "--num_iterations=5"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0, proc.stderr[-2000:]
@@ -160,10 +157,4 @@ def test_demo_flags_that_do_not_apply_are_refused(monkeypatch):
     for args, message in ((["--train", "--preset=omniglot_5way_1shot"],
                            "--preset and --train exclude each other"),
                           (["--preset=nope"], "--preset='nope': Unknown preset 'nope'")):
-        flag_values = flags.FlagValues()
-        demo_module.define_flags(flag_values)
-        flag_values(["demo", *args])
-        monkeypatch.setattr(demo_module, "FLAGS", flag_values)
-        with pytest.raises(app.UsageError) as refused:
-            demo_module.main(["demo"])
-        assert message in str(refused.value), args
+        assert message in refusal_of_main(demo_module, *args), args

@@ -131,29 +131,17 @@ def test_a_run_config_with_another_preprocessing_is_exported_with_it(tmp_path):
     assert served.client_input_shape == (16, 16, 1)
 
 
-def _main_refuses(monkeypatch, *args):
-    """The script's `main` in this process, on a fresh set of its flags; returns its refusal."""
-    from absl import app, flags
-
+def test_script_rejects_bad_flags(tmp_path, refusal_of_main):
     from keras_meta.cli import export as export_cli
 
-    flag_values = flags.FlagValues()
-    export_cli.define_flags(flag_values)
-    flag_values(["export", *args])
-    monkeypatch.setattr(export_cli, "FLAGS", flag_values)
-    with pytest.raises(app.UsageError) as refused:
-        export_cli.main(["export"])
-    return str(refused.value)
-
-
-def test_script_rejects_bad_flags(tmp_path, monkeypatch):
     # One refusal through the process (exit status, message on stderr); the others through the
     # same `main` in this process, which saves a TensorFlow import per flag checked.
     result = _run_script("--kind=bogus")
     assert result.returncode != 0
     assert "--kind='bogus': expected one of ('few_shot', 'adapted')" in result.stderr
-    assert "--kind=adapted needs --support_npz" in _main_refuses(
-        monkeypatch, "--kind=adapted", f"--model_dir={tmp_path}")
-    assert "is not a directory" in _main_refuses(monkeypatch, f"--model_dir={tmp_path / 'missing'}")
+    assert "--kind=adapted needs --support_npz" in refusal_of_main(
+        export_cli, "--kind=adapted", f"--model_dir={tmp_path}")
+    assert "is not a directory" in refusal_of_main(export_cli,
+                                                   f"--model_dir={tmp_path / 'missing'}")
     with pytest.raises(FileNotFoundError, match="No config.json"):
         export_saved_model.export_from_model_dir(str(tmp_path), base_dir=str(tmp_path))
