@@ -7,6 +7,7 @@ failed resume, a learning rate ignored on resume, a corrupt checkpoint, leftover
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,7 +137,7 @@ def test_a_malformed_config_file_is_named(tmp_path):
 
 def test_leftovers_of_an_interrupted_write_are_removed(tmp_path, trained_tiny):
     model_dir = _copy_of(trained_tiny, tmp_path)
-    folder = tmp_path / "run" / "checkpoints"
+    folder = Path(model_dir) / "checkpoints"
     (folder / "checkpoint.tmp1f2e3d").write_text("half")
     (folder / "ckpt-5_temp").mkdir()
     (folder / "ckpt-5_temp" / "part").write_text("half")
