@@ -38,6 +38,10 @@ flags.DEFINE_string("omniglot_source_dir", None,
                     "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")
 flags.DEFINE_string("data_dir", None, "Where the trainer rows prepare TFDS data (default: a "
                     "temporary folder).")
+flags.DEFINE_string("jax_python", None,
+                    "The Python that runs the JAX rows (benchmarks/jax_sinusoid.py; default: this "
+                    "one). JAX is not a keras-meta dependency: without it there, those rows are "
+                    "skipped with a note.")
 flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 flags.DEFINE_boolean("count_flops_everywhere", False,
                      "Also count FLOPs (GFLOP/s) for the plain and loop rows (another trace of "
@@ -111,6 +115,10 @@ CONFIGS = {
     "sinusoid_second_loop_xla": _config("sinusoid", "loop", jit=True),
     "sinusoid_second_auto_xla": _config("sinusoid", "auto", jit=True),
     "matmul_peak": dict(task="matmul", impl="peak", steps=1),
+    # The JAX reference (benchmarks/jax_sinusoid.py: vmap over the tasks, one jit), run by
+    # --jax_python; the issue's bar for the sinusoid.
+    "sinusoid_second_jax": dict(task="sinusoid", impl="jax", steps=1),
+    "sinusoid_second_jax_10_per_call": dict(task="sinusoid", impl="jax", steps=10),
     # keras-meta's trainer on the same settings (real episodes from its data pipeline,
     # progress lines, summaries and its final checkpoint included): its seconds per iteration
     # against the matching benchmark row. Omniglot needs --omniglot_source_dir.
@@ -138,7 +146,10 @@ SUMMARY = {
         "batched": "sinusoid_second", "auto": "sinusoid_second_auto"},
     "sinusoid, second order, XLA": {
         "plain": "sinusoid_second_plain_xla", "loop": "sinusoid_second_loop_xla",
-        "batched": "sinusoid_second_xla", "auto": "sinusoid_second_auto_xla"},
+        "batched": "sinusoid_second_xla", "auto": "sinusoid_second_auto_xla",
+        "jax": "sinusoid_second_jax"},
+    "sinusoid, XLA, 10 outer steps per call": {
+        "batched": "sinusoid_second_xla_10_per_call", "jax": "sinusoid_second_jax_10_per_call"},
 }
 SUMMARY_CONFIGS = ["matmul_peak"] + [c for row in SUMMARY.values() for c in row.values()]
 
@@ -428,12 +439,17 @@ def _print_summary(rows):
                 rate += f" ({100 * auto['gflops_per_s'] / peak:.0f}% of peak)"
         choice = f"{auto['choice']} (tuned in {auto['tuning_s']:.0f} s)" if auto and \
             auto.get("choice") else "-"
+        # Against JAX: its time over keras-meta's faster of batched and auto (>1: we are faster).
+        ours = [r["median_s"] for r in (got.get("batched"), auto) if r]
+        against_jax = (f"{got['jax']['median_s'] / min(ours):.2f}x"
+                       if got.get("jax") and ours else "-")
         lines.append(f"| {workload} ({'ms' if ms else 's'}) | {cell('plain')} | {cell('loop')} | "
-                     f"{cell('batched')} | {cell('auto')} | {choice} | {ratio} | {rate} |")
+                     f"{cell('batched')} | {cell('auto')} | {cell('jax')} | {choice} | {ratio} | "
+                     f"{against_jax} | {rate} |")
     if lines:
-        print("| median per meta-iteration | plain TF | loop | batched | auto | auto's choice | "
-              "plain / auto | auto GFLOP/s |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("| median per meta-iteration | plain TF | loop | batched | auto | JAX (vmap, one jit) "
+              "| auto's choice | plain / auto | JAX / keras-meta's best | auto GFLOP/s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(lines) + "\n")
 
 
@@ -459,18 +475,29 @@ def main(argv):
     env["KERAS_META_AUTOTUNE"] = "1"
     # The trainer rows prepare Omniglot once, here or in --data_dir.
     data_dir = FLAGS.data_dir or tempfile.mkdtemp(prefix="meta_step_tfds_")
-    failed = []
+    failed, skipped = [], []
     for name in names:
         print(f"running {name} ...", flush=True)
+        if CONFIGS[name]["impl"] == "jax":
+            command = [FLAGS.jax_python or sys.executable,
+                       os.path.join(root, "benchmarks", "jax_sinusoid.py"),
+                       f"--steps={CONFIGS[name]['steps']}", f"--repeats={FLAGS.repeats}",
+                       f"--warmup={FLAGS.warmup}", f"--name={name}"]
+        else:
+            command = ([sys.executable, os.path.abspath(__file__), f"--child={name}",
+                        f"--repeats={FLAGS.repeats}", f"--warmup={FLAGS.warmup}",
+                        f"--count_flops_everywhere={FLAGS.count_flops_everywhere}"]
+                       + ([f"--omniglot_source_dir={FLAGS.omniglot_source_dir}",
+                           f"--data_dir={data_dir}"] if FLAGS.omniglot_source_dir else []))
         with tempfile.TemporaryDirectory() as cache:
-            out = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), f"--child={name}",
-                 f"--repeats={FLAGS.repeats}", f"--warmup={FLAGS.warmup}",
-                 f"--count_flops_everywhere={FLAGS.count_flops_everywhere}"]
-                + ([f"--omniglot_source_dir={FLAGS.omniglot_source_dir}",
-                    f"--data_dir={data_dir}"] if FLAGS.omniglot_source_dir else []),
-                capture_output=True, text=True, env=dict(env, KERAS_META_CACHE_DIR=cache))
+            out = subprocess.run(command, capture_output=True, text=True,
+                                 env=dict(env, KERAS_META_CACHE_DIR=cache))
         lines = [l for l in out.stdout.splitlines() if l.startswith("ROW ")]
+        if CONFIGS[name]["impl"] == "jax" and "No module named 'jax'" in out.stderr:
+            print(f"{name} skipped: no JAX in {command[0]} (install jax[cpu] there, or pass "
+                  f"--jax_python=PYTHON_WITH_JAX)", flush=True)
+            skipped.append(name)
+            continue
         if out.returncode or not lines:
             # One failed row is reported, not allowed to lose the others' figures.
             print(out.stderr[-3000:])
@@ -483,7 +510,8 @@ def main(argv):
                 json.dump(rows, f, indent=2)
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after "
-          f"{FLAGS.warmup} warm-up\n")
+          f"{FLAGS.warmup} warm-up" + (f"; skipped (no JAX): {', '.join(skipped)}" if skipped
+                                       else "") + "\n")
     by_name = {r["config"]: r for r in rows}
     _print_summary(by_name)
     for r in rows:

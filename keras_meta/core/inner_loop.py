@@ -56,6 +56,7 @@ def adapt_params(
     loss_scale=None,
     recompute=False,
     kernel_options=None,
+    shared_start=False,
 ):
     """Adapts `params` to one support set with `inner_steps` steps of an update rule.
 
@@ -94,6 +95,10 @@ def adapt_params(
         kernel_options: with `task_batched`, per-call options for the batched kernels,
             passed to `batching.batched_functional_call` (e.g. `{"fused_batch_norm":
             False}`); ignored by the per-task path.
+        shared_start: with `task_batched`, promise that every task's `params` are the same
+            tensor (theta broadcast over the tasks, as MAML starts): the first step then
+            runs dense layers and convolutions as one ordinary op over all tasks
+            (`batching.shared_start`). Exact; a wrong promise gives wrong gradients.
 
     Returns:
         The adapted parameters; with `return_trajectory`, `(adapted, trajectory)` where
@@ -112,13 +117,15 @@ def adapt_params(
     segment = _segment_length(recompute)
     if recompute and state is None and not task_batched:
         state = functional.get_state(model)
+    shared_options = dict(kernel_options or {}, **{batching.SHARED_OPTION: True})
 
     def one_step(step, params, rule_state, state, rule):
         with tf.GradientTape(watch_accessed_variables=False) as tape, inner_step(step):
             tape.watch(params)
             if task_batched:
+                options = shared_options if shared_start and step == 0 else kernel_options
                 pred = batching.batched_functional_call(model, params, support_x,
-                                                        kernel_options=kernel_options)
+                                                        kernel_options=options)
                 loss = tf.reduce_sum(per_task_loss(loss_fn, support_y, pred))
             else:
                 pred, state = functional.functional_call(

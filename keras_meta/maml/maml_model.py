@@ -82,6 +82,11 @@ class MAML(keras.Model):
             ops (`False`). Both are exact to second order (the fused op's registered second
             derivative is built from plain ops) and differ only by float32 rounding; the
             per-task loop always uses plain ops.
+        shared_first_step: with task batching, the first inner step (where every task still
+            has theta) runs each dense layer and convolution as one ordinary op over all
+            tasks' support examples, and only the kernel gradients per task (default); `False`
+            runs it in the per-task batched forms. Exact to second order either way
+            (`keras_meta.core.batching.shared_start`).
 
     Example:
 
@@ -108,6 +113,7 @@ class MAML(keras.Model):
         task_chunk_size=None,
         inner_loss_scale=None,
         fused_batch_norm=True,
+        shared_first_step=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -168,6 +174,10 @@ class MAML(keras.Model):
         if not isinstance(fused_batch_norm, bool):
             raise ValueError(f"fused_batch_norm must be True or False; got {fused_batch_norm!r}.")
         self.fused_batch_norm = fused_batch_norm
+        if not isinstance(shared_first_step, bool):
+            raise ValueError(
+                f"shared_first_step must be True or False; got {shared_first_step!r}.")
+        self.shared_first_step = shared_first_step
         # Per-step rates for the trained steps only: a rate of a step past `inner_steps`
         # would never receive a meta-gradient. Longer adaptation reuses the last one.
         self.inner_lrs = make_inner_rates(
@@ -350,7 +360,8 @@ class MAML(keras.Model):
             multi_step_loss_weights=self._step_loss_weights(),
             task_batched=self.uses_task_batching, task_chunk_size=self._chunk_size(),
             inner_loss_scale=self._inner_loss_scale(), recompute=self.recompute_inner_steps,
-            fused_batch_norm=self._fused_batch_norm(), query_training=query_training)
+            fused_batch_norm=self._fused_batch_norm(), query_training=query_training,
+            shared_first_step=self.shared_first_step)
 
     def _chunk_size(self):
         choice = self._task_batching_choice
@@ -589,6 +600,7 @@ class MAML(keras.Model):
             task_chunk_size=self.task_chunk_size,
             inner_loss_scale=self.inner_loss_scale,
             fused_batch_norm=self.fused_batch_norm,
+            shared_first_step=self.shared_first_step,
         )
         return config
 

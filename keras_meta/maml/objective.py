@@ -60,6 +60,10 @@ class MetaObjective:
             norm and its registered second derivative (faster); `False`: plain ops. Both are
             exact to second order; they differ by float32 rounding. The per-task loop
             always uses plain ops.
+        shared_first_step: with `task_batched`, the first inner step runs dense layers and
+            convolutions as one ordinary op over all tasks (every task starts from theta;
+            `keras_meta.core.batching.shared_start`); `False`: the per-task batched forms.
+            Both are exact to second order.
         query_training: the `training` flag of the query pass. `True` in meta-training (per-step
             batch norm normalizes with the query batch and updates its running statistics, as
             MAML++); `False` at evaluation and inference, where per-step batch norm uses its
@@ -87,6 +91,7 @@ class MetaObjective:
     recompute: Any = False
     fused_batch_norm: bool = True
     query_training: bool = True
+    shared_first_step: bool = True
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -188,7 +193,7 @@ class MetaObjective:
             inner_lr=self.inner_lr, inner_steps=self.inner_steps, first_order=self.first_order,
             return_trajectory=weights is not None, task_batched=True,
             loss_scale=self.inner_loss_scale, recompute=self.recompute,
-            kernel_options=self.kernel_options)
+            kernel_options=self.kernel_options, shared_start=self.shared_first_step)
         if weights is None:
             pred = batching.batched_functional_call(self.model, out, episodes.query_x,
                                                     kernel_options=self.kernel_options)

@@ -13,13 +13,18 @@ from tensorflow.python.ops import control_flow_util
 
 from keras_meta.core.batching.layouts import (GROUPED, TASK_MAJOR, per_task, to_grouped,
                                                to_task_major)
+from keras_meta.core.batching.shared_start import SHARED_OPTION, shared_conv2d, shared_matmul
 from keras_meta.core.batching.support import register_batched_kernel
 
 
-def _dense(layer, params, x, layout, num_tasks, conv=None):
+def _dense(layer, params, x, layout, num_tasks, conv=None, options=None):
     x = to_task_major(x, layout, num_tasks)
     kernel = tf.cast(params[0], x.dtype)
-    if x.shape.rank == 3:
+    if (options or {}).get(SHARED_OPTION):
+        rows = x.shape[1:-1]
+        y = shared_matmul(tf.reshape(x, [num_tasks, -1, x.shape[-1]]), kernel)
+        y = tf.reshape(y, [num_tasks] + rows.as_list() + [kernel.shape[-1]])
+    elif x.shape.rank == 3:
         y = tf.matmul(x, kernel)
     else:
         y = tf.einsum("tn...i,tio->tn...o", x, kernel)
@@ -30,6 +35,15 @@ def _dense(layer, params, x, layout, num_tasks, conv=None):
     return y, TASK_MAJOR
 
 
+def _accelerator():
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
+def _xla_on_cpu():
+    return (not _accelerator()
+            and control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
+
+
 def grouped_convolution_available(dtype):
     """Whether TensorFlow can differentiate a grouped convolution of `dtype` here.
 
@@ -38,26 +52,31 @@ def grouped_convolution_available(dtype):
     (im2col) form is used, which is slower but made of ops that differentiate to any order on
     any device.
     """
-    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+    if _accelerator():
         # cuDNN and the TPU compiler both have native grouped convolutions.
         return True
     # XLA's CPU backend lowers a grouped convolution to a slow generic loop (about 50x slower
     # than oneDNN on the Omniglot network), so compiled CPU code takes the patch form.
-    if control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()):
+    if _xla_on_cpu():
         return False
     return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16)
 
 
-def _conv2d(layer, params, x, layout, num_tasks, conv="auto"):
+def _conv2d(layer, params, x, layout, num_tasks, conv="auto", options=None):
     kernel = tf.cast(params[0], x.dtype)  # [T, kh, kw, C, O]
     if conv == "auto":
         conv = "grouped" if grouped_convolution_available(x.dtype) else "patches"
-    if conv == "grouped":
-        y, layout = _grouped_conv2d(layer, kernel, x, layout, num_tasks)
-    elif conv == "patches":
-        y, layout = _patches_conv2d(layer, kernel, x, layout, num_tasks)
-    else:
+    if conv not in ("grouped", "patches"):
         raise ValueError(f"conv must be 'auto', 'grouped' or 'patches'; got {conv!r}.")
+    # Not in XLA on a CPU: its float32 convolution there was no faster than the patch form on
+    # conv4 (5w1s, second order) and lost precision in second-order MAML (relative error 1.4e-4
+    # against float64, where every other form gave 1e-5 to 2e-5).
+    if (options or {}).get(SHARED_OPTION) and not _xla_on_cpu():
+        y, layout = _shared_conv2d(layer, kernel, x, layout, num_tasks, conv)
+    elif conv == "grouped":
+        y, layout = _grouped_conv2d(layer, kernel, x, layout, num_tasks)
+    else:
+        y, layout = _patches_conv2d(layer, kernel, x, layout, num_tasks)
     if layer.use_bias:
         bias = tf.cast(params[1], y.dtype)  # [T, O]
         if layout == GROUPED:
@@ -87,9 +106,9 @@ def _output_size_and_padding(size, kernel, stride, padding):
     return out, (total // 2, total - total // 2)
 
 
-def _patches_conv2d(layer, kernel, x, layout, num_tasks):
-    x = to_task_major(x, layout, num_tasks)
-    _, kh, kw, c, o = kernel.shape
+def _patches(layer, x, kernel_shape, num_tasks):
+    """`x [T, N, H, W, C]` as patches `[T, N * oh * ow, kh * kw * C]`, and `(oh, ow)`."""
+    kh, kw, c = kernel_shape
     _, n, h, w, _ = x.shape
     sh, sw = layer.strides
     oh, pad_h = _output_size_and_padding(h, kh, sh, layer.padding)
@@ -100,9 +119,40 @@ def _patches_conv2d(layer, kernel, x, layout, num_tasks):
     patches = tf.concat(
         [images[:, dy:dy + (oh - 1) * sh + 1:sh, dx:dx + (ow - 1) * sw + 1:sw, :]
          for dy in range(kh) for dx in range(kw)], axis=-1)
-    patches = tf.reshape(patches, [num_tasks, -1, kh * kw * c])
+    return tf.reshape(patches, [num_tasks, -1, kh * kw * c]), (oh, ow)
+
+
+def _patches_conv2d(layer, kernel, x, layout, num_tasks):
+    x = to_task_major(x, layout, num_tasks)
+    _, kh, kw, c, o = kernel.shape
+    patches, (oh, ow) = _patches(layer, x, (kh, kw, c), num_tasks)
     y = tf.matmul(patches, tf.reshape(kernel, [num_tasks, kh * kw * c, o]))
     return tf.reshape(y, [num_tasks, -1, oh, ow, o]), TASK_MAJOR
+
+
+def _shared_conv2d(layer, kernel, x, layout, num_tasks, conv):
+    """Step 0 (every task has theta): one ordinary convolution; see `shared_start`."""
+    x = to_task_major(x, layout, num_tasks)
+    _, kh, kw, c, o = kernel.shape
+    sh, sw = layer.strides
+    padding = layer.padding.upper()
+
+    def grouped_filter_gradient(x, dy):
+        # Task t's kernel gradient pairs only its own images with its own output gradient:
+        # the grouped convolution's filter gradient, in the tasks-in-channels layout.
+        grads = tf.compat.v1.nn.conv2d_backprop_filter(
+            to_grouped(x, TASK_MAJOR, num_tasks), [kh, kw, c, num_tasks * o],
+            to_grouped(dy, TASK_MAJOR, num_tasks), [1, sh, sw, 1], padding)
+        return tf.transpose(tf.reshape(grads, [kh, kw, c, num_tasks, o]), [3, 0, 1, 2, 4])
+
+    def patches_filter_gradient(x, dy):
+        patches, _ = _patches(layer, x, (kh, kw, c), num_tasks)
+        grads = tf.matmul(patches, tf.reshape(dy, [num_tasks, -1, o]), transpose_a=True)
+        return tf.reshape(grads, [num_tasks, kh, kw, c, o])
+
+    y = shared_conv2d(x, kernel, [sh, sw], padding,
+                      grouped_filter_gradient if conv == "grouped" else patches_filter_gradient)
+    return y, TASK_MAJOR
 
 
 def _flatten(layer, params, x, layout, num_tasks, conv=None):
