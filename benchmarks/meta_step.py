@@ -54,13 +54,14 @@ flags.DEFINE_boolean("tensor_memory", True,
 # tasks, nested tapes, `stateless_call`, and Keras' own BatchNormalization. "loop" is keras-meta
 # with one fast-weights call per task; "batched" is keras-meta's default (all tasks in one pass).
 # steps: outer steps per call (meta_train_steps); inner: inner steps; recompute: see MAML;
-# fused: MAML(fused_batch_norm=) (the "_unfused" rows run the batched batch norm as plain ops).
+# fused: MAML(fused_batch_norm=) (the "_unfused" rows run the batched batch norm as plain ops);
+# shared: MAML(shared_first_step=) (the "_unshared" rows run step 0 in the per-task forms).
 # impl "auto": MAML(task_batching="auto") after `MAML.autotune` on the benchmark's meta-batch.
 def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
-            policy=None, chunk=None, fused=True, ways=5, queries=15):
+            policy=None, chunk=None, fused=True, ways=5, queries=15, shared=True):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
                 inner=inner, recompute=recompute, policy=policy, chunk=chunk, fused=fused,
-                ways=ways, queries=queries,
+                ways=ways, queries=queries, shared=shared,
                 meta_batch={"omniglot": 32 if ways == 5 else 16}.get(task, 25))
 
 
@@ -76,6 +77,12 @@ CONFIGS = {
     "omniglot_5w1s_second_loop": _config("omniglot", "loop"),
     "omniglot_5w1s_second": _config("omniglot", "batched"),
     "omniglot_5w1s_second_unfused": _config("omniglot", "batched", fused=False),
+    "omniglot_5w1s_second_unshared": _config("omniglot", "batched", shared=False),
+    # The Omniglot presets' training episodes: 1 query per class, as the MAML paper's code.
+    "omniglot_5w1s_1_query_second_plain": _config("omniglot", "plain", queries=1),
+    "omniglot_5w1s_1_query_second": _config("omniglot", "batched", queries=1),
+    "omniglot_5w1s_1_query_second_unshared": _config("omniglot", "batched", queries=1,
+                                                     shared=False),
     "omniglot_5w1s_second_chunks_of_4": _config("omniglot", "batched", chunk=4),
     "omniglot_5w1s_second_chunks_of_8": _config("omniglot", "batched", chunk=8),
     "omniglot_5w1s_second_chunks_of_16": _config("omniglot", "batched", chunk=16),
@@ -91,7 +98,9 @@ CONFIGS = {
     "sinusoid_second_plain": _config("sinusoid", "plain"),
     "sinusoid_second_plain_xla": _config("sinusoid", "plain", jit=True),
     "sinusoid_second": _config("sinusoid", "batched"),
+    "sinusoid_second_unshared": _config("sinusoid", "batched", shared=False),
     "sinusoid_second_xla": _config("sinusoid", "batched", jit=True),
+    "sinusoid_second_xla_unshared": _config("sinusoid", "batched", jit=True, shared=False),
     "sinusoid_second_xla_10_per_call": _config("sinusoid", "batched", jit=True, steps=10),
     # Memory: 5 inner steps stored, against 50 recomputed (same peak is the goal); recompute=3
     # checkpoints every third step (segments of 3).
@@ -152,6 +161,10 @@ SUMMARY = {
         "batched": "sinusoid_second_xla_10_per_call", "jax": "sinusoid_second_jax_10_per_call"},
 }
 SUMMARY_CONFIGS = ["matmul_peak"] + [c for row in SUMMARY.values() for c in row.values()]
+# --configs=all: every configuration but the memory rows of 50 inner steps (minutes each).
+DEFAULT_CONFIGS = [n for n in CONFIGS if "_50_inner" not in n]
+# The shared first inner step against the per-task forms, same settings otherwise.
+SHARED_PAIRS = [(n, n + "_unshared") for n in CONFIGS if n + "_unshared" in CONFIGS]
 
 
 def _episode(task, meta_batch, ways=5, queries=15):
@@ -242,7 +255,8 @@ def _ours_step(spec):
     kwargs = dict(first_order=spec["first_order"], inner_steps=spec["inner"],
                   task_batching=spec["impl"],
                   recompute_inner_steps=spec["recompute"],
-                  task_chunk_size=spec["chunk"], fused_batch_norm=spec["fused"])
+                  task_chunk_size=spec["chunk"], fused_batch_norm=spec["fused"],
+                  shared_first_step=spec["shared"])
     if spec["task"] == "sinusoid":
         maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", **kwargs)
     else:
@@ -514,6 +528,11 @@ def main(argv):
                                        else "") + "\n")
     by_name = {r["config"]: r for r in rows}
     _print_summary(by_name)
+    for shared, unshared in SHARED_PAIRS:
+        if shared in by_name and unshared in by_name:
+            a, b = by_name[shared]["median_s"], by_name[unshared]["median_s"]
+            print(f"shared first step: {shared} {a * 1e3:.2f} ms against {b * 1e3:.2f} ms "
+                  f"without it: {b / a:.2f}x")
     for r in rows:
         other = by_name.get(r.get("compare"))
         if other:

@@ -42,7 +42,8 @@ CACHE_DIR_ENV = "KERAS_META_CACHE_DIR"
 AUTOTUNE_ENV = "KERAS_META_AUTOTUNE"
 CACHE_FILE = "task_batching.json"
 # Bumped when what a cached entry means changes (the candidates or how they are timed).
-CACHE_VERSION = 1
+# 2: the batched candidates run the shared first inner step (`MAML.shared_first_step`).
+CACHE_VERSION = 2
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.
@@ -164,6 +165,7 @@ def signature(maml, episodes, *, jit_compile=False, first_order=None):
         "learn_inner_lr": maml.learn_inner_lr,
         "multi_step": maml.multi_step_loss_weights is not None,
         "recompute": maml.recompute_inner_steps,
+        "shared_first_step": maml.shared_first_step,
         "update_rule": type(maml.update_rule).__name__ if maml.update_rule is not None else None,
         "episodes": [[list(x.shape), x.dtype.name] for x in episodes],
         "jit_compile": bool(jit_compile),
