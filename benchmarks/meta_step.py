@@ -477,6 +477,10 @@ def main(argv):
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise app.UsageError(f"Unknown --configs {unknown}; known: {sorted(CONFIGS)}.")
+    if FLAGS.jax_python and not (os.path.isfile(FLAGS.jax_python)
+                                 and os.access(FLAGS.jax_python, os.X_OK)):
+        raise app.UsageError(f"--jax_python={FLAGS.jax_python!r} is not an executable file; "
+                             "expected the path of a Python that has JAX installed.")
     rows = []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),

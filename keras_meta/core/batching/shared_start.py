@@ -15,8 +15,8 @@ ever differentiated through the stacked kernels is theta, through the broadcast:
 sums over the tasks, and the sum does not care which slot a term arrives in. The gradient
 functions read `kernels` and `x` (the op's inputs, which the outer tape sees), never a value
 computed inside the forward pass (which no tape sees), so the Hessian terms are all there.
-Tested against the per-task loop in float64 and by finite differences
-(`tests/core/test_shared_start.py`).
+Tested against the per-task loop in float64 (`tests/core/test_shared_start.py`) and by
+finite differences (`tests/core/test_batching.py`, whose batched path starts with it).
 
 The objective passes `SHARED_OPTION` in the kernel options of step 0 only, and only when the
 stacked parameters are its own broadcast of theta. Convolutions compiled by XLA for a CPU keep
