@@ -147,7 +147,7 @@ def main():
            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
            "rss_before_step_mib": None, "tensor_peak_mib": None, "gflop": None,
            "gflops_per_s": None, "choice": None, "tuning_s": None,
-           "jax_version": jax.__version__, "jax_device": str(jax.devices()[0])}
+           "jax_version": jax.__version__, "jax_device": str(jax.devices()[0]), "times": times}
     print("ROW " + json.dumps(row), flush=True)
 
 

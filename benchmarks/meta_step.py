@@ -33,6 +33,10 @@ flags.DEFINE_list("configs", None, "Configurations to run (default: the summary 
                   "\"all\": every configuration except the memory rows with many inner steps).")
 flags.DEFINE_integer("repeats", 10, "Timed iterations.")
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
+flags.DEFINE_integer("rounds", 1, "Run every configuration this many times, round-robin (a "
+                     "fresh process each time), and pool the timed iterations. On a shared "
+                     "machine whose speed drifts over minutes, interleaving keeps the drift out "
+                     "of the ratios; the summary then shows each ratio's range over the rounds.")
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
 flags.DEFINE_string("omniglot_source_dir", None,
                     "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")
@@ -57,11 +61,14 @@ flags.DEFINE_boolean("tensor_memory", True,
 # fused: MAML(fused_batch_norm=) (the "_unfused" rows run the batched batch norm as plain ops);
 # shared: MAML(shared_first_step=) (the "_unshared" rows run step 0 in the per-task forms).
 # impl "auto": MAML(task_batching="auto") after `MAML.autotune` on the benchmark's meta-batch.
+# inter_op: TensorFlow's inter-op threads for that process (None: its default, one per core);
+# 1 runs the graph's ops one at a time, each with every core.
 def _config(task, impl, first_order=False, jit=False, steps=1, inner=1, recompute=False,
-            policy=None, chunk=None, fused=True, ways=5, queries=15, shared=True):
+            policy=None, chunk=None, fused=True, ways=5, queries=15, shared=True,
+            inter_op=None):
     return dict(task=task, impl=impl, first_order=first_order, jit=jit, steps=steps,
                 inner=inner, recompute=recompute, policy=policy, chunk=chunk, fused=fused,
-                ways=ways, queries=queries, shared=shared,
+                ways=ways, queries=queries, shared=shared, inter_op=inter_op,
                 meta_batch={"omniglot": 32 if ways == 5 else 16}.get(task, 25))
 
 
@@ -78,6 +85,13 @@ CONFIGS = {
     "omniglot_5w1s_second": _config("omniglot", "batched"),
     "omniglot_5w1s_second_unfused": _config("omniglot", "batched", fused=False),
     "omniglot_5w1s_second_unshared": _config("omniglot", "batched", shared=False),
+    # Two big convolutions at once on a 2-core machine share its cores and its caches.
+    "omniglot_5w1s_second_plain_inter_op_1": _config("omniglot", "plain", inter_op=1),
+    "omniglot_5w1s_second_inter_op_1": _config("omniglot", "batched", inter_op=1),
+    "omniglot_5w1s_first_plain_inter_op_1": _config("omniglot", "plain", first_order=True,
+                                                    inter_op=1),
+    "omniglot_5w1s_first_inter_op_1": _config("omniglot", "batched", first_order=True,
+                                              inter_op=1),
     # The Omniglot presets' training episodes: 1 query per class, as the MAML paper's code.
     "omniglot_5w1s_1_query_second_plain": _config("omniglot", "plain", queries=1),
     "omniglot_5w1s_1_query_second": _config("omniglot", "batched", queries=1),
@@ -278,9 +292,12 @@ def _trainer_row(name, spec):
     # Long enough that the final checkpoint and the first call's tracing weigh little; the
     # presets' own checkpoint and log periods.
     iterations = 5000 if spec["task"] == "sinusoid" else 60
+    # The same way of running the tasks as the row it is compared with: the gap is then the
+    # trainer's own (pipeline, checkpoints, logging), not a different autotuned choice.
     common = dict(num_iterations=iterations, eval_every=0, num_eval_tasks=spec["meta_batch"],
                   steps_per_execution=spec["steps"], jit_compile=spec["jit"],
-                  first_order=spec["first_order"])
+                  first_order=spec["first_order"],
+                  task_batching=CONFIGS[spec["compare"]]["impl"])
     if spec["task"] == "sinusoid":
         config = PRESETS["sinusoid_one_step"].replace(**common)
     else:
@@ -344,6 +361,8 @@ def run_child(name):
     import keras_meta as km
 
     spec = CONFIGS[name]
+    if spec.get("inter_op"):
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
     if spec["impl"] == "peak":
         _matmul_peak()
         return
@@ -416,8 +435,46 @@ def run_child(name):
            "tensor_peak_mib": tensor_peak_mib,
            "gflop": flops / 1e9 if flops else None,
            "gflops_per_s": flops / 1e9 / median if flops else None,
-           "choice": choice, "tuning_s": tuning_seconds}
+           "choice": choice, "tuning_s": tuning_seconds, "times": times}
     print("ROW " + json.dumps(row), flush=True)
+
+
+def _pooled(runs):
+    """One configuration's rows from several rounds as one row: its timed iterations pooled.
+
+    `round_medians` keeps each round's own median, from which the summary gives a ratio's
+    range over the rounds. A row without its iterations (the trainer's) pools the medians.
+    """
+    import numpy as np
+
+    if len(runs) == 1:
+        return dict(runs[0], round_medians=[runs[0]["median_s"]])
+    times = [t for r in runs for t in (r.get("times") or [r["median_s"]])]
+    row = dict(runs[-1], times=times, median_s=float(np.median(times)),
+               min_s=min(r["min_s"] for r in runs), max_s=max(r["max_s"] for r in runs),
+               round_medians=[r["median_s"] for r in runs])
+    for key in ("first_call_s", "peak_rss_mib", "tensor_peak_mib"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        row[key] = max(values) if values else None
+    if row.get("gflop"):
+        row["gflops_per_s"] = row["gflop"] / row["median_s"]
+    choices = [r["choice"] for r in runs if r.get("choice")]
+    if choices and len(set(choices)) > 1:
+        # Autotuning measures afresh in every round; say so when the rounds disagreed.
+        row["choice"] = "; ".join(f"{c} ({choices.count(c)} of {len(choices)} rounds)"
+                                  for c in sorted(set(choices)))
+    return row
+
+
+def _ratio(slow, fast):
+    """`slow / fast` from the pooled medians, with its range over the rounds when there are
+    several (each round's ratio from that round's own medians)."""
+    text = f"{slow['median_s'] / fast['median_s']:.2f}x"
+    pairs = list(zip(slow.get("round_medians", []), fast.get("round_medians", [])))
+    if len(pairs) > 1:
+        ratios = [a / b for a, b in pairs]
+        text += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return text
 
 
 def _cpu_model():
@@ -444,8 +501,7 @@ def _print_summary(rows):
             return f"{r['median_s'] * unit:.{2 if ms else 3}f}" if r else "-"
 
         auto = got.get("auto")
-        ratio = (f"{got['plain']['median_s'] / auto['median_s']:.2f}x"
-                 if auto and got.get("plain") else "-")
+        ratio = _ratio(got["plain"], auto) if auto and got.get("plain") else "-"
         rate = "-"
         if auto and auto.get("gflops_per_s"):
             rate = f"{auto['gflops_per_s']:.0f}"
@@ -454,9 +510,9 @@ def _print_summary(rows):
         choice = f"{auto['choice']} (tuned in {auto['tuning_s']:.0f} s)" if auto and \
             auto.get("choice") else "-"
         # Against JAX: its time over keras-meta's faster of batched and auto (>1: we are faster).
-        ours = [r["median_s"] for r in (got.get("batched"), auto) if r]
-        against_jax = (f"{got['jax']['median_s'] / min(ours):.2f}x"
-                       if got.get("jax") and ours else "-")
+        best = min((r for r in (got.get("batched"), auto) if r), key=lambda r: r["median_s"],
+                   default=None)
+        against_jax = _ratio(got["jax"], best) if got.get("jax") and best else "-"
         lines.append(f"| {workload} ({'ms' if ms else 's'}) | {cell('plain')} | {cell('loop')} | "
                      f"{cell('batched')} | {cell('auto')} | {cell('jax')} | {choice} | {ratio} | "
                      f"{against_jax} | {rate} |")
@@ -493,9 +549,13 @@ def main(argv):
     env["KERAS_META_AUTOTUNE"] = "1"
     # The trainer rows prepare Omniglot once, here or in --data_dir.
     data_dir = FLAGS.data_dir or tempfile.mkdtemp(prefix="meta_step_tfds_")
-    failed, skipped = [], []
-    for name in names:
-        print(f"running {name} ...", flush=True)
+    failed, skipped = set(), set()
+    runs = {}  # config -> its rows, one per round
+    for round_index, name in [(r, n) for r in range(FLAGS.rounds) for n in names]:
+        if name in failed or name in skipped:
+            continue
+        print(f"running {name} ..." + (f" (round {round_index + 1} of {FLAGS.rounds})"
+                                       if FLAGS.rounds > 1 else ""), flush=True)
         if CONFIGS[name]["impl"] == "jax":
             command = [FLAGS.jax_python or sys.executable,
                        os.path.join(root, "benchmarks", "jax_sinusoid.py"),
@@ -514,35 +574,46 @@ def main(argv):
         if CONFIGS[name]["impl"] == "jax" and "No module named 'jax'" in out.stderr:
             print(f"{name} skipped: no JAX in {command[0]} (install jax[cpu] there, or pass "
                   f"--jax_python=PYTHON_WITH_JAX)", flush=True)
-            skipped.append(name)
+            skipped.add(name)
             continue
         if out.returncode or not lines:
             # One failed row is reported, not allowed to lose the others' figures.
             print(out.stderr[-3000:])
             print(f"{name} FAILED (exit {out.returncode})", flush=True)
-            failed.append(name)
+            failed.add(name)
             continue
-        rows.append(json.loads(lines[-1][4:]))
+        runs.setdefault(name, []).append(json.loads(lines[-1][4:]))
+        rows = [_pooled(runs[n]) for n in names if n in runs]
         if FLAGS.output:
             with open(FLAGS.output, "w") as f:
                 json.dump(rows, f, indent=2)
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs; {FLAGS.repeats} timed iterations after "
-          f"{FLAGS.warmup} warm-up" + (f"; skipped (no JAX): {', '.join(skipped)}" if skipped
-                                       else "") + "\n")
+          f"{FLAGS.warmup} warm-up" + (f", in each of {FLAGS.rounds} interleaved rounds "
+                                       f"(medians over all of them)" if FLAGS.rounds > 1 else "")
+          + (f"; skipped (no JAX): {', '.join(sorted(skipped))}" if skipped else "") + "\n")
     by_name = {r["config"]: r for r in rows}
     _print_summary(by_name)
     for shared, unshared in SHARED_PAIRS:
         if shared in by_name and unshared in by_name:
             a, b = by_name[shared]["median_s"], by_name[unshared]["median_s"]
             print(f"shared first step: {shared} {a * 1e3:.2f} ms against {b * 1e3:.2f} ms "
-                  f"without it: {b / a:.2f}x")
+                  f"without it: {_ratio(by_name[unshared], by_name[shared])}")
+    for name, row in by_name.items():
+        one = by_name.get(name.replace("_inter_op_1", ""))
+        if name.endswith("_inter_op_1") and one:
+            print(f"one op at a time: {name} {row['median_s'] * 1e3:.1f} ms against "
+                  f"{one['median_s'] * 1e3:.1f} ms with the default inter-op threads: "
+                  f"{_ratio(one, row)}")
     for r in rows:
         other = by_name.get(r.get("compare"))
         if other:
+            pairs = list(zip(r.get("round_medians", []), other.get("round_medians", [])))
+            spread = (f" (rounds: {', '.join(f'{100 * (a / b - 1):+.0f}%' for a, b in pairs)})"
+                      if len(pairs) > 1 else "")
             print(f"trainer: {r['config']} {r['median_s'] * 1e3:.2f} ms per iteration against "
                   f"{other['config']} {other['median_s'] * 1e3:.2f} ms: "
-                  f"{100 * (r['median_s'] / other['median_s'] - 1):+.0f}%")
+                  f"{100 * (r['median_s'] / other['median_s'] - 1):+.0f}%{spread}")
     print()
     print("| configuration | median s | min s | max s | first call s | peak RSS MiB | "
           "peak tensor MiB | GFLOP | GFLOP/s | auto's choice (tuning s) |")
@@ -558,7 +629,7 @@ def main(argv):
               f"{r['first_call_s']:.1f} | {r['peak_rss_mib']:.0f} | {sp} | {g} | {gs} | "
               f"{choice} |")
     if failed:
-        print(f"FAILED: {', '.join(failed)}")
+        print(f"FAILED: {', '.join(sorted(failed))}")
         sys.exit(1)
 
 

@@ -1,12 +1,16 @@
 """The trainer's compiled call against the bare meta-train step, interleaved in one process.
 
     python benchmarks/trainer_call.py [--rounds=5 --calls=300]
+    python benchmarks/trainer_call.py --jit_compile --steps_per_execution=10 --calls=30
 
 Both run the sinusoid preset's MAML (`task_batching="batched"`). "bare step" is
 `MAML.meta_train_step` on one fixed meta-batch through `ConcreteStep`, as
 `benchmarks/meta_step.py` times it; "trainer call" is what `keras_meta.training.train` calls
-each iteration: it draws its meta-batch from the tf.data stream inside its graph and advances
-the step counter. Rounds alternate between the two, so that drifts of the machine hit both.
+each iteration: it computes its meta-batch from the step counter inside its graph (the
+sinusoid's episodes are pure functions of their index) and advances the counter. "trainer
+call, tf.data" reads the same meta-batch from the tf.data stream inside its graph instead
+(the trainer's way for image families). Rounds alternate between them, so that drifts of the
+machine hit all; every call's loss is read, as the trainer reads it.
 """
 
 import os
@@ -17,6 +21,8 @@ from absl import app, flags
 
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
 flags.DEFINE_integer("calls", 300, "Calls of each per round.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the meta-step with XLA (the trainer's flag).")
+flags.DEFINE_integer("steps_per_execution", 1, "Meta-iterations per call (the trainer's flag).")
 FLAGS = flags.FLAGS
 
 
@@ -30,15 +36,25 @@ def main(argv):
     from keras_meta.training.presets import PRESETS
     from keras_meta.training.task_families import build_maml, build_task_family
 
-    config = PRESETS["sinusoid_one_step"].replace(task_batching="batched")
+    per_call = FLAGS.steps_per_execution
+    config = PRESETS["sinusoid_one_step"].replace(task_batching="batched",
+                                                  jit_compile=FLAGS.jit_compile,
+                                                  steps_per_execution=per_call)
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
-    episodes = next(iter(task.train_dataset(0)))
-    bare = ConcreteStep(tf.function(lambda e: maml.meta_train_step(e)[0]))
-    step = tf.Variable(0, dtype=tf.int64)
-    _, iterator = next(loop._local_chunks(task, config.replace(num_iterations=10**9), 0))
-    call = loop._step_function(maml, config, None, False, 1, iterator, step)
-    functions = {"bare step": lambda: bare(episodes), "trainer call": call}
+    if per_call > 1:
+        episodes = next(iter(task.train_dataset(0).batch(per_call)))
+        steps = lambda e: maml.meta_train_steps(e)  # noqa: E731
+    else:
+        episodes = next(iter(task.train_dataset(0)))
+        steps = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
+    bare = ConcreteStep(tf.function(steps, jit_compile=FLAGS.jit_compile))
+    endless = config.replace(num_iterations=10**9)
+    functions = {"bare step": lambda: bare(episodes)}
+    for name, in_graph in [("trainer call", True), ("trainer call, tf.data", False)]:
+        _, source = next(loop._local_chunks(task, endless, 0, in_graph=in_graph))
+        functions[name] = loop._step_function(maml, config, None, False, per_call, source,
+                                              tf.Variable(0, dtype=tf.int64))
     for function in functions.values():
         for _ in range(20):
             function()
@@ -47,12 +63,11 @@ def main(argv):
         for name, function in functions.items():
             start = time.perf_counter()
             for _ in range(FLAGS.calls):
-                loss = function()
-            float(loss)
-            times[name].append((time.perf_counter() - start) / FLAGS.calls * 1e3)
+                float(function())
+            times[name].append((time.perf_counter() - start) / FLAGS.calls / per_call * 1e3)
     print(f"command: python {' '.join(sys.argv)}")
     for name, values in times.items():
-        print(f"{name}: median {np.median(values):.3f} ms per call "
+        print(f"{name}: median {np.median(values):.3f} ms per meta-iteration "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
 
 

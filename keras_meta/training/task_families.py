@@ -6,15 +6,17 @@ config alone; the episode streams (`build_task_family`) load the dataset.
 """
 
 import dataclasses
+from typing import Optional
 
 import keras
+import tensorflow as tf
 
 from keras_meta.backbones import conv4, mlp, resnet12
 from keras_meta.data.image_cache import machine_memory_bytes
 from keras_meta.data.image_preprocessing import ImagePreprocessing
 from keras_meta.data.omniglot import IMAGES_PER_CLASS as _OMNIGLOT_IMAGES_PER_CLASS
 from keras_meta.data.omniglot import NUM_CLASSES as _OMNIGLOT_CLASSES
-from keras_meta.data.sinusoid import sinusoid_episodes
+from keras_meta.data.sinusoid import sinusoid_episodes, sinusoid_tasks
 from keras_meta.maml import MAML, MultiStepLossSchedule
 from keras_meta.training.evaluation import eval_batch_size
 
@@ -37,6 +39,11 @@ class TaskFamilySpec:
     # Further test protocols the final test also reports: name -> () -> finite dataset.
     extra_test_datasets: dict = dataclasses.field(default_factory=dict)
     metadata: dict = dataclasses.field(default_factory=dict)
+    # (first_index, count) -> the `count` training episodes from index `first_index` on,
+    # stacked, computed by TF ops inside the caller's graph (both arguments may be tensors):
+    # the same episodes `train_dataset` yields there. Only for families whose episodes are
+    # pure functions of their index; None where they need tf.data (images).
+    train_episodes_at: Optional[callable] = None
 
 
 def default_image_preprocessing(config):
@@ -111,9 +118,20 @@ def _sinusoid(config):
             seed=config.seed + seed_offset, num_episodes=num_tasks,
             stream=config.sinusoid_stream)
 
+    def episodes_at(first_index, count):
+        # Stream 2 maps any contiguous range of indices to its episodes with one random op,
+        # as `train` does per meta-batch (see `sinusoid_tasks`).
+        indices = tf.cast(first_index, tf.int64) + tf.range(count, dtype=tf.int64)
+        episodes = sinusoid_tasks(config.seed, indices, config.num_shots, config.num_queries)[0]
+        # A Python `count` is a static meta-batch size, which the batched step needs.
+        static = count if isinstance(count, int) else None
+        return tf.nest.map_structure(lambda x: tf.ensure_shape(x, [static] + x.shape[1:]),
+                                     episodes)
+
     return dict(classification=False, train_dataset=train,
                 val_dataset=finite(1_000_003, config.num_val_tasks),
-                test_dataset=finite(2_000_003, config.num_eval_tasks))
+                test_dataset=finite(2_000_003, config.num_eval_tasks),
+                train_episodes_at=episodes_at if config.sinusoid_stream == 2 else None)
 
 
 def _classification_streams(config, splits, extra_groups=None, augmentation=None):

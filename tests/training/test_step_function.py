@@ -1,4 +1,4 @@
-"""The trainer's compiled call: it draws its episodes inside its graph and counts its steps."""
+"""The trainer's compiled call: it gets its episodes inside its graph and counts its steps."""
 
 import numpy as np
 import pytest
@@ -9,13 +9,16 @@ from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.task_families import build_maml, build_task_family
 
 
-def _weights(config, iterations, drawn):
-    """The weights after `iterations` meta-iterations: the trainer's calls, or plain calls of
-    `MAML.meta_train_step(s)` fed from the same stream in Python."""
+def _weights(config, iterations, drawn, in_graph=True):
+    """The weights after `iterations` meta-iterations: the trainer's calls (episodes computed
+    in its graph, or read from tf.data there), or plain calls of `MAML.meta_train_step(s)` fed
+    from the same stream in Python."""
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
     step = tf.Variable(0, dtype=tf.int64)
-    chunks = list(loop._local_chunks(task, config, 0))
+    chunks = list(loop._local_chunks(task, config, 0, in_graph=in_graph))
+    # The sinusoid computes its episodes from their index; tf.data is the other source.
+    assert all(hasattr(source, "get_next") != in_graph for _, source in chunks)
     per_call = config.steps_per_execution
     full = iterations // per_call if per_call > 1 else 0
     assert [size for size, _ in chunks] == [per_call] * full + [1] * (iterations - full * per_call)
@@ -40,14 +43,37 @@ def _weights(config, iterations, drawn):
     return [v.numpy() for v in maml.trainable_variables]
 
 
-@pytest.mark.parametrize("jit_compile,per_call", [(False, 1), (False, 3), (True, 3)])
-def test_the_trainers_call_trains_as_steps_fed_the_same_stream(jit_compile, per_call):
+@pytest.mark.parametrize("jit_compile,per_call,in_graph", [
+    (False, 1, True), (False, 3, True), (True, 3, True), (False, 1, False), (False, 3, False)])
+def test_the_trainers_call_trains_as_steps_fed_the_same_stream(jit_compile, per_call, in_graph):
     # 7 iterations: with 3 per call, two calls of 3 and a single one (the remainder).
     config = MAMLTrainConfig(meta_batch_size=4, num_iterations=7, jit_compile=jit_compile,
                              steps_per_execution=per_call)
-    drawn = _weights(config, 7, drawn=True)
+    drawn = _weights(config, 7, drawn=True, in_graph=in_graph)
     fed = _weights(config, 7, drawn=False)
     start = [v.numpy() for v in build_task_family(config).model.trainable_variables]
     for a, b, before in zip(drawn, fed, start):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         assert not np.allclose(a, before)
+
+
+@pytest.mark.parametrize("seed,first,count", [(0, 0, 4), (3, 12, 8), (7, 40, 12), (11, 5, 3)])
+def test_episodes_computed_in_the_graph_are_the_datasets(seed, first, count):
+    # The trainer samples sinusoid episodes from their index inside its call; they must be
+    # the tf.data stream's, bit for bit, wherever a run (or a resume) starts.
+    config = MAMLTrainConfig(meta_batch_size=4, seed=seed)
+    task = build_task_family(config)
+    computed = tf.function(lambda i: task.train_episodes_at(i, count))(
+        tf.constant(first, tf.int64))
+    assert computed.support_x.shape == (count, config.num_shots, 1)
+    streamed = task.train_dataset(first).unbatch().batch(count).take(1).get_single_element()
+    for got, want in zip(computed, streamed):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+def test_a_stream_1_run_reads_its_episodes_from_tf_data():
+    # Stream 1 (older runs) samples one small graph per episode: no in-graph form.
+    task = build_task_family(MAMLTrainConfig(sinusoid_stream=1))
+    assert task.train_episodes_at is None
+    assert all(hasattr(source, "get_next") for _, source in loop._local_chunks(
+        task, MAMLTrainConfig(sinusoid_stream=1, num_iterations=2), 0))
