@@ -15,9 +15,9 @@ machine hit all; every call's loss is read, as the trainer reads it.
 
 import os
 import sys
-import time
 
 from absl import app, flags
+from interleaved import time_interleaved
 
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
 flags.DEFINE_integer("calls", 300, "Calls of each per round.")
@@ -55,16 +55,7 @@ def main(argv):
         _, source = next(loop._local_chunks(task, endless, 0, in_graph=in_graph))
         functions[name] = loop._step_function(maml, config, None, False, per_call, source,
                                               tf.Variable(0, dtype=tf.int64))
-    for function in functions.values():
-        for _ in range(20):
-            function()
-    times = {name: [] for name in functions}
-    for _ in range(FLAGS.rounds):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            for _ in range(FLAGS.calls):
-                float(function())
-            times[name].append((time.perf_counter() - start) / FLAGS.calls / per_call * 1e3)
+    times = time_interleaved(functions, FLAGS.rounds, FLAGS.calls, per_call=per_call)
     print(f"command: python {' '.join(sys.argv)}")
     for name, values in times.items():
         print(f"{name}: median {np.median(values):.3f} ms per meta-iteration "
