@@ -17,7 +17,6 @@ import os
 import sys
 
 from absl import app, flags
-from interleaved import time_interleaved
 
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
 flags.DEFINE_integer("calls", 300, "Calls of each per round.")
@@ -28,6 +27,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
+    # Beside this script (run as `python benchmarks/...`, its folder is on the path).
+    from interleaved import time_interleaved
     import numpy as np
     import tensorflow as tf
 
