@@ -14,8 +14,8 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_integer("rounds", 9, "Interleaved rounds.")
-flags.DEFINE_integer("calls", 300, "Calls of each per round.")
+flags.DEFINE_integer("rounds", 9, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_integer("calls", 300, "Calls of each per round.", lower_bound=1)
 flags.DEFINE_boolean("jit_compile", False, "Compile the meta-step with XLA.")
 FLAGS = flags.FLAGS
 

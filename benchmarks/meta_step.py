@@ -31,12 +31,13 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", None, "Configurations to run (default: the summary table's; "
                   "\"all\": every configuration except the memory rows with many inner steps).")
-flags.DEFINE_integer("repeats", 10, "Timed iterations.")
+flags.DEFINE_integer("repeats", 10, "Timed iterations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
 flags.DEFINE_integer("rounds", 1, "Run every configuration this many times, round-robin (a "
                      "fresh process each time), and pool the timed iterations. On a shared "
                      "machine whose speed drifts over minutes, interleaving keeps the drift out "
-                     "of the ratios; the summary then shows each ratio's range over the rounds.")
+                     "of the ratios; the summary then shows each ratio's range over the rounds.",
+                     lower_bound=1)
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
 flags.DEFINE_string("omniglot_source_dir", None,
                     "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")

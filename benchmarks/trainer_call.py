@@ -18,10 +18,11 @@ import sys
 
 from absl import app, flags
 
-flags.DEFINE_integer("rounds", 5, "Interleaved rounds.")
-flags.DEFINE_integer("calls", 300, "Calls of each per round.")
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds.", lower_bound=1)
+flags.DEFINE_integer("calls", 300, "Calls of each per round.", lower_bound=1)
 flags.DEFINE_boolean("jit_compile", False, "Compile the meta-step with XLA (the trainer's flag).")
-flags.DEFINE_integer("steps_per_execution", 1, "Meta-iterations per call (the trainer's flag).")
+flags.DEFINE_integer("steps_per_execution", 1, "Meta-iterations per call (the trainer's flag).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 

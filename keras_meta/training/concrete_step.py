@@ -63,7 +63,8 @@ def _takes_flat(concrete, leaves):
     if not hasattr(concrete, "_call_flat"):  # another TensorFlow's internals
         return False
     # Composite tensors (ragged, sparse) and variables enter a graph as other tensors.
-    if not all(type(leaf) is type(tf.constant(0.0)) for leaf in leaves):
+    eager_tensor = type(tf.constant(0.0))
+    if not all(type(leaf) is eager_tensor for leaf in leaves):
         return False
     inputs = concrete.inputs
     if len(inputs) != len(leaves) + len(concrete.captured_inputs):
