@@ -109,11 +109,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1, help="Outer steps per call.")
     parser.add_argument("--repeats", type=int, default=300, help="Timed calls.")
+    parser.add_argument("--min_seconds", type=float, default=0.0,
+                        help="Keep timing past --repeats until the timed calls add up to this.")
     parser.add_argument("--warmup", type=int, default=20, help="Untimed calls after compiling.")
     parser.add_argument("--name", default=None, help="The row's name (meta_step.py sets it).")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be at least 1; got {args.steps}.")
+    if args.min_seconds < 0:
+        parser.error(f"--min_seconds must be 0 or more; got {args.min_seconds}.")
 
     params = init_params(jax.random.PRNGKey(0))
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -132,12 +136,14 @@ def main():
     for _ in range(args.warmup):
         params, state, loss = call(params, state)
     loss.block_until_ready()
-    times = []
-    for _ in range(args.repeats):
+    times, timed = [], 0.0
+    while len(times) < args.repeats or timed < args.min_seconds:
         start = time.perf_counter()
         params, state, loss = call(params, state)
         loss.block_until_ready()
-        times.append((time.perf_counter() - start) / args.steps)
+        seconds = time.perf_counter() - start
+        timed += seconds
+        times.append(seconds / args.steps)
     if not np.isfinite(float(loss)):
         raise SystemExit(f"The JAX reference's meta-loss is {float(loss)}: not a valid timing.")
     median = float(np.median(times))

@@ -33,6 +33,11 @@ flags.DEFINE_list("configs", None, "Configurations to run (default: the summary 
                   "\"all\": every configuration except the memory rows with many inner steps).")
 flags.DEFINE_integer("repeats", 10, "Timed iterations.", lower_bound=1)
 flags.DEFINE_integer("warmup", 2, "Untimed iterations after tracing.")
+flags.DEFINE_float("min_seconds", 0.0,
+                   "Keep timing each row past --repeats until its timed iterations add up to "
+                   "this many seconds, so that one invocation gives the millisecond sinusoid rows "
+                   "thousands of iterations and the Omniglot rows their --repeats.",
+                   lower_bound=0.0)
 flags.DEFINE_integer("rounds", 1, "Run every configuration this many times, round-robin (a "
                      "fresh process each time), and pool the timed iterations. On a shared "
                      "machine whose speed drifts over minutes, interleaving keeps the drift out "
@@ -414,11 +419,13 @@ def run_child(name):
         tf.config.experimental.reset_memory_stats(device)
     except (ValueError, tf.errors.InvalidArgumentError):  # allocator without statistics
         device = None
-    times = []
-    for _ in range(FLAGS.repeats):
+    times, timed = [], 0.0
+    while len(times) < FLAGS.repeats or timed < FLAGS.min_seconds:
         t = time.perf_counter()
         run()
-        times.append((time.perf_counter() - t) / spec["steps"])
+        seconds = time.perf_counter() - t
+        timed += seconds
+        times.append(seconds / spec["steps"])
     tensor_peak_mib = None
     if device:
         tensor_peak_mib = tf.config.experimental.get_memory_info(device)["peak"] / 2**20
@@ -561,10 +568,12 @@ def main(argv):
             command = [FLAGS.jax_python or sys.executable,
                        os.path.join(root, "benchmarks", "jax_sinusoid.py"),
                        f"--steps={CONFIGS[name]['steps']}", f"--repeats={FLAGS.repeats}",
-                       f"--warmup={FLAGS.warmup}", f"--name={name}"]
+                       f"--warmup={FLAGS.warmup}", f"--min_seconds={FLAGS.min_seconds}",
+                       f"--name={name}"]
         else:
             command = ([sys.executable, os.path.abspath(__file__), f"--child={name}",
                         f"--repeats={FLAGS.repeats}", f"--warmup={FLAGS.warmup}",
+                        f"--min_seconds={FLAGS.min_seconds}",
                         f"--count_flops_everywhere={FLAGS.count_flops_everywhere}"]
                        + ([f"--omniglot_source_dir={FLAGS.omniglot_source_dir}",
                            f"--data_dir={data_dir}"] if FLAGS.omniglot_source_dir else []))
