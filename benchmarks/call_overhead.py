@@ -62,7 +62,10 @@ def _fit(counts, times):
 def main(argv):
     import numpy as np
 
-    counts = [int(c) for c in FLAGS.variables]
+    try:
+        counts = [int(c) for c in FLAGS.variables]
+    except ValueError:
+        raise app.UsageError(f"--variables takes whole numbers; got {FLAGS.variables}.")
     if min(counts) < 0 or len(set(counts)) < 2:
         raise app.UsageError(f"--variables needs at least two distinct counts >= 0; got "
                              f"{FLAGS.variables}.")

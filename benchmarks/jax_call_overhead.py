@@ -41,7 +41,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
     parser.add_argument("--calls", type=int, default=500, help="Calls of each count per round.")
     args = parser.parse_args()
-    counts = [int(c) for c in args.variables.split(",")]
+    try:
+        counts = [int(c) for c in args.variables.split(",")]
+    except ValueError:
+        parser.error(f"--variables takes comma-separated whole numbers; got {args.variables!r}.")
     if min(counts) < 0 or args.rounds < 1 or args.calls < 1:
         parser.error(f"expected counts >= 0 and rounds, calls >= 1; got --variables="
                      f"{args.variables} --rounds={args.rounds} --calls={args.calls}.")
