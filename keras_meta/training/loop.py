@@ -31,6 +31,8 @@ from keras_meta.training.distribute import (all_gather_rows, distribute_episodes
                                             replica_meta_batch_size, worker_episodes)
 from keras_meta.training.evaluation import TaskEvaluator, per_task_lists, summarize
 from keras_meta.training.progress import Progress, crossed
+from keras_meta.training.time_breakdown import TimeBreakdown
+from keras_meta.training.time_breakdown import describe as describe_breakdown
 from keras_meta.training.task_families import (build_maml, build_task_family,
                                                check_before_run, complete_config,
                                                meta_learning_rate)
@@ -430,16 +432,16 @@ def _train(config, model_dir, strategy, role, resume, printer):
     chunks = (_distributed_chunks(task, config, start, strategy, role) if distributed
               else _local_chunks(task, config, start))
     loop_start = time.perf_counter()
-    timed_from = None
+    breakdown = TimeBreakdown()
     last_loss = float("nan")
     try:
         with writer.as_default():
             s = start
             for size, source in chunks:
                 # `s` mirrors `step`, which the call advances: no variable read per iteration.
-                loss = run_chunk(size, source, s < config.first_order_iterations)
+                with breakdown.measure("steps"):
+                    last_loss = float(run_chunk(size, source, s < config.first_order_iterations))
                 s += size
-                last_loss = float(loss)
                 if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                     if writes_run:
                         run_state.append_history(model_dir, "diverged", s,
@@ -449,9 +451,9 @@ def _train(config, model_dir, strategy, role, resume, printer):
                         f"Training stopped; the last good checkpoint "
                         f"({latest.latest_checkpoint or 'none'}) is kept. Lower inner_lr or "
                         "meta_lr.")
-                if timed_from is None:
+                if not breakdown.started:
                     # The first step traces the graph: time the steady state from here on.
-                    timed_from = (s, time.perf_counter())
+                    breakdown.start(s)
                 last = s == config.num_iterations
                 if crossed(s, size, config.log_every) or last:
                     rate = progress.maybe_print(s, last_loss)
@@ -460,8 +462,9 @@ def _train(config, model_dir, strategy, role, resume, printer):
                         tf.summary.scalar("train/iterations_per_second", rate, step=s)
                 if (config.eval_every and task.val_dataset is not None
                         and (crossed(s, size, config.eval_every) or last)):
-                    summary = summarize(evaluate(task.val_dataset, config.num_val_tasks,
-                                                 config.eval_inner_steps[0]))
+                    with breakdown.measure("validation"):
+                        summary = summarize(evaluate(task.val_dataset, config.num_val_tasks,
+                                                     config.eval_inner_steps[0]))
                     value = _headline(summary, task.classification)
                     tf.summary.scalar(f"val/{metric_name}", value, step=s)
                     improved = (math.isnan(float(best_metric)) or
@@ -475,27 +478,28 @@ def _train(config, model_dir, strategy, role, resume, printer):
                         run_state.append_history(
                             model_dir, "val", s, **{metric_name: value},
                             train_seconds=float(train_seconds) + time.perf_counter() - loop_start)
-                    if improved and _all_finite(maml.trainable_variables):
-                        best_metric.assign(value)
-                        save(best, s)
+                    with breakdown.measure("checkpoints"):
+                        if improved and _all_finite(maml.trainable_variables):
+                            best_metric.assign(value)
+                            save(best, s)
                 if crossed(s, size, config.checkpoint_every) or last:
                     now = time.perf_counter()
                     train_seconds.assign_add(now - loop_start)
                     loop_start = now
-                    if _all_finite(maml.trainable_variables):
-                        save(latest, s)
+                    with breakdown.measure("checkpoints"):
+                        if _all_finite(maml.trainable_variables):
+                            save(latest, s)
             writer.flush()
         train_seconds.assign_add(time.perf_counter() - loop_start)
-        seconds_per_iteration = None
-        if timed_from is not None and int(step) > timed_from[0]:
-            seconds_per_iteration = ((time.perf_counter() - timed_from[1])
-                                     / (int(step) - timed_from[0]))
+        timing = breakdown.summary(int(step))
+        if timing is not None:
+            printer(f"[train] {describe_breakdown(timing)}", flush=True)
         final_step = int(step)
         if role is not None:
             # The chief's last saves are on disk before any worker reads them.
             _check_workers_agree(strategy, role, config, final_step)
         return _test(config, model_dir, task, evaluate, checkpoint, state, printer,
-                     writes_run, final_step, seconds_per_iteration, float(train_seconds))
+                     writes_run, final_step, timing, float(train_seconds))
     except PEER_ERRORS as error:
         if role is None:
             raise
@@ -507,7 +511,7 @@ def _train(config, model_dir, strategy, role, resume, printer):
 
 
 def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_run,
-          final_step, seconds_per_iteration, total_train_seconds):
+          final_step, timing, total_train_seconds):
     """Tests the best validated checkpoint (else the last weights); writes the results JSON."""
     step = state["step"]
     tested_config = config
@@ -528,7 +532,9 @@ def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_
         "checkpoint": best_checkpoint or tf.train.latest_checkpoint(
             os.path.join(model_dir, "checkpoints")),
         "train_seconds": total_train_seconds,
-        "seconds_per_iteration": seconds_per_iteration,
+        # The steady state after the first call, and where its seconds went.
+        "seconds_per_iteration": timing and timing["seconds_per_iteration"],
+        "time_breakdown": timing,
         "eval_seconds": time.perf_counter() - eval_start,
         "num_shots": config.shots_at_eval,
         "num_ways": config.num_ways if task.classification else None,

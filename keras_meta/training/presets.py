@@ -63,6 +63,12 @@ def _five_shot(config):
     return config.replace(num_shots=5, meta_batch_size=2)
 
 
+# A sinusoid meta-iteration takes 0.5-2 ms on a 2-core CPU, so the default period of 1,000
+# iterations saved every second or two, and a save costs 20-45 ms of TensorFlow's Python
+# (2-5% of the run; benchmarks/trainer_loop.py). Every 5,000 iterations, with validation, is
+# every 3-10 s: a kill loses seconds, and the saves cost under 1%.
+_SINUSOID = MAMLTrainConfig(checkpoint_every=5000)
+
 PRESETS = {
     # Finn et al. 2017, section 5.1: K=10, alpha 0.01, 25 tasks, Adam 1e-3, 70k iterations;
     # evaluated 5-shot after 1, 5 and 10 steps. The paper meta-trains through 1 inner step
@@ -72,9 +78,9 @@ PRESETS = {
     # some (README, "Sinusoid regression"). So the preset meta-trains through 5 steps, with
     # the query loss after step 1 and after step 5 weighted equally: the step that is
     # evaluated alone, and the steps that expose an unstable direction.
-    "sinusoid": MAMLTrainConfig(inner_steps=5, multi_step_loss=True,
-                                multi_step_loss_weights=(0.5, 0.0, 0.0, 0.0, 0.5)),
-    "sinusoid_one_step": MAMLTrainConfig(),
+    "sinusoid": _SINUSOID.replace(inner_steps=5, multi_step_loss=True,
+                                  multi_step_loss_weights=(0.5, 0.0, 0.0, 0.0, 0.5)),
+    "sinusoid_one_step": _SINUSOID,
     "omniglot_5way_1shot": _OMNIGLOT_5WAY,
     "omniglot_5way_5shot": _OMNIGLOT_5WAY.replace(num_shots=5, num_queries=5),
     "omniglot_20way_1shot": _OMNIGLOT_20WAY,

@@ -229,7 +229,7 @@ def _comparable_results(model_dir):
     with open(os.path.join(model_dir, "eval_results.json")) as f:
         results = json.load(f)
     history = results.pop("history")
-    for key in ("train_seconds", "seconds_per_iteration", "eval_seconds"):
+    for key in ("train_seconds", "seconds_per_iteration", "time_breakdown", "eval_seconds"):
         results.pop(key)
     results["checkpoint"] = os.path.relpath(results["checkpoint"], model_dir)
     return results, history

@@ -33,6 +33,17 @@ def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
     assert stats["num_tasks"] == 6 and stats["mean"] > 0 and stats["ci95"] > 0
     # The whole run's time, not the time stored in the best checkpoint restored for testing.
     assert saved["train_seconds"] >= saved["seconds_per_iteration"] * (saved["iterations"] - 1)
+    # Timed from after the first call: 5 iterations, with 2 validations and 3 checkpoints
+    # (best ones included) inside that window; the parts add up to it.
+    timing = saved["time_breakdown"]
+    assert timing["iterations"] == 5
+    assert timing["seconds_per_iteration"] == pytest.approx(timing["window_seconds"] / 5)
+    assert saved["seconds_per_iteration"] == timing["seconds_per_iteration"]
+    assert timing["validation_seconds"] > 0 and timing["checkpoints_seconds"] > 0
+    assert timing["steps_seconds"] > 0 and timing["other_seconds"] >= 0
+    assert sum(timing[f"{part}_seconds"] for part in
+               ("steps", "checkpoints", "validation", "other")) == pytest.approx(
+        timing["window_seconds"])
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
     assert tf.train.latest_checkpoint(os.path.join(model_dir, "best")) is not None
     assert os.listdir(os.path.join(model_dir, "logs"))
@@ -42,6 +53,7 @@ def test_train_writes_results_checkpoints_and_resumes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resumed from" in out and "at iteration 6" in out
     assert "iter 8/10" in out and "iter 2/10" not in out
+    assert re.search(r"\[train\] 3 iterations after the first call in [0-9.]+ s \(", out)
     assert results["iterations"] == 10
 
 

@@ -1,0 +1,53 @@
+"""`TimeBreakdown`: what is counted, when, and that the parts add up to the window."""
+
+import time
+
+import pytest
+
+from keras_meta.training.time_breakdown import PARTS, TimeBreakdown, describe
+
+
+def test_nothing_before_the_window_opens_is_counted():
+    breakdown = TimeBreakdown()
+    assert not breakdown.started and breakdown.summary(10) is None
+    with breakdown.measure("steps"):
+        time.sleep(0.02)  # the first call, tracing
+    breakdown.start(1)
+    assert breakdown.started and breakdown.seconds["steps"] == 0.0
+    # No iteration ran inside the window yet.
+    assert breakdown.summary(1) is None
+
+
+def test_parts_add_up_to_the_window():
+    breakdown = TimeBreakdown()
+    breakdown.start(3)
+    with breakdown.measure("steps"):
+        time.sleep(0.02)
+    with breakdown.measure("checkpoints"):
+        time.sleep(0.01)
+    time.sleep(0.01)  # the loop's own work
+    figures = breakdown.summary(13)
+    assert figures["iterations"] == 10
+    assert figures["steps_seconds"] >= 0.02 and figures["checkpoints_seconds"] >= 0.01
+    assert figures["validation_seconds"] == 0.0 and figures["other_seconds"] >= 0.01
+    assert sum(figures[f"{part}_seconds"] for part in PARTS + ("other",)) == pytest.approx(
+        figures["window_seconds"])
+    assert figures["seconds_per_iteration"] == pytest.approx(figures["window_seconds"] / 10)
+    line = describe(figures)
+    assert line.startswith("10 iterations after the first call in ") and "validation 0.0%" in line
+
+
+def test_a_body_that_raises_is_still_counted():
+    breakdown = TimeBreakdown()
+    breakdown.start(0)
+    with pytest.raises(KeyError):
+        with breakdown.measure("validation"):
+            time.sleep(0.01)
+            raise KeyError("x")
+    assert breakdown.seconds["validation"] >= 0.01
+
+
+def test_unknown_part_is_refused():
+    with pytest.raises(ValueError, match="Unknown part 'data'; expected one of"):
+        with TimeBreakdown().measure("data"):
+            pass
