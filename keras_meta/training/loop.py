@@ -279,7 +279,8 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
     replicas' shares. Otherwise it takes no input and gets its episodes inside its graph
     (`size` meta-batches stacked when `size` > 1) from `source` (see `_local_chunks`): a
     tf.data iterator, or a function `(first_index, count)` that computes them, here from
-    iteration `step` on.
+    iteration `step` on; each call then also computes the next call's episodes beside its
+    meta-step (`tests/training/test_step_function.py`).
     """
     order = True if first_order else None
     if strategy is not None:
@@ -298,23 +299,47 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
         return maml.meta_train_step(episodes, order)[0]
 
     compiled = tf.function(meta_iterations, jit_compile=config.jit_compile)
+    # The step counter moves inside the call too: no eager op per iteration, each of which
+    # costs a tenth of a compiled sinusoid step.
+    if hasattr(source, "get_next"):
+        # tf.data prepares the next elements on its own threads.
+        def read():
+            loss = compiled(source.get_next())
+            step.assign_add(size)
+            return loss
+
+        return ConcreteStep(tf.function(read))
+
     batch = config.meta_batch_size
 
-    def episodes():
-        if hasattr(source, "get_next"):
-            return source.get_next()
+    def episodes_at(iteration):
         # Iteration i's meta-batch is episodes i * batch .. (i + 1) * batch - 1, as in the
-        # tf.data stream that `_local_chunks` would have opened at `step`.
-        stacked = source(step * batch, size * batch)
+        # tf.data stream that `_local_chunks` would have opened at that iteration.
+        stacked = source(iteration * batch, size * batch)
         if size == 1:
             return stacked
         return tf.nest.map_structure(
             lambda x: tf.reshape(x, [size, batch] + x.shape.as_list()[1:]), stacked)
 
-    # The step counter moves inside the call too: no eager op per iteration, each of which
-    # costs a tenth of a compiled sinusoid step.
+    # Each call computes the next call's episodes while its meta-step runs: the two have no
+    # data between them, so the sampling runs beside the step instead of before it (an XLA
+    # step waits for all its inputs). They are held in variables with the iteration they
+    # are for. A call whose step counter is elsewhere (another step function ran in between:
+    # the remainder, MAML++'s first-order phase) computes its own: the held ones are used
+    # only for the very iteration they were drawn for.
+    start = tf.convert_to_tensor(step)
+    held_for = tf.Variable(start, trainable=False, name="episodes_held_for")
+    held = tf.nest.map_structure(lambda x: tf.Variable(x, trainable=False, name="episodes_held"),
+                                 episodes_at(start))
+
     def drawn():
-        loss = compiled(episodes())
+        at = step.read_value()
+        current = tf.cond(tf.equal(held_for.read_value(), at),
+                          lambda: tf.nest.map_structure(lambda v: v.read_value(), held),
+                          lambda: episodes_at(at))
+        loss = compiled(current)
+        tf.nest.map_structure(lambda v, x: v.assign(x), held, episodes_at(at + size))
+        held_for.assign(at + size)
         step.assign_add(size)
         return loss
 
