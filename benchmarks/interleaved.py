@@ -22,3 +22,22 @@ def time_interleaved(functions, rounds, calls, warmup=20, per_call=1):
                 float(function())
             times[name].append((time.perf_counter() - start) / calls / per_call * 1e3)
     return times
+
+
+def bare_step(config, maml, task):
+    """The bare meta-train step of `maml` on one fixed meta-batch of `task`'s stream, as a
+    call without arguments (`meta_train_steps` on `config.steps_per_execution` stacked
+    meta-batches when that is above 1), through `ConcreteStep` as the trainer calls its own."""
+    import tensorflow as tf
+
+    from keras_meta.training.concrete_step import ConcreteStep
+
+    per_call = config.steps_per_execution
+    if per_call > 1:
+        episodes = next(iter(task.train_dataset(0).batch(per_call)))
+        steps = lambda e: maml.meta_train_steps(e)  # noqa: E731
+    else:
+        episodes = next(iter(task.train_dataset(0)))
+        steps = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
+    step = ConcreteStep(tf.function(steps, jit_compile=config.jit_compile))
+    return lambda: step(episodes)

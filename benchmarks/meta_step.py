@@ -318,7 +318,10 @@ def _trainer_row(name, spec):
            "first_call_s": None, "peak_rss_mib": resource.getrusage(
                resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_step_mib": None,
            "tensor_peak_mib": None, "gflop": None, "gflops_per_s": None,
-           "compare": spec["compare"], "iterations": iterations}
+           "compare": spec["compare"], "iterations": iterations,
+           # Where the trainer's window went (keras_meta/training/time_breakdown.py): what is
+           # not `steps` is its checkpoints, validation and loop.
+           "time_breakdown": results["time_breakdown"]}
     print("ROW " + json.dumps(row), flush=True)
 
 
@@ -457,6 +460,10 @@ def _pooled(runs):
 
     if len(runs) == 1:
         return dict(runs[0], round_medians=[runs[0]["median_s"]])
+    if runs[0]["median_s"] is None:
+        # The matmul peak: a rate, no iterations; its median over the rounds, and each.
+        rates = [r["gflops_per_s"] for r in runs]
+        return dict(runs[-1], gflops_per_s=float(np.median(rates)), round_gflops_per_s=rates)
     times = [t for r in runs for t in (r.get("times") or [r["median_s"]])]
     row = dict(runs[-1], times=times, median_s=float(np.median(times)),
                min_s=min(r["min_s"] for r in runs), max_s=max(r["max_s"] for r in runs),
@@ -621,9 +628,12 @@ def main(argv):
             pairs = list(zip(r.get("round_medians", []), other.get("round_medians", [])))
             spread = (f" (rounds: {', '.join(f'{100 * (a / b - 1):+.0f}%' for a, b in pairs)})"
                       if len(pairs) > 1 else "")
+            timing = r.get("time_breakdown")
+            steps = (f"; its calls {100 * timing['steps_seconds'] / timing['window_seconds']:.1f}%"
+                     " of its time" if timing else "")
             print(f"trainer: {r['config']} {r['median_s'] * 1e3:.2f} ms per iteration against "
                   f"{other['config']} {other['median_s'] * 1e3:.2f} ms: "
-                  f"{100 * (r['median_s'] / other['median_s'] - 1):+.0f}%{spread}")
+                  f"{100 * (r['median_s'] / other['median_s'] - 1):+.0f}%{spread}{steps}")
     print()
     print("| configuration | median s | min s | max s | first call s | peak RSS MiB | "
           "peak tensor MiB | GFLOP | GFLOP/s | auto's choice (tuning s) |")

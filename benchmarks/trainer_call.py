@@ -29,12 +29,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
     # Beside this script (run as `python benchmarks/...`, its folder is on the path).
-    from interleaved import time_interleaved
+    from interleaved import bare_step, time_interleaved
     import numpy as np
     import tensorflow as tf
 
     from keras_meta.training import loop
-    from keras_meta.training.concrete_step import ConcreteStep
     from keras_meta.training.presets import PRESETS
     from keras_meta.training.task_families import build_maml, build_task_family
 
@@ -44,15 +43,8 @@ def main(argv):
                                                   steps_per_execution=per_call)
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
-    if per_call > 1:
-        episodes = next(iter(task.train_dataset(0).batch(per_call)))
-        steps = lambda e: maml.meta_train_steps(e)  # noqa: E731
-    else:
-        episodes = next(iter(task.train_dataset(0)))
-        steps = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
-    bare = ConcreteStep(tf.function(steps, jit_compile=FLAGS.jit_compile))
     endless = config.replace(num_iterations=10**9)
-    functions = {"bare step": lambda: bare(episodes)}
+    functions = {"bare step": bare_step(config, maml, task)}
     for name, in_graph in [("trainer call", True), ("trainer call, tf.data", False)]:
         _, source = next(loop._local_chunks(task, endless, 0, in_graph=in_graph))
         functions[name] = loop._step_function(maml, config, None, False, per_call, source,

@@ -9,7 +9,7 @@ loss read, the first call (tracing) left out.
 
 * "bare step": `MAML.meta_train_step` (or `meta_train_steps` for several per call) on one
   fixed meta-batch through `ConcreteStep`, in a Python loop and nothing else: the step
-  `benchmarks/meta_step.py` times.
+  `benchmarks/meta_step.py` times. Its model and trace are new every round, as the trainer's.
 * "trainer": `keras_meta.training.train` with the preset's checkpoint and log periods, its
   in-graph episodes, progress lines, summaries and checkpoints; its figure is the run's
   `time_breakdown` (`keras_meta/training/time_breakdown.py`), which also says how much of it
@@ -44,11 +44,11 @@ def main(argv):
             f"--iterations={FLAGS.iterations} must be a multiple of --steps_per_execution="
             f"{per_call}, at least twice it, so both run whole calls only.")
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
+    # Beside this script (run as `python benchmarks/...`, its folder is on the path).
+    from interleaved import bare_step
     import numpy as np
-    import tensorflow as tf
 
     from keras_meta.training import train
-    from keras_meta.training.concrete_step import ConcreteStep
     from keras_meta.training.presets import PRESETS
     from keras_meta.training.task_families import build_maml, build_task_family
     from keras_meta.training.time_breakdown import PARTS
@@ -56,30 +56,23 @@ def main(argv):
     config = PRESETS["sinusoid_one_step"].replace(
         task_batching="batched", jit_compile=FLAGS.jit_compile, steps_per_execution=per_call,
         num_iterations=FLAGS.iterations, eval_every=0, num_eval_tasks=25)
-    task = build_task_family(config)
-    maml = build_maml(config, task.model, task.loss_fn)
-    if per_call > 1:
-        episodes = next(iter(task.train_dataset(0).batch(per_call)))
-        steps = lambda e: maml.meta_train_steps(e)  # noqa: E731
-    else:
-        episodes = next(iter(task.train_dataset(0)))
-        steps = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
-    bare = ConcreteStep(tf.function(steps, jit_compile=FLAGS.jit_compile))
     calls = FLAGS.iterations // per_call
 
     def bare_round():
-        float(bare(episodes))  # as the trainer's window, from after a first call
+        # A new model and a new trace every round, as the trainer's: both start cold, and
+        # both are timed from after their first call.
+        task = build_task_family(config)
+        bare = bare_step(config, build_maml(config, task.model, task.loss_fn), task)
+        float(bare())
         start = time.perf_counter()
         for _ in range(calls - 1):
-            float(bare(episodes))
+            float(bare())
         return (time.perf_counter() - start) / (FLAGS.iterations - per_call)
 
     def trainer_round():
         with tempfile.TemporaryDirectory() as model_dir:
             return train(config, model_dir, verbose=False)["time_breakdown"]
 
-    for _ in range(20):
-        float(bare(episodes))
     rows = []
     for index in range(FLAGS.rounds):
         order = ("bare", "trainer") if index % 2 == 0 else ("trainer", "bare")

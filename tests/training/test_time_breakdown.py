@@ -1,5 +1,9 @@
 """`TimeBreakdown`: what is counted, when, and that the parts add up to the window."""
 
+import os
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -51,3 +55,22 @@ def test_unknown_part_is_refused():
     with pytest.raises(ValueError, match="Unknown part 'data'; expected one of"):
         with TimeBreakdown().measure("data"):
             pass
+
+
+def test_trainer_loop_benchmark_runs_and_refuses_partial_calls():
+    # benchmarks/trainer_loop.py on a tiny run: both sides timed, the trainer's parts shown.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = os.path.join(root, "benchmarks", "trainer_loop.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, script, "--rounds=1", "--iterations=20"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.search(r"round 0: bare step [0-9.]+ ms, trainer [0-9.]+ ms \([+-][0-9.]+%\)",
+                     done.stdout)
+    assert "trainer's window, median share per part: steps " in done.stdout
+    refused = subprocess.run([sys.executable, script, "--iterations=15",
+                              "--steps_per_execution=10"],
+                             capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert refused.returncode != 0
+    assert "--iterations=15 must be a multiple of --steps_per_execution=10" in (
+        refused.stdout + refused.stderr)

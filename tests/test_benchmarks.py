@@ -1,0 +1,37 @@
+"""Helpers of the benchmark scripts that their figures depend on."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# In a child: the script defines absl flags at import, which must not meet the test
+# process's own.
+_POOL = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("meta_step", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps([module._pooled(runs) for runs in json.loads(sys.argv[2])]))
+"""
+
+
+def test_rounds_pool_timed_rows_and_the_matmul_peak():
+    # `--rounds=3` with the peak row once failed at the second round: a rate has no times.
+    peak = [{"config": "matmul_peak", "median_s": None, "min_s": None, "max_s": None,
+             "gflops_per_s": rate, "matmul_size": 2048} for rate in (190.0, 280.0, 200.0)]
+    timed = [{"config": "x", "median_s": m, "min_s": m, "max_s": m, "times": [m, m + 1.0],
+              "first_call_s": 1.0, "peak_rss_mib": 10.0, "tensor_peak_mib": None,
+              "gflop": 2.0, "gflops_per_s": None} for m in (1.0, 3.0)]
+    done = subprocess.run(
+        [sys.executable, "-c", _POOL, os.path.join(ROOT, "benchmarks", "meta_step.py"),
+         json.dumps([peak, timed])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    peak_row, timed_row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert peak_row["gflops_per_s"] == 200.0
+    assert peak_row["round_gflops_per_s"] == [190.0, 280.0, 200.0]
+    assert timed_row["round_medians"] == [1.0, 3.0]
+    assert timed_row["times"] == [1.0, 2.0, 3.0, 4.0]
+    assert timed_row["median_s"] == 2.5 and timed_row["gflops_per_s"] == 0.8
