@@ -72,3 +72,45 @@ def test_composite_arguments_take_the_ordinary_call():
     ragged = tf.ragged.constant([[1.0, 2.0], [3.0]])
     assert float(call(ragged)) == 12.0
     assert list(call._flat.values()) == [False]
+
+
+def test_unwatched_calls_execute_the_function_directly_with_the_same_answers():
+    v = tf.Variable(1.0)
+
+    @tf.function
+    def step(episode):
+        v.assign_add(1.0)
+        return {"loss": tf.reduce_sum(episode.support_x) * v, "count": tf.size(episode.query_y)}
+
+    call = ConcreteStep(step)
+    episode = km.Episode(*(tf.fill([i + 1, 2], float(i + 1)) for i in range(4)))
+    got = call(episode)
+    assert list(call._direct.values())[0] is not None
+    # The structured output, and the variable's update, as the tf.function gives them.
+    assert set(got) == {"loss", "count"} and int(got["count"]) == 8
+    assert float(got["loss"]) == 2.0 * 2.0 and float(v.numpy()) == 2.0
+    want = step(episode)
+    assert float(want["loss"]) == 2.0 * 3.0 and float(call(episode)["loss"]) == 2.0 * 4.0
+
+
+def test_a_failing_direct_call_reports_the_op_as_the_function_does():
+    @tf.function
+    def step(x):
+        return tf.debugging.check_numerics(tf.math.log(x), "log of the support loss")
+
+    call = ConcreteStep(step)
+    assert float(call(tf.constant(1.0))) == 0.0
+    assert list(call._direct.values())[0] is not None
+    with pytest.raises(tf.errors.InvalidArgumentError) as direct:
+        call(tf.constant(-1.0))
+    with pytest.raises(tf.errors.InvalidArgumentError) as ordinary:
+        step(tf.constant(-1.0))
+    for error in (direct, ordinary):
+        assert "log of the support loss" in str(error.value)
+        assert "Detected at node" in str(error.value)
+
+
+def test_direct_false_keeps_the_flat_call():
+    call = ConcreteStep(tf.function(lambda x: x * 2.0), direct=False)
+    assert float(call(tf.constant(3.0))) == 6.0
+    assert list(call._flat.values()) == [True] and list(call._direct.values()) == [None]
