@@ -79,8 +79,10 @@ class ConcreteStep:
         if self._flat[key]:
             captured = concrete.captured_inputs
             direct = self._direct[key]
-            if direct is not None and _unwatched(leaves + captured):
-                return _execute(direct, leaves + captured)
+            if direct is not None:
+                inputs = leaves + captured
+                if _unwatched(inputs):
+                    return _execute(direct, inputs)
             return concrete._call_flat(leaves, captured)
         return concrete(*args)
 
