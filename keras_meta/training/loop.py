@@ -29,6 +29,7 @@ from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.distribute import (all_gather_rows, distribute_episodes,
                                             distributed_meta_train_step, make_strategy,
                                             replica_meta_batch_size, worker_episodes)
+from keras_meta.training.episode_pool import EpisodePool
 from keras_meta.training.evaluation import TaskEvaluator, per_task_lists, summarize
 from keras_meta.training.progress import Progress, crossed
 from keras_meta.training.time_breakdown import TimeBreakdown
@@ -276,11 +277,18 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
 
     `first_order` True is MAML++'s first-order phase; False keeps the run's own order. With
     `strategy`, the call takes the episodes and runs one distributed meta-step over the
-    replicas' shares. Otherwise it takes no input and gets its episodes inside its graph
-    (`size` meta-batches stacked when `size` > 1) from `source` (see `_local_chunks`): a
-    tf.data iterator, or a function `(first_index, count)` that computes them, here from
-    iteration `step` on; each call then also computes the next call's episodes beside its
-    meta-step (`tests/training/test_step_function.py`).
+    replicas' shares. Otherwise it takes the loop's count of iterations run so far (its
+    mirror of `step`, a Python int) and gets its episodes from `source` (see
+    `_local_chunks`; `size` meta-batches stacked when `size` > 1):
+
+    * a tf.data iterator, read inside its graph;
+    * a function `(first_index, count)` that computes them in TF ops. With XLA at one
+      meta-iteration per call, an `EpisodePool` computes them 64 iterations at a time, and
+      the call takes its meta-batch and iteration as arguments and sets `step` from that
+      iteration. Otherwise the call computes them inside its graph from iteration `step`
+      on, and also computes the next call's episodes beside its meta-step.
+
+    `tests/training/test_step_function.py` checks both against steps fed the stream.
     """
     order = True if first_order else None
     if strategy is not None:
@@ -308,9 +316,24 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
             step.assign_add(size)
             return loss
 
-        return ConcreteStep(tf.function(read))
+        reader = ConcreteStep(tf.function(read))
+        return lambda iteration: reader()
 
     batch = config.meta_batch_size
+    if config.jit_compile and size == 1:
+        # An XLA step inside a graph function (the form below) is two levels of call, about a
+        # fifth of this step's time; here the XLA step is the only call, fed as the
+        # benchmark's bare step is (see `episode_pool.py` for why the sampling stays out).
+        pool = EpisodePool(source, batch)
+
+        def advance(episodes, iteration):
+            loss = compiled(episodes)
+            # Set from the iteration the episodes are for: the counter and the data agree.
+            step.assign(iteration + 1)
+            return loss
+
+        advancing = ConcreteStep(tf.function(advance, jit_compile=True))
+        return lambda iteration: advancing(*pool(iteration))
 
     def episodes_at(iteration):
         # Iteration i's meta-batch is episodes i * batch .. (i + 1) * batch - 1, as in the
@@ -343,7 +366,8 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
         step.assign_add(size)
         return loss
 
-    return ConcreteStep(tf.function(drawn))
+    drawing = ConcreteStep(tf.function(drawn))
+    return lambda iteration: drawing()
 
 
 def _train(config, model_dir, strategy, role, resume, printer):
@@ -428,7 +452,7 @@ def _train(config, model_dir, strategy, role, resume, printer):
     # `first_order_iterations`, the run's own order after; each is traced once per chunk size.
     step_functions = {}
 
-    def run_chunk(size, source, first_order):
+    def run_chunk(size, source, first_order, iteration):
         key = (first_order, size)
         if key not in step_functions:
             step_functions[key] = _step_function(
@@ -436,7 +460,7 @@ def _train(config, model_dir, strategy, role, resume, printer):
                 None if distributed else source, step)
         if distributed:
             return step_functions[key](source)
-        return step_functions[key]()
+        return step_functions[key](iteration)
 
     evaluator = TaskEvaluator(maml, classification=task.classification)
     higher_is_better = task.classification
@@ -465,7 +489,8 @@ def _train(config, model_dir, strategy, role, resume, printer):
             for size, source in chunks:
                 # `s` mirrors `step`, which the call advances: no variable read per iteration.
                 with breakdown.measure("steps"):
-                    last_loss = float(run_chunk(size, source, s < config.first_order_iterations))
+                    last_loss = float(run_chunk(size, source, s < config.first_order_iterations,
+                                                s))
                 s += size
                 if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                     if writes_run:

@@ -1,4 +1,5 @@
-"""The trainer's compiled call: it gets its episodes inside its graph and counts its steps."""
+"""The trainer's compiled call: it gets its episodes (inside its graph, or from an
+`EpisodePool` for the single-iteration XLA call) and counts its steps."""
 
 import numpy as np
 import pytest
@@ -24,11 +25,13 @@ def _weights(config, iterations, drawn, in_graph=True):
     assert [size for size, _ in chunks] == [per_call] * full + [1] * (iterations - full * per_call)
     if drawn:
         functions = {}
+        done = 0
         for size, iterator in chunks:
             if size not in functions:
                 functions[size] = loop._step_function(maml, config, None, False, size,
                                                       iterator, step)
-            functions[size]()
+            functions[size](done)
+            done += size
         # Every call advances the run's step counter by the iterations it ran.
         assert int(step) == iterations
     else:
@@ -44,7 +47,8 @@ def _weights(config, iterations, drawn, in_graph=True):
 
 
 @pytest.mark.parametrize("jit_compile,per_call,in_graph", [
-    (False, 1, True), (False, 3, True), (True, 3, True), (False, 1, False), (False, 3, False)])
+    (False, 1, True), (False, 3, True), (True, 3, True), (True, 1, True), (False, 1, False),
+    (False, 3, False)])
 def test_the_trainers_call_trains_as_steps_fed_the_same_stream(jit_compile, per_call, in_graph):
     # 7 iterations: with 3 per call, two calls of 3 and a single one (the remainder).
     config = MAMLTrainConfig(meta_batch_size=4, num_iterations=7, jit_compile=jit_compile,
@@ -91,7 +95,7 @@ def test_episodes_drawn_ahead_are_used_only_for_their_iteration(jit_compile):
     step = tf.Variable(0, dtype=tf.int64)
     _, source = next(loop._local_chunks(task, config, 0))
     turns = [loop._step_function(maml, config, None, False, 1, source, step) for _ in range(2)]
-    losses = [float(turns[i % 2]()) for i in range(6)]
+    losses = [float(turns[i % 2](i)) for i in range(6)]
     assert int(step) == 6
     fed = build_maml(config, build_task_family(config).model, task.loss_fn)
     want = [float(fed.meta_train_step(episodes)[0])
