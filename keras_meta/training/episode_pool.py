@@ -6,21 +6,23 @@ XLA, whose random numbers differ from TensorFlow's kernels for the same Philox k
 counter (the run would no longer see the tf.data stream's tasks); computing them in a graph
 function around the XLA step makes two levels of call, about a fifth of a sinusoid step on
 a 2-core CPU (benchmarks/trainer_loop.py). So one graph call of TensorFlow's kernels computes
-the next `iterations` meta-batches together, and each step call is handed its own. For 64
-sinusoid meta-batches of 25 a fill takes about 2.5 ms on a 2-core CPU (0.7 ms of sampling,
-the rest handing out 320 tensors), some 5% of each iteration's time in the trainer.
+the next `iterations` meta-batches together (0.7 ms for 64 sinusoid meta-batches of 25 on a
+2-core CPU), and each step call gets the whole window and its position in it, and takes its
+own meta-batch out inside its compiled graph (`meta_batch`). Handing out one tensor per
+iteration and field instead made each fill 2.3-2.5 ms, some 5% of every iteration.
 """
 
 import tensorflow as tf
 
 
 class EpisodePool:
-    """Hands out the meta-batch of any meta-iteration, computing `iterations` at a time.
+    """Hands out the window holding any meta-iteration's meta-batch, `iterations` at a time.
 
-    The pool covers a window of consecutive iterations. Asking for one inside it returns its
-    meta-batch; asking for any other (the first call, the window's end, a jump after another
-    step function ran or a resume) computes the window that starts there. Episodes are a
-    pure function of their index, so the window's meta-batches are exactly the stream's.
+    The pool covers a window of consecutive iterations. Asking for one inside it returns the
+    window and the iteration's position; asking for any other (the first call, the window's
+    end, a jump after another step function ran or a resume) computes the window that starts
+    there. Episodes are a pure function of their index, so the window's meta-batches are
+    exactly the stream's.
 
     Args:
         episodes_at: `(first_index, count)` -> episodes `first_index .. first_index + count
@@ -31,7 +33,8 @@ class EpisodePool:
     Example:
 
     >>> pool = EpisodePool(task.train_episodes_at, meta_batch_size=25)
-    >>> episodes, iteration = pool(0)  # iteration 0's meta-batch, and 0 as an int64 tensor
+    >>> window, first, position = pool(70)  # first 70, position 0: a new window
+    >>> episodes = pool.meta_batch(window, position)  # iteration 70's, in TF ops
     >>> episodes.support_x.shape
     TensorShape([25, 10, 1])
     """
@@ -43,29 +46,30 @@ class EpisodePool:
         self.episodes_at = episodes_at
         self.meta_batch_size = meta_batch_size
         self.iterations = iterations
-        self._fill = tf.function(self._compute)
-        self._first = None
-        self._entries = ()
-
-    def _compute(self, first):
-        batch, count = self.meta_batch_size, self.iterations
-        stacked = self.episodes_at(first * batch, count * batch)
-        # One output tensor per iteration and field: handing one out is then a list lookup,
-        # with no op run per call.
-        per_iteration = tf.nest.map_structure(
-            lambda x: tf.unstack(tf.reshape(x, [count, batch] + x.shape.as_list()[1:])), stacked)
-        return per_iteration, tf.unstack(first + tf.range(count, dtype=tf.int64))
+        self._fill = tf.function(
+            lambda first: episodes_at(first * meta_batch_size, iterations * meta_batch_size))
+        # Made once: a call passes existing tensors and creates none.
+        self._positions = [tf.constant(i, tf.int64) for i in range(iterations)]
+        self._first = None  # the window's first iteration: a Python int, and as a tensor
+        self._first_tensor = None
+        self._window = None
 
     def __call__(self, iteration):
-        """`(episodes, iteration)`: the meta-batch of `iteration` (a Python int), and the
-        iteration as an int64 scalar tensor, so that the step can set its counter from it."""
+        """`(window, first, position)` for `iteration` (a Python int): the stacked episodes
+        of the window holding it, the window's first iteration and the iteration's position
+        in it (int64 scalar tensors; the iteration is `first + position`)."""
         if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
             raise ValueError(f"EpisodePool needs an iteration as a non-negative int; got "
                              f"{iteration!r}.")
         offset = -1 if self._first is None else iteration - self._first
         if not 0 <= offset < self.iterations:
-            fields, indices = self._fill(tf.constant(iteration, tf.int64))
-            self._entries = [(type(fields)(*(field[i] for field in fields)), indices[i])
-                             for i in range(self.iterations)]
-            self._first, offset = iteration, 0
-        return self._entries[offset]
+            self._first, self._first_tensor = iteration, tf.constant(iteration, tf.int64)
+            self._window = self._fill(self._first_tensor)
+            offset = 0
+        return self._window, self._first_tensor, self._positions[offset]
+
+    def meta_batch(self, window, position):
+        """The meta-batch at `position` of `window`, in TF ops (inside the step's graph)."""
+        batch = self.meta_batch_size
+        index = tf.cast(position, tf.int64) * batch + tf.range(batch, dtype=tf.int64)
+        return tf.nest.map_structure(lambda x: tf.gather(x, index), window)

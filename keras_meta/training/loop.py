@@ -284,8 +284,8 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
     * a tf.data iterator, read inside its graph;
     * a function `(first_index, count)` that computes them in TF ops. With XLA at one
       meta-iteration per call, an `EpisodePool` computes them 64 iterations at a time, and
-      the call takes its meta-batch and iteration as arguments and sets `step` from that
-      iteration. Otherwise the call computes them inside its graph from iteration `step`
+      the call takes that window and its position as arguments and sets `step` from the
+      iteration they give. Otherwise the call computes them inside its graph from iteration `step`
       on, and also computes the next call's episodes beside its meta-step.
 
     `tests/training/test_step_function.py` checks both against steps fed the stream.
@@ -326,10 +326,10 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
         # benchmark's bare step is (see `episode_pool.py` for why the sampling stays out).
         pool = EpisodePool(source, batch)
 
-        def advance(episodes, iteration):
-            loss = compiled(episodes)
+        def advance(window, first, position):
+            loss = compiled(pool.meta_batch(window, position))
             # Set from the iteration the episodes are for: the counter and the data agree.
-            step.assign(iteration + 1)
+            step.assign(first + position + 1)
             return loss
 
         advancing = ConcreteStep(tf.function(advance, jit_compile=True))

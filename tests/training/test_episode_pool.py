@@ -22,8 +22,10 @@ def test_the_pool_hands_out_the_streams_meta_batches_in_any_order(seed):
     # In order across a refill, a jump forward, a jump back (another step function ran, or
     # a resume), and one iteration twice.
     for iteration in [0, 1, 2, 3, 4, 5, 11, 2, 2, 3]:
-        episodes, index = pool(iteration)
-        assert index.dtype == tf.int64 and int(index) == iteration
+        window, first, position = pool(iteration)
+        assert first.dtype == position.dtype == tf.int64
+        assert int(first) + int(position) == iteration and 0 <= int(position) < 4
+        episodes = pool.meta_batch(window, position)
         for got, want in zip(episodes, _stream(task, iteration, 3)):
             assert got.shape == want.shape
             np.testing.assert_array_equal(got.numpy(), want.numpy())
@@ -33,10 +35,12 @@ def test_the_pool_computes_a_window_per_fill_not_per_call():
     config = MAMLTrainConfig(meta_batch_size=2)
     task = build_task_family(config)
     pool = EpisodePool(task.train_episodes_at, 2, iterations=5)
-    first = [pool(i)[0].support_x for i in range(5)]
-    # Inside the window, the same tensors are handed out again: nothing was recomputed.
-    assert all(pool(i)[0].support_x is first[i] for i in range(5))
-    assert pool(5)[0].support_x is not first[0]
+    window = pool(0)[0]
+    # Inside the window, the same window is handed out: nothing was recomputed.
+    assert all(pool(i)[0].support_x is window.support_x for i in range(5))
+    assert [int(pool(i)[2]) for i in range(5)] == [0, 1, 2, 3, 4]
+    assert pool(5)[0].support_x is not window.support_x
+    assert int(pool(5)[2]) == 0
 
 
 @pytest.mark.parametrize("iteration", [-1, 1.0, True, "3"])
