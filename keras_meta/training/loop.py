@@ -285,8 +285,8 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
     * a function `(first_index, count)` that computes them in TF ops. With XLA at one
       meta-iteration per call, an `EpisodePool` computes them 64 iterations at a time, and
       the call takes that window and its position as arguments and sets `step` from the
-      iteration they give. Otherwise the call computes them inside its graph from iteration `step`
-      on, and also computes the next call's episodes beside its meta-step.
+      iteration they give. Otherwise the call computes them inside its graph from iteration
+      `step` on, and also computes the next call's episodes beside its meta-step.
 
     `tests/training/test_step_function.py` checks both against steps fed the stream.
     """
