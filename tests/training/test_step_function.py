@@ -83,23 +83,32 @@ def test_a_stream_1_run_reads_its_episodes_from_tf_data():
         task, MAMLTrainConfig(sinusoid_stream=1, num_iterations=2), 0))
 
 
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_episodes_drawn_ahead_are_used_only_for_their_iteration(jit_compile):
-    # Each call computes the next call's episodes while it runs. Two step functions taking
-    # turns (as the remainder or MAML++'s phases do) each find their held episodes stale,
-    # drawn for an iteration the other one ran: they must compute their own, so the run
-    # still sees the stream in order.
-    config = MAMLTrainConfig(meta_batch_size=4, num_iterations=6, jit_compile=jit_compile)
+@pytest.mark.parametrize("jit_compile,per_call", [(False, 1), (True, 1), (False, 2), (True, 2)])
+def test_step_functions_taking_turns_each_run_their_own_iterations(jit_compile, per_call):
+    # Two step functions taking turns (as the remainder or MAML++'s phases do) each find
+    # the episodes they hold (drawn ahead, or their pool's window) meant for an iteration the
+    # other one ran: each must still run the stream's meta-batches for the iterations it is
+    # given, so the run sees the stream in order.
+    config = MAMLTrainConfig(meta_batch_size=4, num_iterations=6, jit_compile=jit_compile,
+                             steps_per_execution=per_call)
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
     step = tf.Variable(0, dtype=tf.int64)
     _, source = next(loop._local_chunks(task, config, 0))
-    turns = [loop._step_function(maml, config, None, False, 1, source, step) for _ in range(2)]
-    losses = [float(turns[i % 2](i)) for i in range(6)]
-    assert int(step) == 6
+    turns = [loop._step_function(maml, config, None, False, per_call, source, step)
+             for _ in range(2)]
+    calls = 6 // per_call
+    losses = []
+    for i in range(calls):
+        losses.append(float(turns[i % 2](i * per_call)))
+        assert int(step) == (i + 1) * per_call
     fed = build_maml(config, build_task_family(config).model, task.loss_fn)
-    want = [float(fed.meta_train_step(episodes)[0])
-            for episodes in task.train_dataset(0).take(6)]
+    if per_call == 1:
+        want = [float(fed.meta_train_step(episodes)[0])
+                for episodes in task.train_dataset(0).take(6)]
+    else:
+        want = [float(fed.meta_train_steps(episodes))
+                for episodes in task.train_dataset(0).batch(per_call).take(calls)]
     np.testing.assert_allclose(losses, want, rtol=1e-5)
     for a, b in zip(maml.trainable_variables, fed.trainable_variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
