@@ -1,4 +1,4 @@
-"""Every code example in README.md runs in a test.
+"""Every code example in README.md (and benchmarks/README.md) runs in a test.
 
 * Each ```python block is executed with `exec` in a fresh namespace, after a prelude that
   defines the names the block takes from the surrounding prose (`model`, `episodes`, ...) with
@@ -27,7 +27,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-README_TEXT = README.read_text()
+# The benchmarks' page (every speed run, moved out of the README) is checked as the README is:
+# its commands, flags, names and paths.
+DOCS = (README, ROOT / "benchmarks" / "README.md")
+README_TEXT = "\n".join(doc.read_text() for doc in DOCS)
 
 FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
 
