@@ -95,6 +95,11 @@ def main(argv):
           f"(rounds: {', '.join(f'{v:.3f}' for v in trainer_ms)})")
     print(f"trainer against bare step, per round: median {np.median(ratios):+.1f}% "
           f"(rounds: {', '.join(f'{v:+.1f}%' for v in ratios)})")
+    # The rounds spread over tens of percent on a shared machine: say how far the median
+    # itself could be from the machine's true ratio, by resampling the rounds.
+    low, high = median_interval(ratios)
+    print(f"  90% bootstrap interval of that median: {low:+.1f}% to {high:+.1f}% "
+          f"({len(ratios)} rounds)")
     shares = {part: np.median([100 * row["trainer"][f"{part}_seconds"]
                                / row["trainer"]["window_seconds"] for row in rows])
               for part in PARTS + ("other",)}
@@ -105,6 +110,17 @@ def main(argv):
     print(f"trainer's calls alone: median {np.median(steps_ms):.3f} ms per meta-iteration "
           f"({100 * (np.median([s / b for s, b in zip(steps_ms, bare_ms)]) - 1):+.1f}% "
           "against the bare step, per round)")
+
+
+def median_interval(values, level=0.9, resamples=20000, seed=0):
+    """The `level` bootstrap interval of the median of `values` (percentile method)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
 
 
 if __name__ == "__main__":

@@ -35,3 +35,25 @@ def test_rounds_pool_timed_rows_and_the_matmul_peak():
     assert timed_row["round_medians"] == [1.0, 3.0]
     assert timed_row["times"] == [1.0, 2.0, 3.0, 4.0]
     assert timed_row["median_s"] == 2.5 and timed_row["gflops_per_s"] == 0.8
+
+
+_INTERVAL = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("trainer_loop", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps([module.median_interval(values) for values in json.loads(sys.argv[2])]))
+"""
+
+
+def test_the_trainer_benchmarks_interval_brackets_its_median():
+    # trainer_loop.py says how far its median of noisy rounds could be off.
+    same, spread = [5.0] * 9, [-20.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 40.0]
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERVAL, os.path.join(ROOT, "benchmarks", "trainer_loop.py"),
+         json.dumps([same, spread])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (low_same, high_same), (low, high) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert low_same == high_same == 5.0
+    # The median (6) is inside; the interval stays within the middle rounds, not the outliers.
+    assert 1.0 <= low < 6.0 < high <= 12.0

@@ -6,10 +6,12 @@ XLA, whose random numbers differ from TensorFlow's kernels for the same Philox k
 counter (the run would no longer see the tf.data stream's tasks); computing them in a graph
 function around the XLA step makes two levels of call, about a fifth of a sinusoid step on
 a 2-core CPU (benchmarks/trainer_loop.py). So one graph call of TensorFlow's kernels computes
-the next `iterations` meta-batches together (0.7 ms for 64 sinusoid meta-batches of 25 on a
-2-core CPU), and each step call gets the whole window and its position in it, and takes its
-own meta-batch out inside its compiled graph (`meta_batch`). Handing out one tensor per
-iteration and field instead made each fill 2.3-2.5 ms, some 5% of every iteration.
+the next `iterations` meta-batches together, and each step call gets the whole window and its
+position in it, and takes its own meta-batch out inside its compiled graph (`meta_batch`).
+Handing out one tensor per iteration and field instead made each fill 2.3-2.5 ms, some 5% of
+every iteration. A fill has a fixed cost of about 0.8 ms on that CPU: sinusoid meta-batches
+of 25 cost 52, 14, 9 and 6 us per iteration in windows of 16, 64, 256 and 1,024 iterations,
+so the window is 256 (2.3 ms, about a megabyte).
 """
 
 import tensorflow as tf
@@ -39,7 +41,7 @@ class EpisodePool:
     TensorShape([25, 10, 1])
     """
 
-    def __init__(self, episodes_at, meta_batch_size, iterations=64):
+    def __init__(self, episodes_at, meta_batch_size, iterations=256):
         for name, value in (("meta_batch_size", meta_batch_size), ("iterations", iterations)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"EpisodePool's {name} must be a positive int; got {value!r}.")

@@ -283,7 +283,7 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
 
     * a tf.data iterator, read inside its graph;
     * a function `(first_index, count)` that computes them in TF ops. With XLA at one
-      meta-iteration per call, an `EpisodePool` computes them 64 iterations at a time, and
+      meta-iteration per call, an `EpisodePool` computes them 256 iterations at a time, and
       the call takes that window and its position as arguments and sets `step` from the
       iteration they give. Otherwise the call computes them inside its graph from iteration
       `step` on, and also computes the next call's episodes beside its meta-step.
@@ -488,9 +488,9 @@ def _train(config, model_dir, strategy, role, resume, printer):
             s = start
             for size, source in chunks:
                 # `s` mirrors `step`, which the call advances: no variable read per iteration.
-                with breakdown.measure("steps"):
-                    last_loss = float(run_chunk(size, source, s < config.first_order_iterations,
-                                                s))
+                began = time.perf_counter()
+                last_loss = float(run_chunk(size, source, s < config.first_order_iterations, s))
+                breakdown.add("steps", began)
                 s += size
                 if not math.isfinite(last_loss) and not _skipped_by_loss_scaling(maml):
                     if writes_run:

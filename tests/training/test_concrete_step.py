@@ -24,6 +24,22 @@ def test_concrete_calls_match_the_function_and_trace_once_per_signature():
     assert len(traces) == 2 and len(call._concrete) == 2
 
 
+def test_a_new_dtype_or_rank_is_a_new_signature():
+    traces = []
+
+    @tf.function
+    def double(x):
+        traces.append((x.dtype, x.shape))
+        return x * 2
+
+    call = ConcreteStep(double)
+    assert call(tf.constant([1.0, 2.0])).dtype == tf.float32
+    assert call(tf.constant([1, 2])).numpy().tolist() == [2, 4]
+    assert call(tf.constant([[1.0, 2.0]])).shape == (1, 2)
+    assert call(tf.constant([3.0, 4.0])).numpy().tolist() == [6.0, 8.0]
+    assert traces == [(tf.float32, (2,)), (tf.int32, (2,)), (tf.float32, (1, 2))]
+
+
 def test_variables_change_between_concrete_calls():
     v = tf.Variable(1.0)
     call = ConcreteStep(tf.function(lambda x: v.assign_add(x)))

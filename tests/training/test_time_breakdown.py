@@ -22,6 +22,21 @@ def test_nothing_before_the_window_opens_is_counted():
     assert breakdown.summary(1) is None
 
 
+def test_add_counts_from_its_reading_only_inside_the_window():
+    breakdown = TimeBreakdown()
+    before = time.perf_counter()
+    breakdown.add("steps", before)  # no window yet
+    breakdown.start(0)
+    breakdown.add("steps", before)  # began before the window opened
+    assert breakdown.seconds["steps"] == 0.0
+    began = time.perf_counter()
+    time.sleep(0.02)
+    breakdown.add("steps", began)
+    assert 0.02 <= breakdown.seconds["steps"] < 1.0
+    with pytest.raises(ValueError, match="Unknown part 'step'"):
+        breakdown.add("step", began)
+
+
 def test_parts_add_up_to_the_window():
     breakdown = TimeBreakdown()
     breakdown.start(3)
