@@ -7,7 +7,7 @@ evaluation, `tf.distribute` strategies and accelerators.
 * `learned_optimizer_config` / `learned_optimizer_loop`: the same for the learned optimizer.
 * `evaluation`: per-task metrics with 95% confidence intervals.
 * `concrete_step` / `episode_pool` / `time_breakdown`: how the loop calls its compiled step,
-  the episodes it hands the single-iteration XLA step, and where its time goes.
+  the episodes it hands a single-iteration step, and where its time goes.
 * `distribute`: strategies by name; the meta-batch split across replicas and workers.
 * `cluster` / `watchdog`: a multi-worker run's roles from `TF_CONFIG`, the cluster start,
   and the timeouts that keep a lost worker from hanging the others.

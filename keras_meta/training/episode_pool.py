@@ -1,6 +1,6 @@
 """`EpisodePool`: the meta-batches of the coming meta-iterations, computed many at a time.
 
-The trainer's single-iteration XLA call takes its episodes as arguments, as the benchmark's
+The trainer's single-iteration call takes its episodes as arguments, as the benchmark's
 bare step does. Computing them beside the step inside the call would put the sampling under
 XLA, whose random numbers differ from TensorFlow's kernels for the same Philox key and
 counter (the run would no longer see the tf.data stream's tasks); computing them in a graph

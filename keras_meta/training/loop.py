@@ -282,11 +282,11 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
     `_local_chunks`; `size` meta-batches stacked when `size` > 1):
 
     * a tf.data iterator, read inside its graph;
-    * a function `(first_index, count)` that computes them in TF ops. With XLA at one
-      meta-iteration per call, an `EpisodePool` computes them 256 iterations at a time, and
-      the call takes that window and its position as arguments and sets `step` from the
-      iteration they give. Otherwise the call computes them inside its graph from iteration
-      `step` on, and also computes the next call's episodes beside its meta-step.
+    * a function `(first_index, count)` that computes them in TF ops. At one meta-iteration
+      per call, an `EpisodePool` computes them 256 iterations at a time, and the call takes
+      that window and its position as arguments and sets `step` from the iteration they
+      give. With several per call, the call computes them inside its graph from iteration
+      `step` on, and also computes the next call's episodes beside its meta-steps.
 
     `tests/training/test_step_function.py` checks both against steps fed the stream.
     """
@@ -320,10 +320,13 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
         return lambda iteration: reader()
 
     batch = config.meta_batch_size
-    if config.jit_compile and size == 1:
+    if size == 1:
         # An XLA step inside a graph function (the form below) is two levels of call, about a
-        # fifth of this step's time; here the XLA step is the only call, fed as the
-        # benchmark's bare step is (see `episode_pool.py` for why the sampling stays out).
+        # fifth of this step's time; here the step is the only call, fed as the benchmark's
+        # bare step is (see `episode_pool.py` for why the sampling stays out of XLA). In graph
+        # mode too this measured 2-4 points nearer the bare step than the form below. With
+        # several iterations per call the form below stays: its sampling runs beside the
+        # step, where the pool's fill would run alone (benchmarks/README.md).
         pool = EpisodePool(source, batch)
 
         def advance(window, first, position):
@@ -332,7 +335,7 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
             step.assign(first + position + 1)
             return loss
 
-        advancing = ConcreteStep(tf.function(advance, jit_compile=True))
+        advancing = ConcreteStep(tf.function(advance, jit_compile=config.jit_compile))
         return lambda iteration: advancing(*pool(iteration))
 
     def episodes_at(iteration):

@@ -1,5 +1,5 @@
 """The trainer's compiled call: it gets its episodes (inside its graph, or from an
-`EpisodePool` for the single-iteration XLA call) and counts its steps."""
+`EpisodePool` for a single-iteration call) and counts its steps."""
 
 import numpy as np
 import pytest
