@@ -9,13 +9,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # In a child: the script defines absl flags at import, which must not meet the test
 # process's own.
-_POOL = """
+_CHILD = """
 import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("meta_step", sys.argv[1])
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
-print(json.dumps([module._pooled(runs) for runs in json.loads(sys.argv[2])]))
+function = getattr(module, sys.argv[2])
+print(json.dumps([function(value) for value in json.loads(sys.argv[3])]))
 """
+
+
+def _in_child(script, function, values):
+    """`[function(value) for value in values]`, `function` taken from `benchmarks/script`."""
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, os.path.join(ROOT, "benchmarks", script), function,
+         json.dumps(values)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_rounds_pool_timed_rows_and_the_matmul_peak():
@@ -25,11 +35,7 @@ def test_rounds_pool_timed_rows_and_the_matmul_peak():
     timed = [{"config": "x", "median_s": m, "min_s": m, "max_s": m, "times": [m, m + 1.0],
               "first_call_s": 1.0, "peak_rss_mib": 10.0, "tensor_peak_mib": None,
               "gflop": 2.0, "gflops_per_s": None} for m in (1.0, 3.0)]
-    done = subprocess.run(
-        [sys.executable, "-c", _POOL, os.path.join(ROOT, "benchmarks", "meta_step.py"),
-         json.dumps([peak, timed])], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    peak_row, timed_row = json.loads(done.stdout.strip().splitlines()[-1])
+    peak_row, timed_row = _in_child("meta_step.py", "_pooled", [peak, timed])
     assert peak_row["gflops_per_s"] == 200.0
     assert peak_row["round_gflops_per_s"] == [190.0, 280.0, 200.0]
     assert timed_row["round_medians"] == [1.0, 3.0]
@@ -37,23 +43,11 @@ def test_rounds_pool_timed_rows_and_the_matmul_peak():
     assert timed_row["median_s"] == 2.5 and timed_row["gflops_per_s"] == 0.8
 
 
-_INTERVAL = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("trainer_loop", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-print(json.dumps([module.median_interval(values) for values in json.loads(sys.argv[2])]))
-"""
-
-
 def test_the_trainer_benchmarks_interval_brackets_its_median():
     # trainer_loop.py says how far its median of noisy rounds could be off.
     same, spread = [5.0] * 9, [-20.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 40.0]
-    done = subprocess.run(
-        [sys.executable, "-c", _INTERVAL, os.path.join(ROOT, "benchmarks", "trainer_loop.py"),
-         json.dumps([same, spread])], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    (low_same, high_same), (low, high) = json.loads(done.stdout.strip().splitlines()[-1])
+    (low_same, high_same), (low, high) = _in_child("trainer_loop.py", "median_interval",
+                                                   [same, spread])
     assert low_same == high_same == 5.0
     # The median (6) is inside; the interval stays within the middle rounds, not the outliers.
     assert 1.0 <= low < 6.0 < high <= 12.0
