@@ -1,5 +1,5 @@
-"""Timing several calls in one process, in interleaved rounds (used by `trainer_call.py` and
-`concrete_call.py`)."""
+"""Timing several calls in one process, in interleaved rounds (used by `trainer_call.py`,
+`trainer_loop.py` and `concrete_call.py`), and how far a median over rounds could be off."""
 
 import time
 
@@ -41,3 +41,14 @@ def bare_step(config, maml, task):
         steps = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
     step = ConcreteStep(tf.function(steps, jit_compile=config.jit_compile))
     return lambda: step(episodes)
+
+
+def median_interval(values, level=0.9, resamples=20000, seed=0):
+    """The `level` bootstrap interval of the median of `values` (percentile method)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))

@@ -6,8 +6,9 @@
 Both run the sinusoid preset's MAML (`task_batching="batched"`). "bare step" is
 `MAML.meta_train_step` on one fixed meta-batch through `ConcreteStep`, as
 `benchmarks/meta_step.py` times it; "trainer call" is what `keras_meta.training.train` calls
-each iteration: it computes its meta-batch from the step counter inside its graph (the
-sinusoid's episodes are pure functions of their index) and advances the counter. "trainer
+each iteration: at one meta-iteration per call it takes its meta-batch out of the window an
+`EpisodePool` computed, and with several it computes them from the step counter inside its
+graph (the sinusoid's episodes are pure functions of their index); it advances the counter. "trainer
 call, tf.data" reads the same meta-batch from the tf.data stream inside its graph instead
 (the trainer's way for image families). Rounds alternate between them, so that drifts of the
 machine hit all; every call's loss is read, as the trainer reads it.
@@ -29,7 +30,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
     # Beside this script (run as `python benchmarks/...`, its folder is on the path).
-    from interleaved import bare_step, time_interleaved
+    from interleaved import bare_step, median_interval, time_interleaved
     import numpy as np
     import tensorflow as tf
 
@@ -52,9 +53,16 @@ def main(argv):
             per_call)
     times = time_interleaved(functions, FLAGS.rounds, FLAGS.calls, per_call=per_call)
     print(f"command: python {' '.join(sys.argv)}")
+    bare = np.asarray(times["bare step"])
     for name, values in times.items():
         print(f"{name}: median {np.median(values):.3f} ms per meta-iteration "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
+        if name != "bare step":
+            # Per round, against the bare step timed beside it: the drift hits both.
+            ratios = 100 * (np.asarray(values) / bare - 1)
+            low, high = median_interval(ratios)
+            print(f"  against the bare step, per round: median {np.median(ratios):+.1f}% "
+                  f"(90% bootstrap interval {low:+.1f}% to {high:+.1f}%)")
 
 
 def _counting(step_function, per_call):

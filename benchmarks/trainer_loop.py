@@ -45,7 +45,7 @@ def main(argv):
             f"{per_call}, at least twice it, so both run whole calls only.")
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
     # Beside this script (run as `python benchmarks/...`, its folder is on the path).
-    from interleaved import bare_step
+    from interleaved import bare_step, median_interval
     import numpy as np
 
     from keras_meta.training import train
@@ -110,17 +110,6 @@ def main(argv):
     print(f"trainer's calls alone: median {np.median(steps_ms):.3f} ms per meta-iteration "
           f"({100 * (np.median([s / b for s, b in zip(steps_ms, bare_ms)]) - 1):+.1f}% "
           "against the bare step, per round)")
-
-
-def median_interval(values, level=0.9, resamples=20000, seed=0):
-    """The `level` bootstrap interval of the median of `values` (percentile method)."""
-    import numpy as np
-
-    values = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(values, size=(resamples, len(values))), axis=1)
-    tail = 100 * (1 - level) / 2
-    return float(np.percentile(medians, tail)), float(np.percentile(medians, 100 - tail))
 
 
 if __name__ == "__main__":

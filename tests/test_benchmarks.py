@@ -44,9 +44,9 @@ def test_rounds_pool_timed_rows_and_the_matmul_peak():
 
 
 def test_the_trainer_benchmarks_interval_brackets_its_median():
-    # trainer_loop.py says how far its median of noisy rounds could be off.
+    # trainer_loop.py and trainer_call.py say how far their median of noisy rounds could be off.
     same, spread = [5.0] * 9, [-20.0, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 40.0]
-    (low_same, high_same), (low, high) = _in_child("trainer_loop.py", "median_interval",
+    (low_same, high_same), (low, high) = _in_child("interleaved.py", "median_interval",
                                                    [same, spread])
     assert low_same == high_same == 5.0
     # The median (6) is inside; the interval stays within the middle rounds, not the outliers.
