@@ -8,8 +8,8 @@ Both run the sinusoid preset's MAML (`task_batching="batched"`). "bare step" is
 `benchmarks/meta_step.py` times it; "trainer call" is what `keras_meta.training.train` calls
 each iteration: at one meta-iteration per call it takes its meta-batch out of the window an
 `EpisodePool` computed, and with several it computes them from the step counter inside its
-graph (the sinusoid's episodes are pure functions of their index); it advances the counter. "trainer
-call, tf.data" reads the same meta-batch from the tf.data stream inside its graph instead
+graph (the sinusoid's episodes are pure functions of their index); it advances the counter.
+"trainer call, tf.data" reads the same meta-batch from the tf.data stream inside its graph instead
 (the trainer's way for image families). Rounds alternate between them, so that drifts of the
 machine hit all; every call's loss is read, as the trainer reads it.
 """

@@ -243,10 +243,10 @@ def _local_chunks(task, config, start, in_graph=True):
 
     * where the family computes its episodes from their index in TF ops
       (`TaskFamilySpec.train_episodes_at`, the sinusoid) and `in_graph` is True, `source` is
-      that function, and the call samples its episodes inside its own graph from the step
-      counter. A tf.data element costs more than a whole sinusoid meta-batch (0.35 of a
-      1.5 ms call, measured on a 2-core CPU), and its producer thread takes a core from the
-      step;
+      that function, and the call's episodes are computed in TensorFlow's kernels (see
+      `_step_function`). A tf.data element costs more than a whole sinusoid meta-batch (0.35
+      of a 1.5 ms call, measured on a 2-core CPU), and its producer thread takes a core from
+      the step;
     * otherwise `source` is a tf.data iterator (K meta-batches per element when K > 1), read
       inside the call's graph while tf.data prepares the next ones on its own threads.
     """
@@ -340,10 +340,9 @@ def _step_function(maml, config, strategy, first_order, size, source, step):
 
     def episodes_at(iteration):
         # Iteration i's meta-batch is episodes i * batch .. (i + 1) * batch - 1, as in the
-        # tf.data stream that `_local_chunks` would have opened at that iteration.
+        # tf.data stream that `_local_chunks` would have opened at that iteration; `size` of
+        # them stacked (one iteration per call took the pool above).
         stacked = source(iteration * batch, size * batch)
-        if size == 1:
-            return stacked
         return tf.nest.map_structure(
             lambda x: tf.reshape(x, [size, batch] + x.shape.as_list()[1:]), stacked)
 
