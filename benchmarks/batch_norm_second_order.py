@@ -1,0 +1,181 @@
+r"""The fused batch norm's second derivative: TensorFlow's registered form against the closed form.
+
+    python benchmarks/batch_norm_second_order.py [--rounds=6 --calls=3]
+    python benchmarks/batch_norm_second_order.py --rounds=1 --calls=1 --steps=none   # layer only
+
+Task-batched MAML runs batch norm through TensorFlow's fused kernels
+(`keras_meta/layers/fused_batch_norm.py`). Second-order MAML differentiates their first
+derivative on every support set of every inner step. TensorFlow registers that derivative as a
+rebuild of the backward pass in plain ops, differentiated by a tape; keras-meta gives it in
+closed form. Both are timed in one process, taking turns, on:
+
+* the layer alone: the gradient, for the activations, scale and offset, of a function of the
+  batch norm's first derivative (a non-linear loss, so that the output gradient depends on
+  the activations, as in MAML), on the grouped activations `[N, H, W, tasks x 64]` of an
+  Omniglot conv4's first two blocks;
+* whole meta-steps (`--steps`): Omniglot 20-way 1-shot with 5 inner steps (meta-batch 16,
+  chunks of 4 tasks) and 5-way 1-shot with 15 queries (meta-batch 32, chunks of 8), second
+  order, the forms `task_batching="auto"` chose for them in `meta_step.py`'s full table.
+
+For the step rows the benchmark swaps the function the task-batched kernel calls
+(`keras_meta.layers.batched_batch_norm.fused_batch_norm`) for TensorFlow's own fused batch
+norm while it traces the "registered" step: what keras-meta ran before the closed form.
+Every figure is the median over rounds of the ratio within a round, with a 90% bootstrap
+interval (`benchmarks/interleaved.py`).
+"""
+
+import os
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("rounds", 6, "Rounds; the two forms take turns within each.", lower_bound=1)
+flags.DEFINE_integer("calls", 3, "Timed calls per form per round.", lower_bound=1)
+flags.DEFINE_integer("layer_calls", 20, "Timed calls per form per round, layer rows.",
+                     lower_bound=1)
+flags.DEFINE_list("steps", ["omniglot_20w1s", "omniglot_5w1s"],
+                  "Meta-step rows to time ('none': the layer rows only).")
+FLAGS = flags.FLAGS
+
+EPSILON = 1e-3
+# (label, grouped activation shape): the first two blocks' support activations.
+LAYER_SHAPES = [
+    ("20w1s support, block 1, 4 tasks", (20, 14, 14, 256)),
+    ("20w1s support, block 2, 4 tasks", (20, 7, 7, 256)),
+    ("5w1s support, block 1, 8 tasks", (5, 14, 14, 512)),
+]
+# meta_step.py configurations: (ways, inner steps, queries per class, chunk).
+STEPS = {"omniglot_20w1s": (20, 5, 1, 4), "omniglot_5w1s": (5, 1, 15, 8)}
+
+
+def _registered(x, scale, offset, epsilon):
+    import tensorflow as tf
+
+    return tf.compat.v1.nn.fused_batch_norm(x, scale, offset, epsilon=epsilon,
+                                            is_training=True)[0]
+
+
+def _layer_function(norm):
+    import tensorflow as tf
+
+    @tf.function
+    def second_order(x, scale, offset, r, a):
+        with tf.GradientTape() as outer:
+            outer.watch([x, scale, offset])
+            with tf.GradientTape() as inner:
+                inner.watch([x, scale, offset])
+                loss = tf.reduce_sum(tf.sin(norm(x, scale, offset, EPSILON)) * r)
+            dx, dscale, doffset = inner.gradient(loss, [x, scale, offset])
+            value = tf.reduce_sum(dx * a) + tf.reduce_sum(dscale) + tf.reduce_sum(doffset)
+        return outer.gradient(value, [x, scale, offset])
+
+    return second_order
+
+
+def _step(name, fused_batch_norm):
+    """The meta-step of `name`, traced with `fused_batch_norm` in the task-batched kernel."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_meta as km
+    from keras_meta.backbones import conv4
+    from keras_meta.layers import batched_batch_norm
+    from keras_meta.training.concrete_step import ConcreteStep
+
+    ways, inner, queries, chunk = STEPS[name]
+    meta_batch = 32 if ways == 5 else 16
+    keras.utils.set_random_seed(0)
+    # As meta_step.py's rows: random pixels (they do not change the cost), the MAML paper's
+    # settings, Adam as the outer optimizer.
+    rng = np.random.default_rng(0)
+    episode = km.Episode(
+        tf.constant(rng.random((meta_batch, ways, 28, 28, 1)), tf.float32),
+        tf.constant(np.tile(np.arange(ways), (meta_batch, 1)), tf.int32),
+        tf.constant(rng.random((meta_batch, ways * queries, 28, 28, 1)), tf.float32),
+        tf.constant(np.tile(np.repeat(np.arange(ways), queries), (meta_batch, 1)), tf.int32))
+    maml = km.MAML(conv4(ways), inner_lr=0.4 if ways == 5 else 0.1, inner_steps=inner,
+                   task_batching="batched", task_chunk_size=chunk,
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    maml.compile(keras.optimizers.Adam(1e-3))
+    step = ConcreteStep(tf.function(maml.meta_train_step))
+    kept = batched_batch_norm.fused_batch_norm
+    batched_batch_norm.fused_batch_norm = fused_batch_norm
+    try:
+        float(step(episode)[0])  # traces with the function swapped in
+    finally:
+        batched_batch_norm.fused_batch_norm = kept
+    return lambda: float(step(episode)[0])
+
+
+def _interleaved(calls_a, calls_b, rounds, calls):
+    """Seconds per call of each, per round; the two take turns and alternate who goes first."""
+    rows = []
+    for index in range(rounds):
+        row = {}
+        for name, run in (("a", calls_a), ("b", calls_b))[::1 if index % 2 == 0 else -1]:
+            run()
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            row[name] = (time.perf_counter() - start) / calls
+        rows.append(row)
+    return rows
+
+
+def _report(label, rows, unit, scale):
+    import numpy as np
+    from interleaved import median_interval
+
+    registered = [r["a"] * scale for r in rows]
+    closed = [r["b"] * scale for r in rows]
+    ratios = [c / r for c, r in zip(closed, registered)]
+    low, high = median_interval(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
+    print(f"| {label} | {np.median(registered):.2f} {unit} | {np.median(closed):.2f} {unit} | "
+          f"**{np.median(ratios):.2f}** ({low:.2f}-{high:.2f}) | {min(ratios):.2f}-"
+          f"{max(ratios):.2f} |", flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
+    steps = [] if FLAGS.steps == ["none"] else FLAGS.steps
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        raise app.UsageError(f"Unknown --steps {unknown}; known: {sorted(STEPS)} or 'none'.")
+    os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
+    # Beside this script (run as `python benchmarks/...`, its folder is on the path).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_meta.layers.fused_batch_norm import fused_batch_norm
+
+    print(f"command: python {' '.join(sys.argv)}\n")
+    print("| workload | registered (TensorFlow's) | closed form | closed / registered, median "
+          "(90% interval) | range over rounds |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for label, shape in LAYER_SHAPES:
+        channels = shape[-1]
+        args = [tf.constant(v, tf.float32) for v in (
+            rng.normal(size=shape) * 2 + 0.5, rng.normal(size=channels) + 1,
+            rng.normal(size=channels), rng.normal(size=shape), rng.normal(size=shape))]
+        forms = [_layer_function(norm) for norm in (_registered, fused_batch_norm)]
+
+        def runner(form, args=args):
+            return lambda: [g.numpy() for g in form(*args)]
+
+        rows = _interleaved(runner(forms[0]), runner(forms[1]), FLAGS.rounds, FLAGS.layer_calls)
+        _report(f"layer: {label} {list(shape)}", rows, "ms", 1e3)
+    for name in steps:
+        registered = _step(name, _registered)
+        closed = _step(name, fused_batch_norm)
+        rows = _interleaved(registered, closed, FLAGS.rounds, FLAGS.calls)
+        ways, inner, queries, chunk = STEPS[name]
+        _report(f"meta-step: {name}, {inner} inner step(s), chunks of {chunk}", rows, "s", 1.0)
+
+
+if __name__ == "__main__":
+    app.run(main)
