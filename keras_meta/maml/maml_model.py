@@ -79,9 +79,9 @@ class MAML(keras.Model):
         fused_batch_norm: with task batching, transductive `MetaBatchNormalization` layers
             run TensorFlow's fused batch norm (default; about 1.4x faster on the Omniglot
             conv4, see the README) where it applies (the grouped float32 layout), or plain
-            ops (`False`). Both are exact to second order (the fused op's registered second
-            derivative is built from plain ops) and differ only by float32 rounding; the
-            per-task loop always uses plain ops.
+            ops (`False`). Both are exact to second order (the fused kernels' second
+            derivative is a closed form in plain ops, `keras_meta.layers.fused_batch_norm`)
+            and differ only by float32 rounding; the per-task loop always uses plain ops.
         shared_first_step: with task batching, the first inner step (where every task still
             has theta) runs each dense layer and convolution as one ordinary op over all
             tasks' support examples, and only the kernel gradients per task (default); `False`

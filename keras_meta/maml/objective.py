@@ -57,7 +57,7 @@ class MetaObjective:
             pass (`keras_meta.core.recompute`).
         fused_batch_norm: with `task_batched`, transductive `MetaBatchNormalization` layers
             in the grouped (tasks-in-channels) float32 layout use TensorFlow's fused batch
-            norm and its registered second derivative (faster); `False`: plain ops. Both are
+            norm with its closed-form second derivative (faster); `False`: plain ops. Both are
             exact to second order; they differ by float32 rounding. The per-task loop
             always uses plain ops.
         shared_first_step: with `task_batched`, the first inner step runs dense layers and

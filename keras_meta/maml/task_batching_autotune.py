@@ -43,7 +43,8 @@ AUTOTUNE_ENV = "KERAS_META_AUTOTUNE"
 CACHE_FILE = "task_batching.json"
 # Bumped when what a cached entry means changes (the candidates or how they are timed).
 # 2: the batched candidates run the shared first inner step (`MAML.shared_first_step`).
-CACHE_VERSION = 2
+# 3: the fused batch norm's second derivative is a closed form (`layers/fused_batch_norm.py`).
+CACHE_VERSION = 3
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.

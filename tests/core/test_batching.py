@@ -159,7 +159,7 @@ def test_grouped_and_patch_convolutions_agree_to_second_order():
             norm = tf.add_n([tf.reduce_sum(tf.square(g)) for g in grads])
         return outer.gradient(norm, params)
 
-    # The grouped path also uses fused batch norm (its registered second derivative); the
+    # The grouped path also uses fused batch norm (its closed-form second derivative); the
     # patch path the plain ops. Float32 round-off, relative to each tensor's scale.
     for a, b in zip(second_derivative("grouped"), second_derivative("patches")):
         a, b = a.numpy(), b.numpy()
