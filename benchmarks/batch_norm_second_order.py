@@ -1,27 +1,32 @@
-r"""The fused batch norm's second derivative: TensorFlow's registered form against the closed form.
+r"""Batch norm's second derivative: TensorFlow's (taped) forms against keras-meta's closed forms.
 
     python benchmarks/batch_norm_second_order.py [--rounds=6 --calls=3]
-    python benchmarks/batch_norm_second_order.py --rounds=1 --calls=1 --steps=none   # layer only
+    python benchmarks/batch_norm_second_order.py --rounds=1 --calls=1 --steps=none   # layers only
 
-Task-batched MAML runs batch norm through TensorFlow's fused kernels
-(`keras_meta/layers/fused_batch_norm.py`). Second-order MAML differentiates their first
-derivative on every support set of every inner step. TensorFlow registers that derivative as a
-rebuild of the backward pass in plain ops, differentiated by a tape; keras-meta gives it in
-closed form. Both are timed in one process, taking turns, on:
+Task-batched MAML runs batch norm two ways: through TensorFlow's fused kernels in the grouped
+layout (`keras_meta/layers/fused_batch_norm.py`), and in plain ops with per-task statistics
+in the task-major layout (the shared first inner step, float64, `fused_batch_norm=False`).
+Second-order MAML differentiates the backward pass of either on every support set of every
+inner step. TensorFlow differentiates the fused kernel's backward through a registered
+rebuild of it in plain ops, differentiated by a tape, and plain ops by a tape through their
+own backward; keras-meta gives both derivatives in closed form
+(`keras_meta/layers/closed_form_batch_norm.py`). Each pair is timed in one process, taking
+turns, on:
 
-* the layer alone: the gradient, for the activations, scale and offset, of a function of the
-  batch norm's first derivative (a non-linear loss, so that the output gradient depends on
-  the activations, as in MAML), on the grouped activations `[N, H, W, tasks x 64]` of an
-  Omniglot conv4's first two blocks;
+* layers: the gradient, for the activations, scale and offset, of a function of the batch
+  norm's first derivative (a non-linear loss, so that the output gradient depends on the
+  activations, as in MAML), on support activations of an Omniglot conv4's first two blocks:
+  grouped `[N, H, W, tasks x 64]` for the fused form, task-major `[tasks, N, H, W, 64]` for
+  the plain one;
 * whole meta-steps (`--steps`): Omniglot 20-way 1-shot with 5 inner steps (meta-batch 16,
   chunks of 4 tasks) and 5-way 1-shot with 15 queries (meta-batch 32, chunks of 8), second
   order, the forms `task_batching="auto"` chose for them in `meta_step.py`'s full table.
 
-For the step rows the benchmark swaps the function the task-batched kernel calls
-(`keras_meta.layers.batched_batch_norm.fused_batch_norm`) for TensorFlow's own fused batch
-norm while it traces the "registered" step: what keras-meta ran before the closed form.
-Every figure is the median over rounds of the ratio within a round, with a 90% bootstrap
-interval (`benchmarks/interleaved.py`).
+For the step rows the benchmark swaps the functions the task-batched kernel calls
+(`keras_meta.layers.batched_batch_norm.fused_batch_norm` and `.closed_form_batch_norm`) for
+TensorFlow's fused batch norm and taped plain ops while it traces the "TensorFlow's" step:
+what keras-meta ran before the closed forms. Every figure is the median over rounds of the
+ratio within a round, with a 90% bootstrap interval (`benchmarks/interleaved.py`).
 """
 
 import os
@@ -39,11 +44,14 @@ flags.DEFINE_list("steps", ["omniglot_20w1s", "omniglot_5w1s"],
 FLAGS = flags.FLAGS
 
 EPSILON = 1e-3
-# (label, grouped activation shape): the first two blocks' support activations.
+# (label, form, activation shape): the first two blocks' support activations, grouped for
+# the fused form, task-major for the plain one.
 LAYER_SHAPES = [
-    ("20w1s support, block 1, 4 tasks", (20, 14, 14, 256)),
-    ("20w1s support, block 2, 4 tasks", (20, 7, 7, 256)),
-    ("5w1s support, block 1, 8 tasks", (5, 14, 14, 512)),
+    ("fused, 20w1s support, block 1, 4 tasks", "fused", (20, 14, 14, 256)),
+    ("fused, 20w1s support, block 2, 4 tasks", "fused", (20, 7, 7, 256)),
+    ("fused, 5w1s support, block 1, 8 tasks", "fused", (5, 14, 14, 512)),
+    ("plain, 20w1s support, block 1, 4 tasks", "plain", (4, 20, 14, 14, 64)),
+    ("plain, 5w1s support, block 1, 8 tasks", "plain", (8, 5, 14, 14, 64)),
 ]
 # meta_step.py configurations: (ways, inner steps, queries per class, chunk).
 STEPS = {"omniglot_20w1s": (20, 5, 1, 4), "omniglot_5w1s": (5, 1, 15, 8)}
@@ -56,8 +64,21 @@ def _registered(x, scale, offset, epsilon):
                                             is_training=True)[0]
 
 
-def _layer_function(norm):
+def _taped(x, scale, offset, epsilon, axes):
     import tensorflow as tf
+
+    centred = x - tf.reduce_mean(x, axes, keepdims=True)
+    inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axes, keepdims=True) + epsilon)
+    return centred * (inv * scale) + offset
+
+
+def _layer_function(norm, axes=None):
+    import tensorflow as tf
+
+    def normalize(x, scale, offset):
+        if axes is None:
+            return norm(x, scale, offset, EPSILON)
+        return norm(x, scale, offset, EPSILON, axes)
 
     @tf.function
     def second_order(x, scale, offset, r, a):
@@ -65,7 +86,7 @@ def _layer_function(norm):
             outer.watch([x, scale, offset])
             with tf.GradientTape() as inner:
                 inner.watch([x, scale, offset])
-                loss = tf.reduce_sum(tf.sin(norm(x, scale, offset, EPSILON)) * r)
+                loss = tf.reduce_sum(tf.sin(normalize(x, scale, offset)) * r)
             dx, dscale, doffset = inner.gradient(loss, [x, scale, offset])
             value = tf.reduce_sum(dx * a) + tf.reduce_sum(dscale) + tf.reduce_sum(doffset)
         return outer.gradient(value, [x, scale, offset])
@@ -73,8 +94,8 @@ def _layer_function(norm):
     return second_order
 
 
-def _step(name, fused_batch_norm):
-    """The meta-step of `name`, traced with `fused_batch_norm` in the task-batched kernel."""
+def _step(name, tensorflows):
+    """The meta-step of `name`; with `tensorflows`, traced with TensorFlow's derivatives."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -100,12 +121,14 @@ def _step(name, fused_batch_norm):
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     maml.compile(keras.optimizers.Adam(1e-3))
     step = ConcreteStep(tf.function(maml.meta_train_step))
-    kept = batched_batch_norm.fused_batch_norm
-    batched_batch_norm.fused_batch_norm = fused_batch_norm
+    kept = batched_batch_norm.fused_batch_norm, batched_batch_norm.closed_form_batch_norm
+    if tensorflows:
+        batched_batch_norm.fused_batch_norm = _registered
+        batched_batch_norm.closed_form_batch_norm = _taped
     try:
-        float(step(episode)[0])  # traces with the function swapped in
+        float(step(episode)[0])  # traces with the functions swapped in
     finally:
-        batched_batch_norm.fused_batch_norm = kept
+        batched_batch_norm.fused_batch_norm, batched_batch_norm.closed_form_batch_norm = kept
     return lambda: float(step(episode)[0])
 
 
@@ -150,19 +173,27 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
+    from keras_meta.layers.closed_form_batch_norm import closed_form_batch_norm
     from keras_meta.layers.fused_batch_norm import fused_batch_norm
 
+    # Every layer row traces new functions; TensorFlow's retracing warning would say so.
+    tf.get_logger().setLevel("ERROR")
     print(f"command: python {' '.join(sys.argv)}\n")
-    print("| workload | registered (TensorFlow's) | closed form | closed / registered, median "
+    print("| workload | TensorFlow's | closed form | closed / TensorFlow's, median "
           "(90% interval) | range over rounds |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
-    for label, shape in LAYER_SHAPES:
-        channels = shape[-1]
+    for label, form, shape in LAYER_SHAPES:
+        # Fused: [C] parameters; plain: per-task [T, 1, 1, 1, C], statistics over N, H, W.
+        vector = [shape[-1]] if form == "fused" else [shape[0], 1, 1, 1, shape[-1]]
         args = [tf.constant(v, tf.float32) for v in (
-            rng.normal(size=shape) * 2 + 0.5, rng.normal(size=channels) + 1,
-            rng.normal(size=channels), rng.normal(size=shape), rng.normal(size=shape))]
-        forms = [_layer_function(norm) for norm in (_registered, fused_batch_norm)]
+            rng.normal(size=shape) * 2 + 0.5, rng.normal(size=vector) + 1,
+            rng.normal(size=vector), rng.normal(size=shape), rng.normal(size=shape))]
+        if form == "fused":
+            forms = [_layer_function(norm) for norm in (_registered, fused_batch_norm)]
+        else:
+            forms = [_layer_function(norm, [1, 2, 3])
+                     for norm in (_taped, closed_form_batch_norm)]
 
         def runner(form, args=args):
             return lambda: [g.numpy() for g in form(*args)]
@@ -170,9 +201,9 @@ def main(argv):
         rows = _interleaved(runner(forms[0]), runner(forms[1]), FLAGS.rounds, FLAGS.layer_calls)
         _report(f"layer: {label} {list(shape)}", rows, "ms", 1e3)
     for name in steps:
-        registered = _step(name, _registered)
-        closed = _step(name, fused_batch_norm)
-        rows = _interleaved(registered, closed, FLAGS.rounds, FLAGS.calls)
+        tensorflows = _step(name, tensorflows=True)
+        closed = _step(name, tensorflows=False)
+        rows = _interleaved(tensorflows, closed, FLAGS.rounds, FLAGS.calls)
         ways, inner, queries, chunk = STEPS[name]
         _report(f"meta-step: {name}, {inner} inner step(s), chunks of {chunk}", rows, "s", 1.0)
 

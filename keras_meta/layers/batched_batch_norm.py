@@ -8,7 +8,8 @@ statistics task after task, which only the per-task loop reproduces.
 
 The kernel option `fused_batch_norm` (`batched_functional_call(..., kernel_options=)`, set by
 `MAML(fused_batch_norm=)` / `MetaObjective.fused_batch_norm`) chooses, in the grouped layout
-and float32, between TensorFlow's fused batch norm (default) and the plain ops.
+and float32, between TensorFlow's fused batch norm (default, `fused_batch_norm.py`) and the
+plain ops (`closed_form_batch_norm.py`). Both differentiate in closed form, to any order.
 """
 
 import keras
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 from keras_meta.core.batching import register_batched_kernel
 from keras_meta.core.batching.layouts import GROUPED, per_task
-from keras_meta.layers.batch_norm_ops import moments
+from keras_meta.layers.closed_form_batch_norm import closed_form_batch_norm
 from keras_meta.layers.fused_batch_norm import fused_batch_norm
 from keras_meta.layers.meta_batch_normalization import MetaBatchNormalization
 
@@ -66,13 +67,12 @@ def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None, options=
             tf.cast(beta, compute), [tc])
         y = fused_batch_norm(tf.reshape(x, [-1, h, w, tc]), scale, offset, layer.epsilon)
         return tf.cast(y, layer.compute_dtype), layout
-    _, variance, centred = moments(x, axes)
-    inv = tf.math.rsqrt(variance + layer.epsilon)
-    if gamma is not None:
-        inv = inv * vector(gamma)
-    y = centred * inv
-    if beta is not None:
-        y = y + vector(beta)
+    # Plain ops, with the derivatives in closed form (`closed_form_batch_norm`): the same
+    # values as a tape through them, in half the passes at second order.
+    ones = tf.ones([num_tasks, channels if layout == GROUPED else x.shape[-1]], compute)
+    scale = vector(ones if gamma is None else gamma)
+    offset = vector(tf.zeros_like(ones) if beta is None else beta)
+    y = closed_form_batch_norm(x, scale, offset, layer.epsilon, axes)
     if layout == GROUPED:
         y = tf.reshape(y, [-1, h, w, tc])
     return tf.cast(y, layer.compute_dtype), layout

@@ -87,3 +87,34 @@ def directional_errors(model, data, inner_steps, lr=0.5, first_order=False, num_
         for v, b in zip(model.trainable_variables, base):
             v.assign(b)
     return errors
+
+
+# -- references for the closed-form derivatives (test_closed_form_batch_norm, test_fused_...) --
+
+def plain_batch_norm(x, scale, offset, epsilon):
+    """Channels-last batch norm in plain ops (statistics over N, H, W): the taped reference."""
+    centred = x - tf.reduce_mean(x, [0, 1, 2])
+    inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), [0, 1, 2]) + epsilon)
+    return centred * inv * scale + offset
+
+
+def plain_backward(dy, x, scale, epsilon):
+    """`(dx, dscale, doffset)` of `plain_batch_norm`, by a tape: the reference first derivative."""
+    offset = tf.zeros_like(scale)
+    with tf.GradientTape() as tape:
+        tape.watch([x, scale, offset])
+        y = plain_batch_norm(x, scale, offset, epsilon)
+    return tape.gradient(y, [x, scale, offset], output_gradients=dy)
+
+
+def batch_norm_inputs(seed, dtype, shape):
+    """`x`, an output gradient `dy`, `scale`, and upstream gradients `a, b, c` of the backward
+    pass's `(dx, dscale, doffset)`, for channels-last `shape`."""
+    rng = np.random.default_rng(seed)
+    channels = shape[-1]
+    # A mean well away from zero and a spread per channel, as conv outputs have.
+    x = rng.normal(size=shape) * rng.uniform(0.5, 3.0, channels) + rng.normal(size=channels) * 4
+    values = dict(
+        x=x, dy=rng.normal(size=shape), scale=rng.normal(size=channels) + 1.0,
+        a=rng.normal(size=shape), b=rng.normal(size=channels), c=rng.normal(size=channels))
+    return {k: tf.constant(v, dtype) for k, v in values.items()}
