@@ -5,7 +5,6 @@ import keras
 from keras_meta._checks import is_int
 from keras_meta.core.step_context import current_inner_step, is_query_pass
 from keras_meta.layers.batch_norm_ops import BATCH_NORM_MODES, broadcast_to_axis, moments
-from keras_meta.layers.closed_form_batch_norm import closed_form_batch_norm
 
 # The layer's own modes; "none" (no layer at all) completes BATCH_NORM_MODES for backbones.
 _MODES = tuple(mode for mode in BATCH_NORM_MODES if mode != "none")
@@ -196,11 +195,11 @@ class MetaBatchNormalization(keras.layers.Layer):
         x = keras.ops.cast(inputs, compute_dtype)
         rank = len(x.shape)
         slot = self.current_slot()
-        if self.mode == "transductive":
-            return keras.ops.cast(self._transductive(x, slot, compute_dtype), self.compute_dtype)
-        if training:  # per-step: the support set's statistics, and the running ones move
+        use_batch = self.mode == "transductive" or bool(training)
+        if use_batch:
             mean, variance, centred = moments(x, self._reduction_axes)
-            self._update_running(slot, mean, variance)
+            if self.mode == "per_step":
+                self._update_running(slot, mean, variance)
         else:
             mean = self._broadcast(self._slot_of(self.moving_mean, slot), rank, compute_dtype)
             variance = self._broadcast(
@@ -216,22 +215,6 @@ class MetaBatchNormalization(keras.layers.Layer):
             outputs = outputs + self._broadcast(
                 self._slot_of(self.beta, slot), rank, compute_dtype)
         return keras.ops.cast(outputs, self.compute_dtype)
-
-    def _transductive(self, x, slot, dtype):
-        # The batch's statistics, with batch norm's first and second derivatives in closed
-        # form (the same values as a tape through `moments`, in about half the passes at
-        # second order; `closed_form_batch_norm.py`).
-        shape = [1] * len(x.shape)
-        shape[self._axis] = -1
-        channels = x.shape[self._axis]
-        gamma = (keras.ops.ones((channels,), dtype) if self.gamma is None
-                 else self._slot_of(self.gamma, slot))
-        beta = (keras.ops.zeros((channels,), dtype) if self.beta is None
-                else self._slot_of(self.beta, slot))
-        return closed_form_batch_norm(
-            x, keras.ops.reshape(keras.ops.cast(gamma, dtype), shape),
-            keras.ops.reshape(keras.ops.cast(beta, dtype), shape), self.epsilon,
-            self._reduction_axes)
 
     def _update_running(self, slot, mean, variance):
         # Only the slot's row moves; a one-hot blend keeps the update a single dense assign
