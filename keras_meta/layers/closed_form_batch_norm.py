@@ -69,6 +69,15 @@ def closed_form_batch_norm(x, scale, offset, epsilon, axes):
     ...                            1e-3, [1, 2, 3])
     """
     axes = list(axes)
+    rank = x.shape.rank
+    for name, value in (("scale", scale), ("offset", offset)):
+        shape = value.shape
+        # Gradients come back in the statistics' keepdims shape, so a parameter of another
+        # shape would break far from here; say so now.
+        if shape.rank != rank or any(shape[axis] != 1 for axis in axes):
+            raise ValueError(
+                f"closed_form_batch_norm needs {name} of x's rank ({rank}) with 1 on the "
+                f"reduced axes {axes} (x has shape {x.shape}); got shape {shape}.")
 
     @tf.custom_gradient
     def normalize(x, scale, offset):

@@ -37,6 +37,13 @@ def fused_batch_norm(x, scale, offset, epsilon):
     >>> x = tf.random.normal([8, 4, 4, 3])
     >>> y = fused_batch_norm(x, tf.ones([3]), tf.zeros([3]), 1e-3)
     """
+    # TensorFlow's own messages for these name neither the layer nor the limit.
+    if x.shape.rank != 4:
+        raise ValueError(f"fused_batch_norm needs [N, H, W, C] activations; got shape {x.shape}.")
+    if epsilon < 1.001e-5:
+        raise ValueError(
+            f"fused_batch_norm needs epsilon >= 1.001e-5 (TensorFlow's fused kernel); got "
+            f"{epsilon!r}. Use closed_form_batch_norm for smaller values.")
 
     @tf.custom_gradient
     def normalize(x, scale, offset):

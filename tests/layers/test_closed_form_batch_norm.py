@@ -205,3 +205,12 @@ def test_per_task_third_derivative_equals_a_tape_through_plain_ops():
     for g, w in zip(third(closed_form_batch_norm), third(_taped_batch_norm)):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-8,
                                    atol=1e-8 * float(tf.reduce_max(tf.abs(w))))
+
+
+def test_parameters_of_another_shape_are_refused_with_the_shapes_named():
+    v = _task_inputs(0)
+    with pytest.raises(ValueError, match=r"scale of x's rank \(5\).*got shape \(2,\)"):
+        closed_form_batch_norm(v["x"], tf.ones([2], tf.float64), v["offset"], EPSILON, TASK_AXES)
+    with pytest.raises(ValueError, match=r"offset .*1 on the reduced axes \[1, 2, 3\]"):
+        closed_form_batch_norm(v["x"], v["scale"], tf.zeros([3, 4, 1, 1, 2], tf.float64),
+                               EPSILON, TASK_AXES)

@@ -103,3 +103,11 @@ def test_fused_batch_norm_runs_tensorflows_fused_kernels_forward_and_backward():
     graph = second.get_concrete_function(v["x"], v["scale"], v["c"], v["dy"]).graph
     types = {op.type for op in graph.get_operations()}
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= types, types
+
+
+def test_inputs_the_fused_kernel_cannot_take_are_refused_with_what_was_received():
+    x = tf.zeros([2, 3, 3, 4])
+    with pytest.raises(ValueError, match=r"epsilon >= 1.001e-5.*got 1e-06"):
+        fused_batch_norm(x, tf.ones([4]), tf.zeros([4]), 1e-6)
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\].*got shape \(2, 3, 4\)"):
+        fused_batch_norm(tf.zeros([2, 3, 4]), tf.ones([4]), tf.zeros([4]), EPSILON)
