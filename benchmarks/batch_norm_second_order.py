@@ -20,7 +20,10 @@ turns, on:
   the plain one;
 * whole meta-steps (`--steps`): Omniglot 20-way 1-shot with 5 inner steps (meta-batch 16,
   chunks of 4 tasks) and 5-way 1-shot with 15 queries (meta-batch 32, chunks of 8), second
-  order, the forms `task_batching="auto"` chose for them in `meta_step.py`'s full table.
+  order, the forms `task_batching="auto"` chose for them in `meta_step.py`'s full table;
+  and the 5-way step under `mixed_bfloat16` (`omniglot_5w1s_bf16`), whose "before" casts the
+  bfloat16 activations to float32 around the fused kernels, as keras-meta did until the
+  kernels took them as they are.
 
 For the step rows the benchmark swaps the functions the task-batched kernel calls
 (`keras_meta.layers.batched_batch_norm.fused_batch_norm` and `.closed_form_batch_norm`) for
@@ -39,7 +42,7 @@ flags.DEFINE_integer("rounds", 6, "Rounds; the two forms take turns within each.
 flags.DEFINE_integer("calls", 3, "Timed calls per form per round.", lower_bound=1)
 flags.DEFINE_integer("layer_calls", 20, "Timed calls per form per round, layer rows.",
                      lower_bound=1)
-flags.DEFINE_list("steps", ["omniglot_20w1s", "omniglot_5w1s"],
+flags.DEFINE_list("steps", ["omniglot_20w1s", "omniglot_5w1s", "omniglot_5w1s_bf16"],
                   "Meta-step rows to time ('none': the layer rows only).")
 FLAGS = flags.FLAGS
 
@@ -53,8 +56,9 @@ LAYER_SHAPES = [
     ("plain, 20w1s support, block 1, 4 tasks", "plain", (4, 20, 14, 14, 64)),
     ("plain, 5w1s support, block 1, 8 tasks", "plain", (8, 5, 14, 14, 64)),
 ]
-# meta_step.py configurations: (ways, inner steps, queries per class, chunk).
-STEPS = {"omniglot_20w1s": (20, 5, 1, 4), "omniglot_5w1s": (5, 1, 15, 8)}
+# meta_step.py configurations: (ways, inner steps, queries per class, chunk, dtype policy).
+STEPS = {"omniglot_20w1s": (20, 5, 1, 4, None), "omniglot_5w1s": (5, 1, 15, 8, None),
+         "omniglot_5w1s_bf16": (5, 1, 15, 8, "mixed_bfloat16")}
 
 
 def _registered(x, scale, offset, epsilon):
@@ -94,8 +98,18 @@ def _layer_function(norm, axes=None):
     return second_order
 
 
+def _cast_around(fused_batch_norm):
+    """The fused batch norm on float32 copies of low-precision activations, cast back."""
+    import tensorflow as tf
+
+    def normalize(x, scale, offset, epsilon):
+        return tf.cast(fused_batch_norm(tf.cast(x, tf.float32), scale, offset, epsilon), x.dtype)
+
+    return normalize
+
+
 def _step(name, tensorflows):
-    """The meta-step of `name`; with `tensorflows`, traced with TensorFlow's derivatives."""
+    """The meta-step of `name`; with `tensorflows`, traced with the forms before ours."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -105,7 +119,7 @@ def _step(name, tensorflows):
     from keras_meta.layers import batched_batch_norm
     from keras_meta.training.concrete_step import ConcreteStep
 
-    ways, inner, queries, chunk = STEPS[name]
+    ways, inner, queries, chunk, policy = STEPS[name]
     meta_batch = 32 if ways == 5 else 16
     keras.utils.set_random_seed(0)
     # As meta_step.py's rows: random pixels (they do not change the cost), the MAML paper's
@@ -116,13 +130,21 @@ def _step(name, tensorflows):
         tf.constant(np.tile(np.arange(ways), (meta_batch, 1)), tf.int32),
         tf.constant(rng.random((meta_batch, ways * queries, 28, 28, 1)), tf.float32),
         tf.constant(np.tile(np.repeat(np.arange(ways), queries), (meta_batch, 1)), tf.int32))
-    maml = km.MAML(conv4(ways), inner_lr=0.4 if ways == 5 else 0.1, inner_steps=inner,
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy or previous)
+    try:
+        base = conv4(ways)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    maml = km.MAML(base, inner_lr=0.4 if ways == 5 else 0.1, inner_steps=inner,
                    task_batching="batched", task_chunk_size=chunk,
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     maml.compile(keras.optimizers.Adam(1e-3))
     step = ConcreteStep(tf.function(maml.meta_train_step))
     kept = batched_batch_norm.fused_batch_norm, batched_batch_norm.closed_form_batch_norm
-    if tensorflows:
+    if tensorflows and policy:
+        batched_batch_norm.fused_batch_norm = _cast_around(kept[0])
+    elif tensorflows:
         batched_batch_norm.fused_batch_norm = _registered
         batched_batch_norm.closed_form_batch_norm = _taped
     try:
@@ -179,8 +201,8 @@ def main(argv):
     # Every layer row traces new functions; TensorFlow's retracing warning would say so.
     tf.get_logger().setLevel("ERROR")
     print(f"command: python {' '.join(sys.argv)}\n")
-    print("| workload | TensorFlow's | closed form | closed / TensorFlow's, median "
-          "(90% interval) | range over rounds |")
+    print("| workload | before: TensorFlow's (bf16: casts) | keras-meta | keras-meta / before, "
+          "median (90% interval) | range over rounds |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for label, form, shape in LAYER_SHAPES:
@@ -204,7 +226,7 @@ def main(argv):
         tensorflows = _step(name, tensorflows=True)
         closed = _step(name, tensorflows=False)
         rows = _interleaved(tensorflows, closed, FLAGS.rounds, FLAGS.calls)
-        ways, inner, queries, chunk = STEPS[name]
+        ways, inner, queries, chunk, policy = STEPS[name]
         _report(f"meta-step: {name}, {inner} inner step(s), chunks of {chunk}", rows, "s", 1.0)
 
 

@@ -24,7 +24,8 @@ def fused_batch_norm(x, scale, offset, epsilon):
     """Batch norm with the batch's statistics, through TensorFlow's fused kernels.
 
     Args:
-        x: `[N, H, W, C]` float32 (or float16/bfloat16) activations, channels last.
+        x: `[N, H, W, C]` activations, channels last: float32, or bfloat16 or float16
+            (mixed precision), which the kernels take as they are, with float32 statistics.
         scale, offset: `[C]` float32 `gamma` and `beta`.
         epsilon: added to the variance; the fused kernel needs at least 1.001e-5.
 
@@ -73,7 +74,15 @@ def _backward(dy, x, scale, saved, epsilon):
             is_training=True)
 
         def grad(a, b, c):
-            return second_derivative(dy, x, scale, a, b, c, epsilon)
+            if x.dtype == scale.dtype:
+                return second_derivative(dy, x, scale, a, b, c, epsilon)
+            # Low-precision activations: the derivative in the statistics' float32, as the
+            # kernels compute inside; its outputs go back to the dtypes of `dy` and `x`.
+            wide = scale.dtype
+            d_dy, d_x, d_scale = second_derivative(
+                tf.cast(dy, wide), tf.cast(x, wide), scale,
+                None if a is None else tf.cast(a, wide), b, c, epsilon)
+            return tf.cast(d_dy, dy.dtype), tf.cast(d_x, x.dtype), d_scale
 
         return (dx, dscale, doffset), grad
 

@@ -44,7 +44,8 @@ CACHE_FILE = "task_batching.json"
 # Bumped when what a cached entry means changes (the candidates or how they are timed).
 # 2: the batched candidates run the shared first inner step (`MAML.shared_first_step`).
 # 3: the fused batch norm's second derivative is a closed form (`layers/fused_batch_norm.py`).
-CACHE_VERSION = 3
+# 4: under mixed_bfloat16 the fused batch norm takes bfloat16 activations without casts.
+CACHE_VERSION = 4
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.

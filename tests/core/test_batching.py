@@ -351,3 +351,31 @@ def test_fused_batch_norm_is_a_maml_setting_a_config_field_and_a_trainer_flag():
     assert parse(omniglot + ["--fused_batch_norm=false"]).fused_batch_norm is False
     run_config = parse(omniglot + ["--nofused_batch_norm"])
     assert build_maml(run_config, mlp(), "mse").fused_batch_norm is False
+
+
+def test_mixed_bfloat16_fused_kernels_take_bfloat16_and_match_the_cast_plain_form():
+    # Under mixed_bfloat16 the fused batch norm takes the bfloat16 activations as they are
+    # (no casts around it; layers/batched_batch_norm.py); the plain form casts them to float32
+    # and back, with its exact closed-form derivatives. Both see the same bfloat16 network,
+    # so the meta-gradients, second-order terms included, must agree to within bfloat16's
+    # rounding. (Both are 0.2-2 relative from float32's on this tiny network: bfloat16's own
+    # rounding through two inner steps, not something either form adds.)
+    keras.utils.set_random_seed(0)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        base = conv4(3, (12, 12, 1), filters=4)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    cast_plain = _meta_gradients(base, "float32", fused_batch_norm=False)
+    fused = _relative_errors(_meta_gradients(base, "float32"), cast_plain)
+    assert fused.max() < 0.1, fused  # measured 0.001 to 0.024
+    # The tolerance can fail: first-order MAML lands far outside it.
+    first_order = _relative_errors(_meta_gradients(base, "float32", first_order=True),
+                                   cast_plain)
+    assert first_order.min() > 0.5, first_order
+    objective = _objective(base, "float32", inner_steps=1)
+    step = tf.function(lambda e: objective.meta_gradients(functional.get_params(base), e))
+    graph = step.get_concrete_function(_fused_test_episode("float32", num_tasks=2)).graph
+    kernels = [op for op in graph.get_operations() if op.type == "FusedBatchNormV3"]
+    assert kernels and {op.get_attr("T") for op in kernels} == {tf.bfloat16}
