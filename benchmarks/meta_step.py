@@ -3,6 +3,7 @@ r"""Seconds per MAML meta-iteration, peak memory and GFLOP/s, for the configurat
     python benchmarks/meta_step.py                      # the summary table (issue #17)
     python benchmarks/meta_step.py --configs=all        # every configuration
     python benchmarks/meta_step.py --configs=omniglot_5w1s_second,omniglot_5w1s_first
+    python benchmarks/meta_step.py --in_process --rounds=10 --repeats=3   # plain/auto, one process
 
 The summary times, in one run, plain TF nested tapes, keras-meta's per-task loop, its batched
 pass and the choice `task_batching="auto"` measures (`MAML.autotune`, from an empty timings
@@ -17,6 +18,12 @@ and the peak bytes of live tensors during the timed iterations, from TensorFlow'
 statistics (reset after warm-up; on CPU the children run with the BFC allocator, which keeps
 them). FLOPs come from TensorFlow's graph profiler on the traced step (matmuls
 and convolutions, forward and backward), divided by the median time.
+
+`--in_process` measures only the ratio plain / auto, for the Omniglot workloads (`--configs`
+names their auto rows): both steps in one process, taking turns block by block (`--repeats`
+calls per block, `--rounds` blocks each, the order alternating), so that the machine's drift
+over minutes hits both alike. It prints the median over rounds of the ratio within a round,
+with a 90% bootstrap interval (`benchmarks/interleaved.py`).
 """
 
 import json
@@ -44,6 +51,11 @@ flags.DEFINE_integer("rounds", 1, "Run every configuration this many times, roun
                      "of the ratios; the summary then shows each ratio's range over the rounds.",
                      lower_bound=1)
 flags.DEFINE_string("child", None, "Internal: run one configuration in this process.")
+flags.DEFINE_boolean("in_process", False,
+                     "Time plain TF against keras-meta's auto row in one process, taking turns, "
+                     "for the Omniglot workloads whose auto rows --configs names (default: all "
+                     "three); prints the ratio plain / auto with its interval.")
+flags.DEFINE_string("child_pair", None, "Internal: run one --in_process pair in this process.")
 flags.DEFINE_string("omniglot_source_dir", None,
                     "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")
 flags.DEFINE_string("data_dir", None, "Where the trainer rows prepare TFDS data (default: a "
@@ -538,9 +550,99 @@ def _print_summary(rows):
         print("\n".join(lines) + "\n")
 
 
+# --in_process: each Omniglot workload's auto row and the plain row it is compared with.
+IN_PROCESS_PAIRS = {columns["auto"]: columns["plain"] for workload, columns in SUMMARY.items()
+                    if workload.startswith("Omniglot")}
+
+
+def run_pair(name):
+    """Plain TF and keras-meta's `name` (an auto row) in this process, taking turns."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from interleaved import median_interval
+    from keras_meta.training.concrete_step import ConcreteStep
+
+    spec, plain_spec = CONFIGS[name], CONFIGS[IN_PROCESS_PAIRS[name]]
+    keras.utils.set_random_seed(0)
+    episode = _episode(spec["task"], spec["meta_batch"], spec["ways"], spec["queries"])
+    plain = tf.function(_plain_step(plain_spec["task"], plain_spec["first_order"],
+                                    plain_spec["meta_batch"], plain_spec["ways"],
+                                    plain_spec["inner"]))
+    python_step, maml = _ours_step(spec)
+    choice, _ = maml.autotune(episode, log=lambda m: print(m, file=sys.stderr, flush=True))
+    ours = ConcreteStep(tf.function(python_step))
+    steps = {"plain": lambda: plain(episode)[0], "auto": lambda: ours(episode)[0]}
+    for run in steps.values():
+        for _ in range(1 + FLAGS.warmup):  # tracing, then warm-up
+            float(run())
+    seconds = {key: [] for key in steps}
+    for index in range(FLAGS.rounds):
+        for key in (list(steps) if index % 2 == 0 else list(steps)[::-1]):
+            start = time.perf_counter()
+            for _ in range(FLAGS.repeats):
+                float(steps[key]())
+            seconds[key].append((time.perf_counter() - start) / FLAGS.repeats)
+    ratios = [p / a for p, a in zip(seconds["plain"], seconds["auto"])]
+    low, high = median_interval(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
+    print("PAIR " + json.dumps({
+        "config": name, "plain": IN_PROCESS_PAIRS[name], "choice": choice.label,
+        "plain_s": float(np.median(seconds["plain"])), "auto_s": float(np.median(seconds["auto"])),
+        "ratio": float(np.median(ratios)), "interval": [low, high],
+        "range": [min(ratios), max(ratios)], "seconds": seconds}), flush=True)
+
+
+def _main_in_process(env):
+    names = FLAGS.configs or list(IN_PROCESS_PAIRS)
+    unknown = [n for n in names if n not in IN_PROCESS_PAIRS]
+    if unknown:
+        raise app.UsageError(f"--in_process takes the Omniglot auto rows; got {unknown}, "
+                             f"expected some of {sorted(IN_PROCESS_PAIRS)}.")
+    rows = []
+    for name in names:
+        print(f"running {IN_PROCESS_PAIRS[name]} against {name}, one process ...", flush=True)
+        command = [sys.executable, os.path.abspath(__file__), f"--child_pair={name}",
+                   f"--rounds={FLAGS.rounds}", f"--repeats={FLAGS.repeats}",
+                   f"--warmup={FLAGS.warmup}"]
+        with tempfile.TemporaryDirectory() as cache:
+            out = subprocess.run(command, capture_output=True, text=True,
+                                 env=dict(env, KERAS_META_CACHE_DIR=cache))
+        lines = [l for l in out.stdout.splitlines() if l.startswith("PAIR ")]
+        if out.returncode or not lines:
+            print(out.stderr[-3000:])
+            print(f"{name} FAILED (exit {out.returncode})", flush=True)
+            continue
+        rows.append(json.loads(lines[-1][5:]))
+        if FLAGS.output:
+            with open(FLAGS.output, "w") as f:
+                json.dump(rows, f, indent=2)
+    print(f"\ncommand: python {' '.join(sys.argv)}")
+    print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs; one process per workload, {FLAGS.rounds} "
+          f"rounds of {FLAGS.repeats} calls each, taking turns\n")
+    print("| workload | plain TF (s) | auto (s) | auto's choice | plain / auto, median of rounds "
+          "(90% interval) | range over rounds |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['config']} | {r['plain_s']:.3f} | {r['auto_s']:.3f} | {r['choice']} | "
+              f"**{r['ratio']:.2f}x** ({r['interval'][0]:.2f}-{r['interval'][1]:.2f}) | "
+              f"{r['range'][0]:.2f}-{r['range'][1]:.2f} |")
+
+
 def main(argv):
     if FLAGS.child:
         run_child(FLAGS.child)
+        return
+    if FLAGS.child_pair:
+        run_pair(FLAGS.child_pair)
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    # "auto" measures from an empty timings cache in every child, as on a new machine.
+    env["KERAS_META_AUTOTUNE"] = "1"
+    if FLAGS.in_process:
+        _main_in_process(env)
         return
     names = FLAGS.configs or SUMMARY_CONFIGS
     if names == ["all"]:
@@ -553,15 +655,10 @@ def main(argv):
         raise app.UsageError(f"--jax_python={FLAGS.jax_python!r} is not an executable file; "
                              "expected the path of a Python that has JAX installed.")
     rows = []
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2")
     if FLAGS.tensor_memory:
         # TensorFlow's BFC allocator on the CPU keeps statistics (current and peak bytes of
         # live tensors), like the GPU allocator does; the default CPU allocator keeps none.
         env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-    # "auto" measures from an empty timings cache in every child, as on a new machine.
-    env["KERAS_META_AUTOTUNE"] = "1"
     # The trainer rows prepare Omniglot once, here or in --data_dir.
     data_dir = FLAGS.data_dir or tempfile.mkdtemp(prefix="meta_step_tfds_")
     failed, skipped = set(), set()

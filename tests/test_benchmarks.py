@@ -51,3 +51,13 @@ def test_the_trainer_benchmarks_interval_brackets_its_median():
     assert low_same == high_same == 5.0
     # The median (6) is inside; the interval stays within the middle rounds, not the outliers.
     assert 1.0 <= low < 6.0 < high <= 12.0
+
+
+def test_in_process_pairs_refuse_rows_they_cannot_pair_before_any_work():
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "meta_step.py"), "--in_process",
+         "--configs=sinusoid_second_auto"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--in_process takes the Omniglot auto rows; got ['sinusoid_second_auto']" in \
+        done.stderr
+    assert "omniglot_5w1s_first_auto" in done.stderr
