@@ -4,19 +4,21 @@
 import time
 
 
-def time_interleaved(functions, rounds, calls, warmup=20, per_call=1):
+def time_interleaved(functions, rounds, calls, warmup=20, per_call=1, alternate=False):
     """`{name: [ms per meta-iteration, one value per round]}` for `functions` (name -> call).
 
     Each round times `calls` calls of every function in turn, so that a drift of the machine
     hits all of them. Every call's result is read (`float`), as a training loop reads its
-    loss; `per_call` is the meta-iterations one call runs.
+    loss; `per_call` is the meta-iterations one call runs. With `alternate`, every other
+    round takes them in reverse order, so that none always runs right after another.
     """
     for function in functions.values():
         for _ in range(warmup):
             float(function())
     times = {name: [] for name in functions}
-    for _ in range(rounds):
-        for name, function in functions.items():
+    for index in range(rounds):
+        order = list(functions.items())
+        for name, function in (order[::-1] if alternate and index % 2 else order):
             start = time.perf_counter()
             for _ in range(calls):
                 float(function())

@@ -21,8 +21,8 @@ and convolutions, forward and backward), divided by the median time.
 
 `--in_process` measures only the ratio plain / auto, for the Omniglot workloads (`--configs`
 names their auto rows): both steps in one process, taking turns block by block (`--repeats`
-calls per block, `--rounds` blocks each, the order alternating), so that the machine's drift
-over minutes hits both alike. It prints the median over rounds of the ratio within a round,
+calls per block, `--rounds` blocks each, the order alternating; `benchmarks/interleaved.py`),
+so that the machine's drift over minutes hits both alike. It prints the median over rounds of the ratio within a round,
 with a 90% bootstrap interval (`benchmarks/interleaved.py`).
 """
 
@@ -561,7 +561,7 @@ def run_pair(name):
     import numpy as np
     import tensorflow as tf
 
-    from interleaved import median_interval
+    from interleaved import median_interval, time_interleaved
     from keras_meta.training.concrete_step import ConcreteStep
 
     spec, plain_spec = CONFIGS[name], CONFIGS[IN_PROCESS_PAIRS[name]]
@@ -573,17 +573,11 @@ def run_pair(name):
     python_step, maml = _ours_step(spec)
     choice, _ = maml.autotune(episode, log=lambda m: print(m, file=sys.stderr, flush=True))
     ours = ConcreteStep(tf.function(python_step))
-    steps = {"plain": lambda: plain(episode)[0], "auto": lambda: ours(episode)[0]}
-    for run in steps.values():
-        for _ in range(1 + FLAGS.warmup):  # tracing, then warm-up
-            float(run())
-    seconds = {key: [] for key in steps}
-    for index in range(FLAGS.rounds):
-        for key in (list(steps) if index % 2 == 0 else list(steps)[::-1]):
-            start = time.perf_counter()
-            for _ in range(FLAGS.repeats):
-                float(steps[key]())
-            seconds[key].append((time.perf_counter() - start) / FLAGS.repeats)
+    milliseconds = time_interleaved(
+        {"plain": lambda: plain(episode)[0], "auto": lambda: ours(episode)[0]},
+        FLAGS.rounds, FLAGS.repeats, warmup=1 + FLAGS.warmup,  # tracing, then warm-up
+        alternate=True)
+    seconds = {key: [v / 1e3 for v in values] for key, values in milliseconds.items()}
     ratios = [p / a for p, a in zip(seconds["plain"], seconds["auto"])]
     low, high = median_interval(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
     print("PAIR " + json.dumps({

@@ -32,13 +32,10 @@ def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None, options=
     fused = FUSED_BATCH_NORM if fused is None else bool(fused)
     # Statistics in at least float32, as the layer itself does.
     compute = keras.backend.result_type(x.dtype, "float32")
-    activations = x
-    x = tf.cast(x, compute)
     rank = x.shape.rank
     if layout == GROUPED:
         n, h, w, tc = x.shape
         channels = tc // num_tasks
-        x = tf.reshape(x, [-1, h, w, num_tasks, channels])
         axes = [0, 1, 2]
 
         def vector(v):
@@ -72,12 +69,15 @@ def _batched_batch_norm(layer, params, x, layout, num_tasks, conv=None, options=
         # largest tensors of the step, are not cast up and back down around them, forward and
         # backward: those casts were 14% of the Omniglot 5w1s step's op time. (float16 on CPU
         # runs TensorFlow's generic kernel, no faster than the casts; it keeps them.)
-        if activations.dtype == tf.bfloat16:
-            x = activations
-        y = fused_batch_norm(tf.reshape(x, [-1, h, w, tc]), scale, offset, layer.epsilon)
+        if x.dtype != tf.bfloat16:
+            x = tf.cast(x, compute)
+        y = fused_batch_norm(x, scale, offset, layer.epsilon)
         return tf.cast(y, layer.compute_dtype), layout
     # Plain ops, with the derivatives in closed form (`closed_form_batch_norm`): the same
     # values as a tape through them, in half the passes at second order.
+    x = tf.cast(x, compute)
+    if layout == GROUPED:
+        x = tf.reshape(x, [-1, h, w, num_tasks, channels])
     ones = tf.ones([num_tasks, channels if layout == GROUPED else x.shape[-1]], compute)
     scale = vector(ones if gamma is None else gamma)
     offset = vector(tf.zeros_like(ones) if beta is None else beta)

@@ -74,14 +74,11 @@ def _backward(dy, x, scale, saved, epsilon):
             is_training=True)
 
         def grad(a, b, c):
-            if x.dtype == scale.dtype:
-                return second_derivative(dy, x, scale, a, b, c, epsilon)
-            # Low-precision activations: the derivative in the statistics' float32, as the
-            # kernels compute inside; its outputs go back to the dtypes of `dy` and `x`.
-            wide = scale.dtype
+            # In the statistics' dtype (float32), as the kernels compute inside, also for
+            # bfloat16/float16 activations (`second_derivative` takes `dy` and `a` in `x`'s
+            # dtype); the outputs go back to the dtypes of `dy` and `x`.
             d_dy, d_x, d_scale = second_derivative(
-                tf.cast(dy, wide), tf.cast(x, wide), scale,
-                None if a is None else tf.cast(a, wide), b, c, epsilon)
+                dy, tf.cast(x, scale.dtype), scale, a, b, c, epsilon)
             return tf.cast(d_dy, dy.dtype), tf.cast(d_x, x.dtype), d_scale
 
         return (dx, dscale, doffset), grad
