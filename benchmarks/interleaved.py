@@ -1,16 +1,21 @@
 """Timing several calls in one process, in interleaved rounds (used by `trainer_call.py`,
-`trainer_loop.py` and `concrete_call.py`), and how far a median over rounds could be off."""
+`trainer_loop.py`, `concrete_call.py` and `meta_step.py --in_process`), and how far a median
+over rounds could be off."""
 
 import time
 
 
-def time_interleaved(functions, rounds, calls, warmup=20, per_call=1, alternate=False):
+def time_interleaved(functions, rounds, calls, warmup=20, per_call=1, alternate=False,
+                     settle=0):
     """`{name: [ms per meta-iteration, one value per round]}` for `functions` (name -> call).
 
     Each round times `calls` calls of every function in turn, so that a drift of the machine
     hits all of them. Every call's result is read (`float`), as a training loop reads its
     loss; `per_call` is the meta-iterations one call runs. With `alternate`, every other
-    round takes them in reverse order, so that none always runs right after another.
+    round takes them in reverse order, so that none always runs right after another. With
+    `settle`, each turn first makes that many untimed calls: the first call after another
+    function's turn pays for refilling what that turn evicted (caches, memory), which a loop
+    of one function never pays.
     """
     for function in functions.values():
         for _ in range(warmup):
@@ -19,6 +24,8 @@ def time_interleaved(functions, rounds, calls, warmup=20, per_call=1, alternate=
     for index in range(rounds):
         order = list(functions.items())
         for name, function in (order[::-1] if alternate and index % 2 else order):
+            for _ in range(settle):
+                float(function())
             start = time.perf_counter()
             for _ in range(calls):
                 float(function())

@@ -55,6 +55,10 @@ flags.DEFINE_boolean("in_process", False,
                      "Time plain TF against keras-meta's auto row in one process, taking turns, "
                      "for the Omniglot workloads whose auto rows --configs names (default: all "
                      "three); prints the ratio plain / auto with its interval.")
+flags.DEFINE_integer("settle", 0,
+                     "--in_process: untimed calls at the start of each turn, so that the first "
+                     "call after the other step's turn (which refills the caches and memory that "
+                     "turn evicted) is charged to neither.", lower_bound=0)
 flags.DEFINE_string("child_pair", None, "Internal: run one --in_process pair in this process.")
 flags.DEFINE_string("omniglot_source_dir", None,
                     "The Omniglot zips (for the omniglot trainer row; e.g. ../shared/data/omniglot).")
@@ -576,7 +580,7 @@ def run_pair(name):
     milliseconds = time_interleaved(
         {"plain": lambda: plain(episode)[0], "auto": lambda: ours(episode)[0]},
         FLAGS.rounds, FLAGS.repeats, warmup=1 + FLAGS.warmup,  # tracing, then warm-up
-        alternate=True)
+        alternate=True, settle=FLAGS.settle)
     seconds = {key: [v / 1e3 for v in values] for key, values in milliseconds.items()}
     ratios = [p / a for p, a in zip(seconds["plain"], seconds["auto"])]
     low, high = median_interval(ratios) if len(ratios) > 1 else (ratios[0], ratios[0])
@@ -598,7 +602,7 @@ def _main_in_process(env):
         print(f"running {IN_PROCESS_PAIRS[name]} against {name}, one process ...", flush=True)
         command = [sys.executable, os.path.abspath(__file__), f"--child_pair={name}",
                    f"--rounds={FLAGS.rounds}", f"--repeats={FLAGS.repeats}",
-                   f"--warmup={FLAGS.warmup}"]
+                   f"--warmup={FLAGS.warmup}", f"--settle={FLAGS.settle}"]
         with tempfile.TemporaryDirectory() as cache:
             out = subprocess.run(command, capture_output=True, text=True,
                                  env=dict(env, KERAS_META_CACHE_DIR=cache))
@@ -613,7 +617,8 @@ def _main_in_process(env):
                 json.dump(rows, f, indent=2)
     print(f"\ncommand: python {' '.join(sys.argv)}")
     print(f"CPU: {_cpu_model()}, {os.cpu_count()} CPUs; one process per workload, {FLAGS.rounds} "
-          f"rounds of {FLAGS.repeats} calls each, taking turns\n")
+          f"rounds of {FLAGS.repeats} calls each, taking turns"
+          + (f", each turn after {FLAGS.settle} untimed" if FLAGS.settle else "") + "\n")
     print("| workload | plain TF (s) | auto (s) | auto's choice | plain / auto, median of rounds "
           "(90% interval) | range over rounds |")
     print("|---|---|---|---|---|---|")

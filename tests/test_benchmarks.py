@@ -1,9 +1,11 @@
 """Helpers of the benchmark scripts that their figures depend on."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +53,41 @@ def test_the_trainer_benchmarks_interval_brackets_its_median():
     assert low_same == high_same == 5.0
     # The median (6) is inside; the interval stays within the middle rounds, not the outliers.
     assert 1.0 <= low < 6.0 < high <= 12.0
+
+
+def _interleaved():
+    spec = importlib.util.spec_from_file_location(
+        "interleaved", os.path.join(ROOT, "benchmarks", "interleaved.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # no flags there: safe in the test process
+    return module
+
+
+def test_settled_turns_leave_the_switch_out_of_the_timing():
+    # A call made right after the other function's turn is slow, as a meta-step is after
+    # another step evicted its caches; `settle` makes it untimed.
+    calls, last = [], [None]
+
+    def make(name):
+        def call():
+            calls.append(name)
+            if last[0] not in (None, name):
+                time.sleep(0.05)
+            last[0] = name
+            return 0.0
+        return call
+
+    functions = {"a": make("a"), "b": make("b")}
+    settled = _interleaved().time_interleaved(functions, rounds=2, calls=2, warmup=0,
+                                              alternate=True, settle=1)
+    assert "".join(calls) == "aaabbbbbbaaa"
+    assert max(settled["a"] + settled["b"]) < 10.0  # ms per call; a switch costs 25 per call
+    calls.clear()
+    last[0] = None
+    unsettled = _interleaved().time_interleaved(functions, rounds=2, calls=2, warmup=0,
+                                                alternate=True)
+    assert "".join(calls) == "aabbbbaa"
+    assert unsettled["b"][0] > 20.0 and unsettled["a"][1] > 20.0  # each turn after the other
 
 
 def test_in_process_pairs_refuse_rows_they_cannot_pair_before_any_work():
