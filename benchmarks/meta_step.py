@@ -509,8 +509,12 @@ def _ratio(slow, fast):
 
 
 def _cpu_model():
-    from keras_meta.maml.task_batching_autotune import machine_description
-    return machine_description()["cpu"]
+    """The CPU's model name, and TensorFlow's thread variables where they are set (every
+    child inherits them, so they hold for both sides of every ratio)."""
+    from keras_meta.maml.task_batching_autotune import (INTER_OP_ENV, INTRA_OP_ENV,
+                                                        machine_description)
+    threads = [f"{v}={os.environ[v]}" for v in (INTRA_OP_ENV, INTER_OP_ENV) if os.environ.get(v)]
+    return machine_description()["cpu"] + (f" ({', '.join(threads)})" if threads else "")
 
 
 def _print_summary(rows):

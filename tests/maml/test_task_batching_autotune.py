@@ -106,6 +106,25 @@ def test_a_measured_choice_is_cached_per_signature_and_reused(tmp_path):
     assert len(json.load(open(path))) == 2
 
 
+def test_timings_made_under_other_thread_settings_are_not_reused(monkeypatch):
+    # TensorFlow sizes its pools from these variables at startup while tf.config.threading
+    # still reports 0, and the fastest candidate depends on the pools' sizes.
+    maml, episodes = image_maml(first_order=True), images(num_tasks=5)
+    for name in (autotune.INTRA_OP_ENV, autotune.INTER_OP_ENV):
+        monkeypatch.delenv(name, raising=False)
+    default = autotune.signature(maml, episodes)
+    assert autotune.machine_description()["intra_op_threads"] == 0
+    monkeypatch.setenv(autotune.INTRA_OP_ENV, "1")
+    one_thread_per_op = autotune.signature(maml, episodes)
+    monkeypatch.setenv(autotune.INTER_OP_ENV, "2")
+    two_at_a_time = autotune.signature(maml, episodes)
+    assert len({default, one_thread_per_op, two_at_a_time}) == 3
+    assert autotune.machine_description()["inter_op_threads"] == 2
+    monkeypatch.delenv(autotune.INTRA_OP_ENV)
+    monkeypatch.delenv(autotune.INTER_OP_ENV)
+    assert autotune.signature(maml, episodes) == default
+
+
 def test_a_damaged_cache_is_measured_again_and_rewritten(tmp_path):
     path = tmp_path / "cache.json"
     path.write_text("{ not json")
