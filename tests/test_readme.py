@@ -32,7 +32,10 @@ README = ROOT / "README.md"
 DOCS = (README, ROOT / "benchmarks" / "README.md")
 README_TEXT = "\n".join(doc.read_text() for doc in DOCS)
 
-FENCE = re.compile(r"^```([\w-]*)[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+# Fences may be indented (a block inside a list item). An indented fence this missed once
+# left its backticks in the prose and shifted the pairing of every inline span after it, so
+# that their commands went unchecked without a failure.
+FENCE = re.compile(r"^[ \t]*```([\w-]*)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.M | re.S)
 
 
 def fenced_blocks(lang):
@@ -335,6 +338,16 @@ def _logical_lines(block):
         if match:
             alternatives.append(match.group(1).split())
         yield shlex.split(command), alternatives
+
+
+def test_every_paragraph_pairs_its_backticks():
+    # Inline spans are paired across the whole text: one stray backtick (or a fence this
+    # cannot see) would pair every later span wrongly, and their checks would silently stop.
+    prose = FENCE.sub("", README_TEXT)
+    unseen = [line.strip() for line in prose.splitlines() if "```" in line]
+    assert not unseen, f"fences this test does not see as fences: {unseen}"
+    odd = [p.strip()[:120] for p in re.split(r"\n[ \t]*\n", prose) if p.count("`") % 2]
+    assert not odd, f"paragraphs with an odd number of backticks: {odd}"
 
 
 def _inline_commands():
