@@ -5,7 +5,9 @@ import json
 import os
 import subprocess
 import sys
-import time
+import types
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,30 +66,34 @@ def _interleaved():
 
 
 def test_settled_turns_leave_the_switch_out_of_the_timing():
-    # A call made right after the other function's turn is slow, as a meta-step is after
-    # another step evicted its caches; `settle` makes it untimed.
-    calls, last = [], [None]
+    # A call made right after the other function's turn costs 50 ms on a fake clock (as a
+    # meta-step does after another step evicted its caches); every other call costs nothing.
+    # `settle` makes that call untimed. The clock is the module's own, so nothing sleeps.
+    interleaved = _interleaved()
+    clock, calls, last = [0.0], [], [None]
+    interleaved.time = types.SimpleNamespace(perf_counter=lambda: clock[0])
 
     def make(name):
         def call():
             calls.append(name)
             if last[0] not in (None, name):
-                time.sleep(0.05)
+                clock[0] += 0.05
             last[0] = name
             return 0.0
         return call
 
     functions = {"a": make("a"), "b": make("b")}
-    settled = _interleaved().time_interleaved(functions, rounds=2, calls=2, warmup=0,
-                                              alternate=True, settle=1)
+    settled = interleaved.time_interleaved(functions, rounds=2, calls=2, warmup=0,
+                                           alternate=True, settle=1)
     assert "".join(calls) == "aaabbbbbbaaa"
-    assert max(settled["a"] + settled["b"]) < 10.0  # ms per call; a switch costs 25 per call
+    assert settled == {"a": [0.0, 0.0], "b": [0.0, 0.0]}
     calls.clear()
     last[0] = None
-    unsettled = _interleaved().time_interleaved(functions, rounds=2, calls=2, warmup=0,
-                                                alternate=True)
+    unsettled = interleaved.time_interleaved(functions, rounds=2, calls=2, warmup=0,
+                                             alternate=True)
     assert "".join(calls) == "aabbbbaa"
-    assert unsettled["b"][0] > 20.0 and unsettled["a"][1] > 20.0  # each turn after the other
+    # Each function's turn after the other's: 50 ms over 2 calls.
+    assert unsettled == {"a": [0.0, pytest.approx(25.0)], "b": [pytest.approx(25.0), 0.0]}
 
 
 def test_in_process_pairs_refuse_rows_they_cannot_pair_before_any_work():
