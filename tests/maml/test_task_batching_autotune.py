@@ -163,6 +163,28 @@ def test_the_choice_reaches_the_meta_objective_and_keeps_the_meta_gradient():
     assert maml.objective().task_batched and maml.objective().task_chunk_size is None
 
 
+def test_the_timed_step_computes_the_whole_meta_gradient_and_returns_two_scalars():
+    # The autotuner times this function; a training step's gradients stay in its graph, so
+    # only scalars come out, but every gradient must still be computed (no pruned backward).
+    maml = image_maml()
+    data = images(num_tasks=4)
+    for choice in [TaskBatchingChoice("loop"), TaskBatchingChoice("batched", 2, False)]:
+        maml.set_task_batching_choice(choice)
+        for first_order in (False, True):
+            loss, grads, _ = maml.meta_gradients(data, first_order=first_order)
+            step = autotune.timed_step(maml, data, first_order=first_order)
+            outputs = step(data)
+            assert [tuple(x.shape) for x in outputs] == [(), ()]
+            np.testing.assert_allclose(outputs[0].numpy(), loss.numpy(), rtol=1e-5)
+            np.testing.assert_allclose(
+                outputs[1].numpy(), sum(float(tf.reduce_sum(g)) for g in grads),
+                rtol=1e-4, atol=1e-6)
+    # The two orders differ on this model, so the checks above tell them apart.
+    second = autotune.timed_step(maml, data)(data)[1].numpy()
+    first = autotune.timed_step(maml, data, first_order=True)(data)[1].numpy()
+    assert abs(second - first) > 1e-4 * abs(second)
+
+
 def test_a_fixed_task_batching_is_the_override():
     maml = image_maml(task_batching="batched", task_chunk_size=4)
     choice, report = maml.autotune(images())
