@@ -7,7 +7,8 @@ ReLU), 25 tasks of 10 support and 10 query points, one inner SGD step of 0.01 wi
 order, and Adam 1e-3 on the mean query MSE, written the way JAX users write it: the per-task
 adaptation `vmap`-ped over the meta-batch and the whole outer step under one `jax.jit`.
 `--steps=N` runs N outer steps per call over N stacked meta-batches (`lax.scan`), as
-keras-meta's `steps_per_execution` does.
+keras-meta's `steps_per_execution` does. `--serve` times blocks of calls on request, for
+`benchmarks/sinusoid_vs_jax.py`, which takes turns with it from keras-meta's process.
 
 This file imports no TensorFlow, so that `meta_step.py` can run it under any interpreter that
 has JAX (`--jax_python`); JAX is not a dependency of keras-meta. It prints one `ROW {json}`
@@ -17,6 +18,7 @@ line in `meta_step.py`'s format.
 import argparse
 import json
 import resource
+import sys
 import time
 
 import jax
@@ -105,6 +107,30 @@ def sinusoid_meta_batches(rng, count):
                                                        x[:, :, SHOTS:], y[:, :, SHOTS:]))
 
 
+def serve(call, params, state, steps):
+    """Times blocks of calls on request: one `CALLS SETTLE` line in, one JSON line out.
+
+    The caller takes turns with this process, so that a drift of the machine hits both; while
+    it runs its own block, this one waits on stdin and computes nothing.
+    """
+    print("READY", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        calls, settle = int(words[0]), int(words[1])
+        for _ in range(settle):
+            params, state, loss = call(params, state)
+            loss.block_until_ready()
+        start = time.perf_counter()
+        for _ in range(calls):
+            params, state, loss = call(params, state)
+            loss.block_until_ready()
+        seconds = time.perf_counter() - start
+        print(json.dumps({"ms_per_iteration": seconds / calls / steps * 1e3,
+                          "loss": float(loss)}), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1, help="Outer steps per call.")
@@ -113,6 +139,10 @@ def main():
                         help="Keep timing past --repeats until the timed calls add up to this.")
     parser.add_argument("--warmup", type=int, default=20, help="Untimed calls after compiling.")
     parser.add_argument("--name", default=None, help="The row's name (meta_step.py sets it).")
+    parser.add_argument("--serve", action="store_true",
+                        help="After compiling and --warmup calls, print READY, then answer each "
+                             "stdin line `CALLS SETTLE` with one JSON line: the milliseconds "
+                             "per meta-iteration of CALLS timed calls after SETTLE untimed ones.")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be at least 1; got {args.steps}.")
@@ -136,6 +166,9 @@ def main():
     for _ in range(args.warmup):
         params, state, loss = call(params, state)
     loss.block_until_ready()
+    if args.serve:
+        serve(call, params, state, args.steps)
+        return
     times, timed = [], 0.0
     while len(times) < args.repeats or timed < args.min_seconds:
         start = time.perf_counter()

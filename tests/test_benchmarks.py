@@ -104,3 +104,52 @@ def test_in_process_pairs_refuse_rows_they_cannot_pair_before_any_work():
     assert "--in_process takes the Omniglot auto rows; got ['sinusoid_second_auto']" in \
         done.stderr
     assert "omniglot_5w1s_first_auto" in done.stderr
+
+
+_VS_JAX_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("vs_jax", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+order = []
+def side(name, ms):
+    def turn():
+        order.append(name)
+        return ms
+    return turn
+times = module.take_turns({"keras-meta": side("keras-meta", 2.0), "JAX": side("JAX", 1.0)}, 4)
+try:
+    module.JaxChild(sys.executable, steps=1, warmup=0)
+    refusal = None
+except RuntimeError as error:
+    refusal = str(error)
+print(json.dumps({"order": order, "times": times, "refusal": refusal}))
+"""
+
+
+def test_sinusoid_vs_jax_takes_turns_in_both_orders_and_names_a_python_without_jax():
+    # Every other round starts with the other side, so that neither always runs right after
+    # the other's turn; a JAX side that cannot start says what to install, not a traceback.
+    if importlib.util.find_spec("jax") is not None:
+        pytest.skip("this Python has JAX: the refusal is for one without it")
+    done = subprocess.run(
+        [sys.executable, "-c", _VS_JAX_CHILD,
+         os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["order"] == ["keras-meta", "JAX", "JAX", "keras-meta"] * 2
+    assert result["times"] == {"keras-meta": [2.0] * 4, "JAX": [1.0] * 4}
+    assert result["refusal"] == (f"--jax_python={sys.executable} has no JAX: install jax[cpu] "
+                                 "in that environment (JAX is not a keras-meta dependency).")
+
+
+def test_sinusoid_vs_jax_needs_a_python_with_jax_before_any_work():
+    script = os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py")
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--jax_python is required: the Python that has JAX." in done.stderr
+    done = subprocess.run([sys.executable, script, "--jax_python=/nonexistent/python"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--jax_python='/nonexistent/python' is not an executable file." in done.stderr
