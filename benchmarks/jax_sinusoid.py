@@ -22,6 +22,7 @@ import sys
 import time
 
 import jax
+import jax.extend  # noqa: F401  (jax.extend.backend, for --serve's raw runs)
 import jax.numpy as jnp
 import numpy as np
 
@@ -107,28 +108,119 @@ def sinusoid_meta_batches(rng, count):
                                                        x[:, :, SHOTS:], y[:, :, SHOTS:]))
 
 
-def serve(call, params, state, steps):
-    """Times blocks of calls on request: one `CALLS SETTLE` line in, one JSON line out.
+def serve(call, params, state, steps, episode=None):
+    """Times blocks of calls on request, for a caller taking turns with this process.
 
-    The caller takes turns with this process, so that a drift of the machine hits both; while
-    it runs its own block, this one waits on stdin and computes nothing.
+    One command per stdin line, one JSON line back:
+    - `CALLS SETTLE [SIDE]`: the milliseconds per meta-iteration of CALLS timed calls after
+      SETTLE untimed ones. SIDE `jax` (default) is the jitted step as users call it; with one
+      step per call, `jax_raw` is its compiled module run through the runtime's own
+      `execute`, and `loaded` the module given by `load`, run the same way.
+    - `export DIR` (one step per call): writes this step's module as `jax.export` serializes
+      it (`DIR/jax_step.mlir`) and its inputs (`DIR/jax_step_inputs.npz`, params and Adam
+      state first), and answers with its calling convention and output shapes.
+    - `load HLO_PROTO HLO_TEXT`: compiles another framework's XLA module (a serialized
+      HloModuleProto, with its text for the parameters' shapes and input/output aliases).
+    - `quit`.
+
+    While the caller runs its own block, this process waits on stdin and computes nothing.
     """
+    runs = {"jax": None}
     print("READY", flush=True)
     for line in sys.stdin:
         words = line.split()
         if not words or words[0] == "quit":
             break
+        if words[0] == "export":
+            print(json.dumps(_export(params, state, episode, words[1])), flush=True)
+            continue
+        if words[0] == "load":
+            runs["loaded"] = _raw_run(*_compile_hlo(words[1], words[2]))
+            print(json.dumps({"loaded": True}), flush=True)
+            continue
         calls, settle = int(words[0]), int(words[1])
+        side = words[2] if len(words) > 2 else "jax"
+        if side == "jax_raw" and side not in runs:
+            runs[side] = _raw_run(*_compile_own(params, state, episode))
+        if side == "jax":
+            def run():
+                nonlocal params, state
+                params, state, loss = call(params, state)
+                loss.block_until_ready()
+        else:
+            run = runs[side]
         for _ in range(settle):
-            params, state, loss = call(params, state)
-            loss.block_until_ready()
+            run()
         start = time.perf_counter()
         for _ in range(calls):
-            params, state, loss = call(params, state)
-            loss.block_until_ready()
+            run()
         seconds = time.perf_counter() - start
-        print(json.dumps({"ms_per_iteration": seconds / calls / steps * 1e3,
-                          "loss": float(loss)}), flush=True)
+        print(json.dumps({"ms_per_iteration": seconds / calls / steps * 1e3}), flush=True)
+
+
+def _export(params, state, episode, directory):
+    exported = jax.export.export(one_step, platforms=["cpu"])(params, state, episode)
+    leaves = jax.tree_util.tree_leaves((params, state, episode))
+    with open(f"{directory}/jax_step.mlir", "wb") as f:
+        f.write(exported.mlir_module_serialized)
+    np.savez(f"{directory}/jax_step_inputs.npz", *[np.asarray(x) for x in leaves])
+    return {"version": exported.calling_convention_version,
+            "state_leaves": len(jax.tree_util.tree_leaves((params, state))),
+            "outputs": [[list(a.shape), str(a.dtype)] for a in exported.out_avals]}
+
+
+def _compile_own(params, state, episode):
+    """This step's module and inputs for `_raw_run`: its outputs' first leaves are the next
+    call's params and state, as the jitted call hands them back."""
+    from jax._src.lib import xla_client
+
+    lowered = one_step.lower(params, state, episode)
+    backend = jax.extend.backend.get_backend()
+    executable = backend.compile_and_load(
+        lowered.as_text(), xla_client.DeviceList(tuple(backend.devices()[:1])),
+        xla_client.CompileOptions())
+    inputs = [jax.device_put(np.asarray(x))
+              for x in jax.tree_util.tree_leaves((params, state, episode))]
+    count = len(jax.tree_util.tree_leaves((params, state)))
+    return executable, inputs, [(k, k) for k in range(count)]
+
+
+def _compile_hlo(proto_path, text_path):
+    """A serialized HloModuleProto compiled by this JAX's XLA, with inputs of its parameters'
+    shapes (0.01 for floats, 1 for integers: the arithmetic, not the values, is timed) and
+    the output -> parameter pairs its input/output aliases name."""
+    import re
+
+    from jax._src.lib import xla_client
+
+    with open(proto_path, "rb") as f:
+        module = xla_client._xla.mlir.hlo_to_stablehlo(f.read())
+    with open(text_path) as f:
+        text = f.read()
+    entry = next(line for line in text.splitlines() if line.startswith("ENTRY"))
+    kinds = {"f32": np.float32, "s64": np.int64, "s32": np.int32}
+    inputs = []
+    with jax.enable_x64(True):  # its step counter is int64, which JAX keeps only under x64
+        for dtype, dims in re.findall(r"arg\d+\.\d+: ([a-z0-9]+)\[([0-9,]*)\]", entry):
+            shape = [int(d) for d in dims.split(",") if d]
+            value = 0.01 if dtype.startswith("f") else 1
+            inputs.append(jax.device_put(np.full(shape, value, kinds[dtype])))
+    aliases = [(int(k), int(p)) for k, p in re.findall(
+        r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", text.splitlines()[0])]
+    backend = jax.extend.backend.get_backend()
+    executable = backend.compile_and_load(
+        module, xla_client.DeviceList(tuple(backend.devices()[:1])), xla_client.CompileOptions())
+    return executable, inputs, aliases
+
+
+def _raw_run(executable, inputs, aliases):
+    """One call of `executable` through the runtime's `execute`, its updated state fed back."""
+    def run():
+        outputs = executable.execute(inputs)
+        for output, parameter in aliases:
+            inputs[parameter] = outputs[output]
+        outputs[0].block_until_ready()
+    return run
 
 
 def main():
@@ -167,7 +259,7 @@ def main():
         params, state, loss = call(params, state)
     loss.block_until_ready()
     if args.serve:
-        serve(call, params, state, args.steps)
+        serve(call, params, state, args.steps, episode if args.steps == 1 else None)
         return
     times, timed = [], 0.0
     while len(times) < args.repeats or timed < args.min_seconds:

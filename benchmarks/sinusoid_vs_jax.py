@@ -14,6 +14,15 @@ order; a turn starts with `--settle` untimed calls. While one side runs, the oth
 pipe. The ratio is taken within each round, so a drift between rounds cancels; the summary
 gives its median over rounds with a 90% bootstrap interval. Ratios above 1 mean keras-meta is
 faster. JAX is not a keras-meta dependency; its Python is given by `--jax_python`.
+
+`--swap_graphs` separates the graph from the runtime. It adds keras-meta's XLA module (the
+HloModuleProto that TensorFlow builds for the step) compiled by JAX's XLA and run through JAX's
+runtime, JAX's own module run the same way, and JAX's module (`jax.export`) run by TensorFlow's
+XLA inside a compiled `tf.function` (`XlaCallModule`, as jax2tf runs one) with the params and
+Adam state in variables, called like keras-meta's step. The two modules in one runtime, through
+one call path, compare the graphs; one module in the two runtimes compares the runtimes.
+
+    python benchmarks/sinusoid_vs_jax.py --jax_python=PYTHON_WITH_JAX --swap_graphs
 """
 
 import json
@@ -33,6 +42,11 @@ flags.DEFINE_integer("steps_per_call", 1, "Meta-iterations per call on both side
                      "(keras-meta's steps_per_execution, a lax.scan in JAX).", lower_bound=1)
 flags.DEFINE_enum("task_batching", "batched", ["batched", "loop"],
                   "keras-meta's way to run the 25 tasks.")
+flags.DEFINE_boolean("swap_graphs", False,
+                     "Also run each framework's compiled step in the other's runtime (one "
+                     "step per call): keras-meta's XLA module in JAX's, and JAX's exported "
+                     "module in TensorFlow's (XlaCallModule), so that the graphs are compared "
+                     "under one runtime and the runtimes under one graph.")
 flags.DEFINE_string("output", None, "Also write every block's time here (JSON).")
 FLAGS = flags.FLAGS
 
@@ -81,10 +95,15 @@ class JaxChild:
                                f"{last[0]}")
         return line
 
-    def turn(self, calls, settle):
-        """Milliseconds per meta-iteration over `calls` timed calls after `settle` untimed."""
-        self._process.stdin.write(f"{calls} {settle}\n")
-        return json.loads(self._read())["ms_per_iteration"]
+    def request(self, line):
+        """Sends one command line (see `jax_sinusoid.serve`); returns its JSON answer."""
+        self._process.stdin.write(line + "\n")
+        return json.loads(self._read())
+
+    def turn(self, calls, settle, side="jax"):
+        """Milliseconds per meta-iteration over `calls` timed calls after `settle` untimed,
+        of `side`: `jax`, `jax_raw` or `loaded` (`jax_sinusoid.serve`)."""
+        return self.request(f"{calls} {settle} {side}")["ms_per_iteration"]
 
     def close(self):
         if self._process.poll() is None:
@@ -111,10 +130,9 @@ def take_turns(sides, rounds):
     return times
 
 
-def _keras_meta_turn(steps, task_batching, warmup):
-    """keras-meta's side: a `turn(calls, settle)` timing its compiled meta-step."""
-    import time
-
+def _keras_meta_step(steps, task_batching):
+    """keras-meta's side: `(call, function, episodes)`, its compiled meta-step called as the
+    trainer calls it, the `tf.function` behind it, and the meta-batches it is called on."""
     import keras
     import tensorflow as tf
 
@@ -135,19 +153,74 @@ def _keras_meta_turn(steps, task_batching, warmup):
         python_step = maml.meta_train_steps
     else:
         python_step = lambda e: maml.meta_train_step(e)[0]  # noqa: E731
-    step = ConcreteStep(tf.function(python_step, jit_compile=True))
+    function = tf.function(python_step, jit_compile=True)
+    step = ConcreteStep(function)
+    return (lambda: step(episodes)), function, episodes
+
+
+def _jax_graph_in_tensorflow(jax_side, directory):
+    """JAX's step, exported by the child, as a call in this process: its module run by
+    TensorFlow's XLA (`XlaCallModule`, as jax2tf runs one) in a compiled `tf.function` that
+    keeps the params and Adam state in variables, called through `ConcreteStep` like
+    keras-meta's step."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+    from keras_meta.training.concrete_step import ConcreteStep
+
+    answer = jax_side.request(f"export {directory}")
+    with open(os.path.join(directory, "jax_step.mlir"), "rb") as f:
+        module = f.read()
+    with np.load(os.path.join(directory, "jax_step_inputs.npz")) as inputs:
+        leaves = [inputs[f"arr_{i}"] for i in range(len(inputs.files))]
+    count = answer["state_leaves"]
+    variables = [tf.Variable(x) for x in leaves[:count]]
+    episode = tuple(tf.constant(x) for x in leaves[count:])
+    shapes = [tf.TensorShape(shape) for shape, _ in answer["outputs"]]
+    dtypes = [tf.as_dtype(dtype) for _, dtype in answer["outputs"]]
+
+    def step(*batch):
+        outputs = gen_xla_ops.xla_call_module(
+            args=[v.read_value() for v in variables] + list(batch), version=answer["version"],
+            module=module, Sout=shapes, Tout=dtypes, dim_args_spec=[], platforms=["CPU"],
+            function_list=[], has_token_input_output=False, disabled_checks=[])
+        for variable, value in zip(variables, outputs[:count]):
+            variable.assign(value)
+        return outputs[-1]
+
+    call = ConcreteStep(tf.function(step, jit_compile=True))
+    return lambda: call(*episode)
+
+
+def _timed(call, steps, warmup):
+    """`turn(calls, settle)` for a call without arguments whose result is read each time."""
+    import time
+
     for _ in range(1 + warmup):
-        float(step(episodes))
+        float(call())
 
     def turn(calls, settle):
         for _ in range(settle):
-            float(step(episodes))
+            float(call())
         start = time.perf_counter()
         for _ in range(calls):
-            float(step(episodes))
+            float(call())
         return (time.perf_counter() - start) / calls / steps * 1e3
 
     return turn
+
+
+def _ratio_line(label, slower, faster, times):
+    """One summary line: the per-round ratio `times[slower] / times[faster]`."""
+    import numpy as np
+
+    from interleaved import median_interval  # beside this script
+
+    ratios = np.asarray(times[slower]) / np.asarray(times[faster])
+    low, high = median_interval(ratios)
+    return (f"{label}, per round: median {np.median(ratios):.3f}x (90% interval "
+            f"{low:.3f}-{high:.3f}; rounds {ratios.min():.3f}-{ratios.max():.3f})"), ratios
 
 
 def main(argv):
@@ -157,28 +230,58 @@ def main(argv):
     if not (os.path.isfile(FLAGS.jax_python) and os.access(FLAGS.jax_python, os.X_OK)):
         raise app.UsageError(f"--jax_python={FLAGS.jax_python!r} is not an executable file.")
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
-    from interleaved import median_interval  # beside this script
+    calls, settle, steps = FLAGS.calls, FLAGS.settle, FLAGS.steps_per_call
+    if FLAGS.swap_graphs and steps != 1:
+        raise app.UsageError(
+            f"--swap_graphs runs one step per call; got --steps_per_call={steps}.")
+    with JaxChild(FLAGS.jax_python, steps, FLAGS.warmup) as jax_side, \
+            tempfile.TemporaryDirectory() as directory:
+        ours, function, episodes = _keras_meta_step(steps, FLAGS.task_batching)
+        sides = {"keras-meta": _timed(ours, steps, FLAGS.warmup),
+                 "JAX": lambda c, s: jax_side.turn(c, s)}
+        if FLAGS.swap_graphs:
+            # keras-meta's compiled module, handed to JAX's XLA as TensorFlow built it.
+            proto, text = (os.path.join(directory, name) for name in ("tf_step.pb", "tf_step.hlo"))
+            ir = function.experimental_get_compiler_ir(episodes)
+            with open(proto, "wb") as f:
+                f.write(ir(stage="hlo_serialized"))
+            with open(text, "w") as f:
+                f.write(ir(stage="hlo"))
+            jax_side.request(f"load {proto} {text}")
+            sides["keras-meta's graph, JAX's runtime"] = lambda c, s: jax_side.turn(c, s, "loaded")
+            sides["JAX's graph, JAX's runtime"] = lambda c, s: jax_side.turn(c, s, "jax_raw")
+            sides["JAX's graph, TensorFlow's runtime"] = _timed(
+                _jax_graph_in_tensorflow(jax_side, directory), steps, FLAGS.warmup)
+        times = take_turns({name: (lambda turn=turn: turn(calls, settle))
+                            for name, turn in sides.items()}, FLAGS.rounds)
     import numpy as np
 
-    calls, settle, steps = FLAGS.calls, FLAGS.settle, FLAGS.steps_per_call
-    with JaxChild(FLAGS.jax_python, steps, FLAGS.warmup) as jax_side:
-        ours = _keras_meta_turn(steps, FLAGS.task_batching, FLAGS.warmup)
-        times = take_turns({"keras-meta": lambda: ours(calls, settle),
-                            "JAX": lambda: jax_side.turn(calls, settle)}, FLAGS.rounds)
-    ratios = np.asarray(times["JAX"]) / np.asarray(times["keras-meta"])
-    low, high = median_interval(ratios)
     print(f"command: python {' '.join(sys.argv)}")
     for name, values in times.items():
         print(f"{name}: median {np.median(values):.3f} ms per meta-iteration "
               f"(rounds: {', '.join(f'{v:.3f}' for v in values)})")
-    print(f"JAX / keras-meta, per round: median {np.median(ratios):.3f}x "
-          f"(90% interval {low:.3f}-{high:.3f}; rounds {ratios.min():.3f}-{ratios.max():.3f}); "
-          "above 1: keras-meta faster")
+    line, ratios = _ratio_line("JAX / keras-meta", "JAX", "keras-meta", times)
+    print(line + "; above 1: keras-meta faster")
+    summary = {"JAX / keras-meta": float(np.median(ratios))}
+    if FLAGS.swap_graphs:
+        # Each comparison holds one thing fixed: the runtime (and its call path), or the graph.
+        for label, slower, faster in [
+                ("graphs in TensorFlow's runtime: JAX's / keras-meta's",
+                 "JAX's graph, TensorFlow's runtime", "keras-meta"),
+                ("graphs in JAX's runtime: JAX's / keras-meta's",
+                 "JAX's graph, JAX's runtime", "keras-meta's graph, JAX's runtime"),
+                ("runtimes for keras-meta's graph: TensorFlow's / JAX's",
+                 "keras-meta", "keras-meta's graph, JAX's runtime"),
+                ("runtimes for JAX's graph: TensorFlow's / JAX's",
+                 "JAX's graph, TensorFlow's runtime", "JAX's graph, JAX's runtime")]:
+            line, ratios = _ratio_line(label, slower, faster, times)
+            print(line)
+            summary[label] = float(np.median(ratios))
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "times_ms": times,
-                       "ratio_median": float(np.median(ratios)), "ratio_interval": [low, high],
-                       "steps_per_call": steps, "calls": calls, "settle": settle}, f, indent=1)
+                       "medians": summary, "steps_per_call": steps, "calls": calls,
+                       "settle": settle}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -153,3 +153,27 @@ def test_sinusoid_vs_jax_needs_a_python_with_jax_before_any_work():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "--jax_python='/nonexistent/python' is not an executable file." in done.stderr
+    # Swapping graphs runs one step per call; asking for more is refused before any work.
+    done = subprocess.run([sys.executable, script, f"--jax_python={sys.executable}",
+                           "--swap_graphs", "--steps_per_call=10"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--swap_graphs runs one step per call; got --steps_per_call=10." in done.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
+                    reason="set KERAS_META_JAX_PYTHON to a Python with JAX (not a dependency)")
+def test_sinusoid_vs_jax_runs_each_graph_in_both_runtimes(tmp_path):
+    output = tmp_path / "swap.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py"),
+         f"--jax_python={os.environ['KERAS_META_JAX_PYTHON']}", "--swap_graphs", "--rounds=2",
+         "--calls=3", "--settle=0", "--warmup=0", f"--output={output}"],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert sorted(result["times_ms"]) == sorted([
+        "keras-meta", "JAX", "keras-meta's graph, JAX's runtime", "JAX's graph, JAX's runtime",
+        "JAX's graph, TensorFlow's runtime"])
+    assert all(len(v) == 2 and all(0 < t < 1e4 for t in v) for v in result["times_ms"].values())
+    assert len(result["medians"]) == 5
