@@ -51,6 +51,8 @@ flags.DEFINE_string("output", None, "Also write every block's time here (JSON)."
 FLAGS = flags.FLAGS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Printed with the command when set: TensorFlow's thread pools, and XLA's options (this side's).
+ENVIRONMENT = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "XLA_FLAGS")
 
 
 class JaxChild:
@@ -256,7 +258,10 @@ def main(argv):
                             for name, turn in sides.items()}, FLAGS.rounds)
     import numpy as np
 
-    print(f"command: python {' '.join(sys.argv)}")
+    # TensorFlow sizes its thread pools from these at startup; they change its side's times.
+    environment = {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
+    print(f"command: {''.join(f'{k}={v} ' for k, v in environment.items())}"
+          f"python {' '.join(sys.argv)}")
     for name, values in times.items():
         print(f"{name}: median {np.median(values):.3f} ms per meta-iteration "
               f"(rounds: {', '.join(f'{v:.3f}' for v in values)})")
@@ -279,7 +284,8 @@ def main(argv):
             summary[label] = float(np.median(ratios))
     if FLAGS.output:
         with open(FLAGS.output, "w") as f:
-            json.dump({"command": "python " + " ".join(sys.argv), "times_ms": times,
+            json.dump({"command": "python " + " ".join(sys.argv), "environment": environment,
+                       "times_ms": times,
                        "medians": summary, "steps_per_call": steps, "calls": calls,
                        "settle": settle}, f, indent=1)
 
