@@ -232,9 +232,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=20, help="Untimed calls after compiling.")
     parser.add_argument("--name", default=None, help="The row's name (meta_step.py sets it).")
     parser.add_argument("--serve", action="store_true",
-                        help="After compiling and --warmup calls, print READY, then answer each "
-                             "stdin line `CALLS SETTLE` with one JSON line: the milliseconds "
-                             "per meta-iteration of CALLS timed calls after SETTLE untimed ones.")
+                        help="After compiling and --warmup calls, print READY, then answer "
+                             "one command per stdin line with one JSON line (`serve`'s "
+                             "docstring: timed blocks, export, load, quit).")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be at least 1; got {args.steps}.")
