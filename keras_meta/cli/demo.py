@@ -18,6 +18,8 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from keras_meta.cli import threads
+
 FLAGS = flags.FLAGS
 
 
@@ -41,6 +43,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_integer("meta_batch_size", 8, "Tasks per meta-iteration.", **fv)
     flags.DEFINE_integer("num_eval_tasks", 100, "Held-out test tasks.", **fv)
     flags.DEFINE_integer("seed", 0, "Seed.", **fv)
+    threads.define_flags(flag_values)
 
 
 def demo_config(num_iterations=300, meta_batch_size=8, num_eval_tasks=100, seed=0,
@@ -160,6 +163,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    threads.apply_thread_flags(FLAGS)
     data_dir = FLAGS.data_dir or os.path.join(os.path.dirname(os.path.abspath(FLAGS.model_dir)),
                                               "tfds")
     if not FLAGS.train:

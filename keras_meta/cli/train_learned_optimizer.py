@@ -18,6 +18,8 @@ import dataclasses
 
 from absl import app, flags, logging
 
+from keras_meta.cli import threads
+
 from keras_meta.learned_optimizer.optimizees import OPTIMIZEE_NAMES
 from keras_meta.learned_optimizer.shifts import SHIFTS
 from keras_meta.training.learned_optimizer_config import (ACTIVATIONS, OPTIMIZEE_FIELDS,
@@ -74,6 +76,7 @@ def define_flags():
     flags.DEFINE_string("model_dir", "/tmp/learned_optimizer", "Checkpoints and summaries.")
     flags.DEFINE_integer("log_every", d.log_every, "Iterations between progress lines.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Iterations between checkpoints.")
+    threads.define_flags()
 
 
 def config_from_flags(flag_values=flags.FLAGS):
@@ -107,6 +110,7 @@ def config_from_flags(flag_values=flags.FLAGS):
 
 def main(argv):
     del argv
+    threads.apply_thread_flags()
     config = config_from_flags()
     result = train_learned_optimizer(config, flags.FLAGS.model_dir)
     logging.info("Done: meta-iteration %d in %.1f s.", result["iteration"], result["seconds"])

@@ -14,6 +14,8 @@ import re
 
 from absl import app, flags, logging
 
+from keras_meta.cli import threads
+
 FLAGS = flags.FLAGS
 
 
@@ -156,6 +158,7 @@ def define_flags(flag_values=FLAGS):
     flags.DEFINE_string("mixed_precision", "none",
                         "Keras dtype policy: none, mixed_float16 (loss-scaled, inner loop "
                         "included) or mixed_bfloat16. Variables stay float32.", **fv)
+    threads.define_flags(flag_values)
 
 
 # Flag name -> MAMLTrainConfig field, where they differ.
@@ -280,6 +283,7 @@ def _in_flag_terms(message, flag_values, fields):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    threads.apply_thread_flags(FLAGS)
     from keras_meta.training import train
 
     # TF's checkpoint saver logs at INFO on every save; progress lines are printed instead.

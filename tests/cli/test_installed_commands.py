@@ -242,10 +242,11 @@ def test_installed_package_is_the_wheel(install):
 def test_tiny_sinusoid_run_export_and_request(install):
     bin_, work = install["bin"], install["work"]
     run_dir, serving = work / "sin_run", work / "serving"
-    _run([bin_ / "keras-meta-train", "--task_family=sinusoid", "--num_iterations=3",
-          "--meta_batch_size=2", "--eval_every=0", "--num_val_tasks=2", "--num_eval_tasks=2",
-          "--eval_inner_steps=1", "--checkpoint_every=1", "--log_every=1",
-          f"--model_dir={run_dir}"], cwd=work)
+    trained = _run([bin_ / "keras-meta-train", "--task_family=sinusoid", "--num_iterations=3",
+                    "--meta_batch_size=2", "--eval_every=0", "--num_val_tasks=2",
+                    "--num_eval_tasks=2", "--eval_inner_steps=1", "--checkpoint_every=1",
+                    "--log_every=1", "--intra_op_threads=1", f"--model_dir={run_dir}"], cwd=work)
+    assert "[threads] TensorFlow runs intra-op threads: 1" in trained.stdout, _describe(trained)
     results = json.loads((run_dir / "eval_results.json").read_text())
     assert results["iterations"] == 3, results
 
@@ -270,10 +271,12 @@ def test_tiny_sinusoid_run_export_and_request(install):
 @pytest.mark.slow
 def test_tiny_learned_optimizer_run(install):
     model_dir = install["work"] / "l2l"
-    _run([install["bin"] / "keras-meta-train-optimizer", "--optimizee=quadratic",
-          "--num_steps=4", "--unroll_length=2", "--num_meta_iterations=2", "--hidden_size=4",
-          "--num_layers=1", "--num_functions=2", "--log_every=1", "--checkpoint_every=1",
-          f"--model_dir={model_dir}"], cwd=install["work"])
+    proc = _run([install["bin"] / "keras-meta-train-optimizer", "--optimizee=quadratic",
+                 "--num_steps=4", "--unroll_length=2", "--num_meta_iterations=2",
+                 "--hidden_size=4", "--num_layers=1", "--num_functions=2", "--log_every=1",
+                 "--checkpoint_every=1", "--inter_op_threads=1", f"--model_dir={model_dir}"],
+                cwd=install["work"])
+    assert "[threads] TensorFlow runs inter-op threads: 1" in proc.stdout, _describe(proc)
     assert model_dir.is_dir() and any(model_dir.rglob("*")), list(model_dir.rglob("*"))
 
 
