@@ -123,6 +123,9 @@ def serve(call, params, state, steps, episode=None):
       HloModuleProto, with its text for the parameters' shapes and input/output aliases).
     - `quit`.
 
+    A command it cannot do (unknown, a missing file, a side not loaded) is answered with
+    `{"error": REASON}`, and it goes on serving.
+
     While the caller runs its own block, this process waits on stdin and computes nothing.
     """
     runs = {"jax": None}
@@ -131,31 +134,52 @@ def serve(call, params, state, steps, episode=None):
         words = line.split()
         if not words or words[0] == "quit":
             break
-        if words[0] == "export":
-            print(json.dumps(_export(params, state, episode, words[1])), flush=True)
-            continue
-        if words[0] == "load":
-            runs["loaded"] = _raw_run(*_compile_hlo(words[1], words[2]))
-            print(json.dumps({"loaded": True}), flush=True)
-            continue
-        calls, settle = int(words[0]), int(words[1])
-        side = words[2] if len(words) > 2 else "jax"
-        if side == "jax_raw" and side not in runs:
-            runs[side] = _raw_run(*_compile_own(params, state, episode))
-        if side == "jax":
-            def run():
-                nonlocal params, state
-                params, state, loss = call(params, state)
-                loss.block_until_ready()
+        try:
+            answer = _answer(words, runs, params, state, episode, steps, call)
+        except (ValueError, KeyError, OSError) as error:
+            # A command this process cannot do is answered, and it keeps serving.
+            answer = {"error": f"{line.strip()!r}: {error}"}
         else:
-            run = runs[side]
-        for _ in range(settle):
-            run()
-        start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        seconds = time.perf_counter() - start
-        print(json.dumps({"ms_per_iteration": seconds / calls / steps * 1e3}), flush=True)
+            if "state" in answer:
+                params, state = answer.pop("state")
+        print(json.dumps(answer), flush=True)
+
+
+def _answer(words, runs, params, state, episode, steps, call):
+    """One command's answer (see `serve`); a timed block of `jax` hands back the new state
+    under "state"."""
+    if words[0] == "export" and len(words) == 2:
+        return _export(params, state, episode, words[1])
+    if words[0] == "load" and len(words) == 3:
+        runs["loaded"] = _raw_run(*_compile_hlo(words[1], words[2]))
+        return {"loaded": True}
+    if not (2 <= len(words) <= 3 and words[0].isdigit() and words[1].isdigit()):
+        raise ValueError("expected 'CALLS SETTLE [SIDE]', 'export DIR', 'load HLO_PROTO "
+                         "HLO_TEXT' or 'quit'")
+    calls, settle = int(words[0]), int(words[1])
+    side = words[2] if len(words) > 2 else "jax"
+    if side == "jax_raw" and side not in runs:
+        runs[side] = _raw_run(*_compile_own(params, state, episode))
+    if side == "jax":
+        def run():
+            nonlocal params, state
+            params, state, loss = call(params, state)
+            loss.block_until_ready()
+    elif runs.get(side) is None:
+        raise ValueError(f"no side {side!r}: expected 'jax', 'jax_raw'"
+                         + (" or 'loaded'" if "loaded" in runs else " ('loaded' after 'load')"))
+    else:
+        run = runs[side]
+    for _ in range(settle):
+        run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    seconds = time.perf_counter() - start
+    answer = {"ms_per_iteration": seconds / calls / steps * 1e3}
+    if side == "jax":
+        answer["state"] = (params, state)
+    return answer
 
 
 def _export(params, state, episode, directory):
@@ -193,20 +217,26 @@ def _compile_hlo(proto_path, text_path):
 
     from jax._src.lib import xla_client
 
-    with open(proto_path, "rb") as f:
-        module = xla_client._xla.mlir.hlo_to_stablehlo(f.read())
     with open(text_path) as f:
         text = f.read()
-    entry = next(line for line in text.splitlines() if line.startswith("ENTRY"))
+    entry = next((line for line in text.splitlines() if line.startswith("ENTRY")), None)
+    if entry is None:
+        raise ValueError(f"{text_path} has no ENTRY line; expected the HLO text of "
+                         f"{proto_path}'s module")
     kinds = {"f32": np.float32, "s64": np.int64, "s32": np.int32}
     inputs = []
     with jax.enable_x64(True):  # its step counter is int64, which JAX keeps only under x64
         for dtype, dims in re.findall(r"arg\d+\.\d+: ([a-z0-9]+)\[([0-9,]*)\]", entry):
+            if dtype not in kinds:
+                raise ValueError(f"{text_path}: a parameter of type {dtype}; expected one of "
+                                 f"{sorted(kinds)}")
             shape = [int(d) for d in dims.split(",") if d]
             value = 0.01 if dtype.startswith("f") else 1
             inputs.append(jax.device_put(np.full(shape, value, kinds[dtype])))
     aliases = [(int(k), int(p)) for k, p in re.findall(
         r"\{(\d+)\}: \((\d+), \{\}, may-alias\)", text.splitlines()[0])]
+    with open(proto_path, "rb") as f:
+        module = xla_client._xla.mlir.hlo_to_stablehlo(f.read())
     backend = jax.extend.backend.get_backend()
     executable = backend.compile_and_load(
         module, xla_client.DeviceList(tuple(backend.devices()[:1])), xla_client.CompileOptions())

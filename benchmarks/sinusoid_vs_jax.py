@@ -98,9 +98,13 @@ class JaxChild:
         return line
 
     def request(self, line):
-        """Sends one command line (see `jax_sinusoid.serve`); returns its JSON answer."""
+        """Sends one command line (see `jax_sinusoid.serve`); returns its JSON answer, or
+        raises `ValueError` with the child's reason where it could not do the command."""
         self._process.stdin.write(line + "\n")
-        return json.loads(self._read())
+        answer = json.loads(self._read())
+        if "error" in answer:
+            raise ValueError(f"The JAX side could not do {answer['error']}")
+        return answer
 
     def turn(self, calls, settle, side="jax"):
         """Milliseconds per meta-iteration over `calls` timed calls after `settle` untimed,

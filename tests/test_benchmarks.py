@@ -177,3 +177,42 @@ def test_sinusoid_vs_jax_runs_each_graph_in_both_runtimes(tmp_path):
         "JAX's graph, TensorFlow's runtime"])
     assert all(len(v) == 2 and all(0 < t < 1e4 for t in v) for v in result["times_ms"].values())
     assert len(result["medians"]) == 5
+
+
+_SERVE_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("vs_jax", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+answers = {}
+with module.JaxChild(sys.argv[2], steps=1, warmup=0) as jax_side:
+    for command in sys.argv[4:]:
+        try:
+            answers[command] = jax_side.request(command)
+        except ValueError as error:
+            answers[command] = str(error)
+    answers["turn"] = jax_side.turn(calls=2, settle=0)
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
+                    reason="set KERAS_META_JAX_PYTHON to a Python with JAX (not a dependency)")
+def test_the_jax_side_answers_a_command_it_cannot_do_and_keeps_serving(tmp_path):
+    no_entry = tmp_path / "module.txt"
+    no_entry.write_text("HloModule step\n")
+    commands = ["frobnicate", "3 0 loaded", f"load {tmp_path}/missing.pb {no_entry}",
+                f"load {tmp_path}/missing.pb {tmp_path}/missing.txt"]
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE_CHILD, os.path.join(ROOT, "benchmarks",
+                                                          "sinusoid_vs_jax.py"),
+         os.environ["KERAS_META_JAX_PYTHON"], str(tmp_path), *commands],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answers["frobnicate"].startswith("The JAX side could not do 'frobnicate': expected "
+                                            "'CALLS SETTLE [SIDE]'"), answers
+    assert "no side 'loaded'" in answers["3 0 loaded"], answers
+    assert f"{no_entry} has no ENTRY line" in answers[commands[2]], answers
+    assert "No such file" in answers[commands[3]], answers
+    assert 0 < answers["turn"] < 1e4

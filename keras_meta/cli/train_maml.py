@@ -14,7 +14,7 @@ import re
 
 from absl import app, flags, logging
 
-from keras_meta.cli import threads
+from keras_meta.cli import thread_tuning, threads
 
 FLAGS = flags.FLAGS
 
@@ -159,6 +159,7 @@ def define_flags(flag_values=FLAGS):
                         "Keras dtype policy: none, mixed_float16 (loss-scaled, inner loop "
                         "included) or mixed_bfloat16. Variables stay float32.", **fv)
     threads.define_flags(flag_values)
+    thread_tuning.define_flags(flag_values)
 
 
 # Flag name -> MAMLTrainConfig field, where they differ.
@@ -292,6 +293,8 @@ def main(argv):
     from keras_meta.training.config import MAMLTrainConfig
 
     config = config_from_flags()
+    # Before TensorFlow's first op: its pools are sized once.
+    thread_tuning.tune_threads(config, FLAGS)
     try:
         train(config, FLAGS.model_dir)
     except DataError as error:

@@ -1,0 +1,105 @@
+"""`--tune_threads`: the run's step timed in child processes under each thread setting."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from absl import flags
+
+from keras_meta.cli import thread_tuning, threads
+from keras_meta.maml import task_batching_autotune
+from keras_meta.training.presets import get_preset
+
+TINY = get_preset("sinusoid_one_step").replace(meta_batch_size=2, task_batching="batched")
+
+
+def _flags(*argv):
+    fv = flags.FlagValues()
+    threads.define_flags(fv)
+    thread_tuning.define_flags(fv)
+    fv(["program", *argv])
+    return fv
+
+
+def test_the_cache_key_follows_the_step_not_the_runs_length():
+    key = thread_tuning.cache_key(TINY)
+    assert thread_tuning.cache_key(TINY.replace(num_iterations=7, seed=3, log_every=1)) == key
+    assert thread_tuning.cache_key(TINY.replace(inner_steps=2)) != key
+    assert thread_tuning.cache_key(TINY.replace(meta_batch_size=4)) != key
+    assert thread_tuning.cache_key(TINY.replace(jit_compile=True)) != key
+
+
+def test_nothing_is_measured_where_the_pools_are_given_or_measuring_is_off(monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setenv(task_batching_autotune.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv(threads.INTRA_OP_ENV, raising=False)
+    monkeypatch.delenv(threads.INTER_OP_ENV, raising=False)
+    lines = []
+    monkeypatch.setenv(task_batching_autotune.AUTOTUNE_ENV, "0")
+    assert thread_tuning.tune_threads(TINY, _flags(), log=lines.append) is None
+    monkeypatch.setenv(task_batching_autotune.AUTOTUNE_ENV, "1")
+    assert thread_tuning.tune_threads(TINY, _flags("--notune_threads"), log=lines.append) is None
+    assert thread_tuning.tune_threads(TINY, _flags("--intra_op_threads=2"),
+                                      log=lines.append) is None
+    monkeypatch.setenv(threads.INTER_OP_ENV, "1")
+    assert thread_tuning.tune_threads(TINY, _flags(), log=lines.append) is None
+    monkeypatch.delenv(threads.INTER_OP_ENV)
+    assert thread_tuning.tune_threads(TINY.replace(strategy="mirrored"), _flags(),
+                                      log=lines.append) is None
+    assert lines == [] and not os.listdir(tmp_path)
+
+
+def test_a_cached_choice_that_can_no_longer_take_effect_is_said_not_hidden(monkeypatch,
+                                                                           tmp_path):
+    monkeypatch.setenv(task_batching_autotune.CACHE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(task_batching_autotune.AUTOTUNE_ENV, "1")
+    monkeypatch.delenv(threads.INTRA_OP_ENV, raising=False)
+    monkeypatch.delenv(threads.INTER_OP_ENV, raising=False)
+    (tmp_path / thread_tuning.CACHE_FILE).write_text(json.dumps({
+        thread_tuning.cache_key(TINY): {
+            "choice": "one intra-op thread", "measured_at": "then",
+            "ms_per_iteration": {"TensorFlow's defaults": 2.0, "one intra-op thread": 1.0}}}))
+    tf.constant(1.0) + 1.0  # this process's runtime has started
+    lines = []
+    running = tf.config.threading.get_intra_op_parallelism_threads()
+    if running == 1:
+        pytest.skip("this process already runs one intra-op thread")
+    assert thread_tuning.tune_threads(TINY, _flags(), log=lambda m, **_: lines.append(m)) is None
+    assert lines == ["[threads] one intra-op thread was faster, but TensorFlow's runtime had "
+                     "already started in this process; its defaults are kept."]
+
+
+def test_a_child_that_fails_says_why():
+    with pytest.raises(RuntimeError, match="the timing process failed .*No such file"):
+        thread_tuning._time_in_child("/nonexistent/config.json", {}, 0.1, 300)
+
+
+@pytest.mark.slow
+def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
+    env = {k: v for k, v in os.environ.items()
+           if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
+    env.update({task_batching_autotune.AUTOTUNE_ENV: "1",
+                task_batching_autotune.CACHE_DIR_ENV: str(tmp_path / "cache")})
+    command = [sys.executable, "-m", "keras_meta.cli.train_maml", "--preset=sinusoid_one_step",
+               "--num_iterations=2", "--meta_batch_size=2", "--eval_every=0",
+               "--num_eval_tasks=2", "--eval_inner_steps=1", "--task_batching=batched"]
+    outputs = []
+    for run in ("a", "b"):
+        done = subprocess.run([*command, f"--model_dir={tmp_path / run}"], env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append([line for line in done.stdout.splitlines()
+                        if line.startswith("[threads]")])
+    cache = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text())
+    (entry,) = cache.values()
+    assert entry["choice"] in thread_tuning.CANDIDATES
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in entry["rounds"].values())
+    assert sorted(entry["rounds"]) == sorted(thread_tuning.CANDIDATES)
+    first, second = outputs
+    assert first[0].startswith("[threads] timing this run's step"), first
+    assert first[1].startswith(f"[threads] {entry['choice']} (") and "measured in" in first[1]
+    assert second == [f"[threads] {entry['choice']} ("
+                      + second[0].split(" (", 1)[1]] and "cached timings" in second[0], second
