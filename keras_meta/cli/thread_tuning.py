@@ -8,19 +8,23 @@ one, one, default), and starts its own pools with the faster. One intra-op threa
 only when it is at least `MARGIN` faster: the defaults are kept when the two are alike.
 
 Why: on a 2-core CPU one thread per op ran the `sinusoid` preset's trainer (graph mode, five
-inner steps) 2.1-2.7x faster (3.2-3.3 against 7.0-8.9 ms per iteration), and the Omniglot
-5w1s trainer in 0.77-0.88 of its time; elsewhere, with more cores or bigger steps, the
-defaults can win. The timings are cached per machine and per config (what shapes the step,
+inner steps) 2.1-2.7x faster (3.2-3.3 against 7.0-8.9 ms per iteration), while on the
+Omniglot 5w1s preset the same session's measurement kept the defaults (153.8 against 164.7
+ms); with more cores or bigger steps the defaults can win by more. The timings are cached per machine and per config (what shapes the step,
 not the run's length), in `threads.json` beside the task-batching cache
 (`$KERAS_META_CACHE_DIR`), so only a run's first start pays for them (about 10 s per child
 process on the sinusoid). The measurement is skipped where the pools are already given
 (`--intra_op_threads`, `--inter_op_threads` or their variables), with
 `KERAS_META_AUTOTUNE=0`, and for distributed strategies.
 
-The child process: `python -m keras_meta.cli.thread_tuning CONFIG_JSON MIN_SECONDS` prints
-`{"ms_per_iteration": ...}` as its last line.
+`keras-meta-train-optimizer` does the same with its meta-iteration (1.4-1.5x faster with one
+intra-op thread on the quadratics here).
+
+The child process: `python -m keras_meta.cli.thread_tuning CONFIG_JSON MIN_SECONDS TRAINER`
+(TRAINER: the config's class name) prints `{"ms_per_iteration": ...}` as its last line.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,10 +42,12 @@ from keras_meta.cli import threads
 MARGIN = 1.05
 CACHE_FILE = "threads.json"
 CACHE_VERSION = 1
-# Config fields that change how long a run is or what it logs, not its step.
+# Config fields that change how long a run is or what it logs, not its step: MAML's
+# (`MAMLTrainConfig`) and the learned optimizer's (`LearnedOptimizerTrainConfig`).
 _RUN_FIELDS = ("num_iterations", "eval_every", "num_val_tasks", "num_eval_tasks",
                "checkpoint_every", "log_every", "eval_inner_steps", "eval_num_shots",
-               "eval_num_queries", "seed", "worker_timeout_seconds")
+               "eval_num_queries", "seed", "worker_timeout_seconds", "num_meta_iterations",
+               "eval_shifts", "num_eval_functions")
 # label -> the variables a child is started with (the other pool keeps TensorFlow's size).
 CANDIDATES = {"TensorFlow's defaults": {}, "one intra-op thread": {threads.INTRA_OP_ENV: "1"}}
 
@@ -73,8 +79,9 @@ def _machine():
 
 def cache_key(config):
     """The key of `config`'s timings: the machine and every config field that shapes the step."""
-    step = {k: v for k, v in config.to_dict().items() if k not in _RUN_FIELDS}
-    text = json.dumps({"version": CACHE_VERSION, "machine": _machine(), "config": step},
+    step = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_FIELDS}
+    text = json.dumps({"version": CACHE_VERSION, "machine": _machine(),
+                       "trainer": type(config).__name__, "config": step},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -104,12 +111,12 @@ def _write_cache(path, key, entry):
     os.replace(f.name, path)
 
 
-def _time_in_child(config_path, env, min_seconds, timeout):
+def _time_in_child(config_path, env, min_seconds, timeout, trainer="MAMLTrainConfig"):
     environ = {k: v for k, v in os.environ.items()
                if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
     environ.update(env, KERAS_META_AUTOTUNE="0", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-m", "keras_meta.cli.thread_tuning", config_path,
-                           str(min_seconds)], env=environ, capture_output=True, text=True,
+                           str(min_seconds), trainer], env=environ, capture_output=True, text=True,
                           timeout=timeout)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -121,7 +128,9 @@ def _time_in_child(config_path, env, min_seconds, timeout):
 def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, timeout=900):
     """Times `config`'s step under each of `CANDIDATES` and sizes this process's pools.
 
-    Must run before TensorFlow's first op. Returns the chosen label, or None where nothing
+    `config` is a `MAMLTrainConfig` or a `LearnedOptimizerTrainConfig`; the child times that
+    trainer's call. Must run before TensorFlow's first op. Returns the chosen label, or None
+    where nothing
     was measured (see the module docstring for when) or the measurement failed (the run then
     keeps TensorFlow's defaults, and says why).
     """
@@ -129,7 +138,8 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
 
     from keras_meta.maml.task_batching_autotune import autotune_enabled
 
-    if not flag_values.tune_threads or config.strategy != "default" or not autotune_enabled():
+    if (not flag_values.tune_threads or getattr(config, "strategy", "default") != "default"
+            or not autotune_enabled()):
         return None
     if any(flag_values[name].value for name in ("intra_op_threads", "inter_op_threads")) or any(
             os.environ.get(env, "").strip() for env in (threads.INTRA_OP_ENV,
@@ -148,12 +158,13 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
             with tempfile.TemporaryDirectory() as scratch:
                 config_path = os.path.join(scratch, "config.json")
                 with open(config_path, "w") as f:
-                    f.write(config.to_json())
+                    json.dump(dataclasses.asdict(config), f)
                 labels = list(CANDIDATES)
                 for order in (labels, labels[::-1]):
                     for label in order:
-                        times[label].append(_time_in_child(config_path, CANDIDATES[label],
-                                                           min_seconds, timeout))
+                        times[label].append(_time_in_child(
+                            config_path, CANDIDATES[label], min_seconds, timeout,
+                            type(config).__name__))
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
             log(f"[threads] not tuned, TensorFlow's defaults kept: {error}", flush=True)
             return None
@@ -186,14 +197,21 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
 
 
 def _child_main(argv):
+    from keras_meta.training import step_timing
     from keras_meta.training.config import MAMLTrainConfig
-    from keras_meta.training.step_timing import time_training_step
+    from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
 
     with open(argv[1]) as f:
-        values = json.load(f)
-    config = MAMLTrainConfig.from_dict(
-        {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-    ms = time_training_step(config, min_seconds=float(argv[2]))
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(f).items()}
+    if argv[3] == "MAMLTrainConfig":
+        ms = step_timing.time_training_step(MAMLTrainConfig.from_dict(values),
+                                            min_seconds=float(argv[2]))
+    elif argv[3] == "LearnedOptimizerTrainConfig":
+        ms = step_timing.time_learned_optimizer_iteration(
+            LearnedOptimizerTrainConfig(**values), min_seconds=float(argv[2]))
+    else:
+        raise ValueError(f"trainer {argv[3]!r}: expected 'MAMLTrainConfig' or "
+                         "'LearnedOptimizerTrainConfig'")
     print(json.dumps({"ms_per_iteration": ms}), flush=True)
 
 

@@ -18,7 +18,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from keras_meta.cli import threads
+from keras_meta.cli import thread_tuning, threads
 
 from keras_meta.learned_optimizer.optimizees import OPTIMIZEE_NAMES
 from keras_meta.learned_optimizer.shifts import SHIFTS
@@ -77,6 +77,7 @@ def define_flags():
     flags.DEFINE_integer("log_every", d.log_every, "Iterations between progress lines.")
     flags.DEFINE_integer("checkpoint_every", d.checkpoint_every, "Iterations between checkpoints.")
     threads.define_flags()
+    thread_tuning.define_flags()
 
 
 def config_from_flags(flag_values=flags.FLAGS):
@@ -112,6 +113,8 @@ def main(argv):
     del argv
     threads.apply_thread_flags()
     config = config_from_flags()
+    # Before TensorFlow's first op: its pools are sized once.
+    thread_tuning.tune_threads(config)
     result = train_learned_optimizer(config, flags.FLAGS.model_dir)
     logging.info("Done: meta-iteration %d in %.1f s.", result["iteration"], result["seconds"])
 

@@ -1,4 +1,4 @@
-"""`time_training_step`: how long the trainer's own call takes per meta-iteration.
+"""How long a trainer's own call takes per meta-iteration, MAML's or the learned optimizer's.
 
 Some choices have to be made before a run's process starts TensorFlow (the sizes of its
 thread pools, `keras_meta/cli/threads.py`), so they are measured in short child processes,
@@ -40,10 +40,7 @@ def time_training_step(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
     if config.strategy != "default":
         raise ValueError(f"time_training_step times one process's step; got strategy="
                          f"{config.strategy!r}, expected 'default'.")
-    for name, value in (("warmup", warmup), ("max_calls", max_calls)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == "max_calls"):
-            raise ValueError(f"{name} must be an int >= {int(name == 'max_calls')}; got "
-                             f"{value!r}.")
+    _check_counts(warmup, max_calls)
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
     # As many iterations as the timing could need, whatever the run's own length.
@@ -51,15 +48,56 @@ def time_training_step(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
     size, source = next(loop._local_chunks(task, endless, 0))
     step = tf.Variable(0, dtype=tf.int64, trainable=False)
     call = loop._step_function(maml, config, None, False, size, source, step)
-    done = 0
-    for _ in range(1 + warmup):
-        float(call(done))
-        done += size
+    done = [0]
+
+    def one_call():
+        loss = call(done[0])
+        done[0] += size
+        return loss
+
+    return _time_calls(one_call, size, min_seconds, warmup, max_calls)
+
+
+def time_learned_optimizer_iteration(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
+    """Milliseconds per meta-iteration of `train_learned_optimizer(config, model_dir)`'s loop.
+
+    Builds the optimizee family, the rule and its trainer from `config` and times
+    `MetaOptimizerTrainer.train_iteration` as `time_training_step` times MAML's call
+    (the first iterations of a horizon curriculum are the short ones). Nothing is written.
+
+    Args:
+        config: a `LearnedOptimizerTrainConfig`.
+        min_seconds, warmup, max_calls: as for `time_training_step`.
+
+    Returns:
+        Milliseconds per meta-iteration (float).
+
+    Example:
+
+    >>> time_learned_optimizer_iteration(LearnedOptimizerTrainConfig(optimizee="quadratic"))
+    35.0
+    """
+    from keras_meta.training.learned_optimizer_loop import build_learned_optimizer
+
+    _check_counts(warmup, max_calls)
+    _, _, trainer = build_learned_optimizer(config)
+    return _time_calls(trainer.train_iteration, 1, min_seconds, warmup, max_calls)
+
+
+def _check_counts(warmup, max_calls):
+    for name, value, least in (("warmup", warmup, 0), ("max_calls", max_calls, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}; got {value!r}.")
+
+
+def _time_calls(call, per_call, min_seconds, warmup, max_calls):
+    """ms per meta-iteration of `call` (returning a loss, read as a float each time)."""
+    for _ in range(1 + warmup):  # the first call traces
+        float(call())
     calls, start = 0, time.perf_counter()
     while True:
-        float(call(done))
-        done += size
+        float(call())
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds or calls >= max_calls:
-            return elapsed / (calls * size) * 1e3
+            return elapsed / (calls * per_call) * 1e3

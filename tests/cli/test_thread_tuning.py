@@ -24,12 +24,28 @@ def _flags(*argv):
     return fv
 
 
+def _measuring_env(cache_dir):
+    """This environment with measuring on, its own cache, and no pool sizes given."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
+    env.update({task_batching_autotune.AUTOTUNE_ENV: "1",
+                task_batching_autotune.CACHE_DIR_ENV: str(cache_dir)})
+    return env
+
+
 def test_the_cache_key_follows_the_step_not_the_runs_length():
     key = thread_tuning.cache_key(TINY)
     assert thread_tuning.cache_key(TINY.replace(num_iterations=7, seed=3, log_every=1)) == key
     assert thread_tuning.cache_key(TINY.replace(inner_steps=2)) != key
     assert thread_tuning.cache_key(TINY.replace(meta_batch_size=4)) != key
     assert thread_tuning.cache_key(TINY.replace(jit_compile=True)) != key
+    from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
+
+    optimizer = LearnedOptimizerTrainConfig(optimizee="quadratic")
+    assert thread_tuning.cache_key(optimizer) == thread_tuning.cache_key(
+        LearnedOptimizerTrainConfig(optimizee="quadratic", num_meta_iterations=3, seed=9))
+    assert thread_tuning.cache_key(optimizer) != thread_tuning.cache_key(
+        LearnedOptimizerTrainConfig(optimizee="quadratic", hidden_size=7))
 
 
 def test_nothing_is_measured_where_the_pools_are_given_or_measuring_is_off(monkeypatch,
@@ -72,17 +88,32 @@ def test_a_cached_choice_that_can_no_longer_take_effect_is_said_not_hidden(monke
                      "already started in this process; its defaults are kept."]
 
 
-def test_a_child_that_fails_says_why():
+def test_a_child_that_fails_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="the timing process failed .*No such file"):
         thread_tuning._time_in_child("/nonexistent/config.json", {}, 0.1, 300)
+    config = tmp_path / "config.json"
+    config.write_text("{}")
+    with pytest.raises(RuntimeError, match="trainer 'Other': expected 'MAMLTrainConfig' or"):
+        thread_tuning._time_in_child(str(config), {}, 0.1, 300, trainer="Other")
+
+
+@pytest.mark.slow
+def test_the_learned_optimizer_trainer_tunes_its_threads_too(tmp_path):
+    env = _measuring_env(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_meta.cli.train_learned_optimizer", "--optimizee=quadratic",
+         "--num_steps=4", "--unroll_length=2", "--num_meta_iterations=2", "--hidden_size=4",
+         "--num_layers=1", "--num_functions=2", "--log_every=1", "--checkpoint_every=1",
+         "--eval_shifts=", f"--model_dir={tmp_path / 'run'}"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (entry,) = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text()).values()
+    assert f"[threads] {entry['choice']} (" in done.stdout, done.stdout[-2000:]
 
 
 @pytest.mark.slow
 def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
-    env.update({task_batching_autotune.AUTOTUNE_ENV: "1",
-                task_batching_autotune.CACHE_DIR_ENV: str(tmp_path / "cache")})
+    env = _measuring_env(tmp_path / "cache")
     command = [sys.executable, "-m", "keras_meta.cli.train_maml", "--preset=sinusoid_one_step",
                "--num_iterations=2", "--meta_batch_size=2", "--eval_every=0",
                "--num_eval_tasks=2", "--eval_inner_steps=1", "--task_batching=batched"]

@@ -27,3 +27,15 @@ def test_the_trainers_call_is_timed_per_meta_iteration():
 def test_bad_requests_are_refused_before_any_work(changes, kwargs, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         time_training_step(TINY.replace(**changes), **kwargs)
+
+
+def test_the_learned_optimizers_meta_iteration_is_timed():
+    from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
+    from keras_meta.training.step_timing import time_learned_optimizer_iteration
+
+    config = LearnedOptimizerTrainConfig(optimizee="quadratic", num_steps=4, unroll_length=2,
+                                         hidden_size=4, num_layers=1, num_functions=2)
+    ms = time_learned_optimizer_iteration(config, min_seconds=0.0, warmup=0, max_calls=2)
+    assert math.isfinite(ms) and 0 < ms < 60_000
+    with pytest.raises(ValueError, match="warmup must be an int >= 0; got True"):
+        time_learned_optimizer_iteration(config, warmup=True)
