@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_meta.maml.task_batching_autotune import autotune_enabled
+from keras_meta.maml.task_batching_autotune import autotune_enabled, machine_description
 from keras_meta.training import run_state
 from keras_meta.data.episode_indices import shard_meta_batch_size
 from keras_meta.training.cluster import (PEER_ERRORS, TF_CONFIG_ENV, ClusterError,
@@ -145,6 +145,14 @@ def _printer(verbose, role):
 
 def _describe(changes):
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
+def _threads_running():
+    """TensorFlow's pool sizes for the run's record (0: one per core, TensorFlow's default).
+    They change the order of float sums, so two runs that differ only in them can differ in
+    the last bits of their weights."""
+    machine = machine_description()
+    return {name: machine[name] for name in ("intra_op_threads", "inter_op_threads")}
 
 
 def _all_finite(variables):
@@ -424,9 +432,9 @@ def _train(config, model_dir, strategy, role, resume, printer):
                 + (f"; changed: {_describe(changes)}" if changes else ""), flush=True)
         if writes_run:
             run_state.append_history(model_dir, "resume", int(step), checkpoint=restore_from,
-                                     changes=changes)
+                                     changes=changes, **_threads_running())
     elif writes_run:
-        run_state.append_history(model_dir, "start", 0)
+        run_state.append_history(model_dir, "start", 0, **_threads_running())
     run_config.assign(config.to_json())
     if role is not None:
         _check_workers_agree(strategy, role, config, int(step))

@@ -80,6 +80,21 @@ def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
             assert np.all(np.isfinite(reader.get_tensor(name)))
 
 
+def test_the_runs_record_says_which_thread_pools_ran_each_start(tmp_path):
+    from keras_meta.maml.task_batching_autotune import machine_description
+    from keras_meta.training import run_state
+
+    train(QUICK.replace(num_iterations=2), str(tmp_path), verbose=False)
+    train(QUICK.replace(num_iterations=3), str(tmp_path), verbose=False)
+    starts = [e for e in run_state.read_history(str(tmp_path))
+              if e["event"] in ("start", "resume")]
+    assert [e["event"] for e in starts] == ["start", "resume"]
+    machine = machine_description()
+    for record in starts:
+        assert record["intra_op_threads"] == machine["intra_op_threads"], record
+        assert record["inter_op_threads"] == machine["inter_op_threads"], record
+
+
 def test_resume_with_another_architecture_is_refused(tmp_path):
     train(QUICK.replace(num_iterations=2), str(tmp_path), verbose=False)
     with pytest.raises(ValueError, match="inner_steps: saved 1, now 2"):
