@@ -58,6 +58,28 @@ def omniglot_data_dir(omniglot_source_dir, tmp_path_factory):
 
 
 @pytest.fixture
+def grouped_gradients():
+    """`require(dtype="float32")`: skips the test unless this process's kernels differentiate
+    a grouped convolution of `dtype`.
+
+    On CPU only oneDNN's kernels do, and TensorFlow turns oneDNN on by default only on some
+    CPUs (not on AVX2-only ones). Where these tests skip, tests/core/test_grouped_fallback.py
+    runs them again in a process with oneDNN on, so they still run on every x86 machine.
+    """
+    def require(dtype="float32"):
+        import tensorflow as tf
+
+        from keras_meta.core.batching import grouped_convolution_available
+
+        if not grouped_convolution_available(tf.as_dtype(dtype)):
+            pytest.skip(f"this process's CPU kernels have no grouped-convolution gradients in "
+                        f"{dtype} (oneDNN is off here: TF_ENABLE_ONEDNN_OPTS="
+                        f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'unset')})")
+
+    return require
+
+
+@pytest.fixture
 def refusal_of_main(monkeypatch):
     """`refuse(module, *args)`: a flag script's `main` run in this process on a fresh set of its
     flags (the module's `define_flags`, `FLAGS` and `main`); returns the `app.UsageError`

@@ -139,7 +139,8 @@ def candidates(maml, meta_batch_size):
 
 
 def machine_description():
-    """What the timings depend on besides the model: CPU model and count, accelerators, TF."""
+    """What the timings depend on besides the model: CPU model and count, accelerators, thread
+    pools, the CPU kernels' grouped-convolution gradients, TF."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -157,6 +158,9 @@ def machine_description():
                 tf.config.threading.get_intra_op_parallelism_threads(), INTRA_OP_ENV),
             "inter_op_threads": _threads(
                 tf.config.threading.get_inter_op_parallelism_threads(), INTER_OP_ENV),
+            # Whether the grouped form exists here at all: TensorFlow's oneDNN switch
+            # (`TF_ENABLE_ONEDNN_OPTS`, its default depending on the CPU) decides it.
+            "cpu_grouped_gradients": batching.cpu_grouped_gradients("float32"),
             "tensorflow": tf.__version__}
 
 

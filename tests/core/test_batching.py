@@ -142,7 +142,8 @@ def test_batched_meta_gradient_matches_finite_differences_and_first_order_does_n
     assert max(first_errors) > 1e-2, first_errors
 
 
-def test_grouped_and_patch_convolutions_agree_to_second_order():
+def test_grouped_and_patch_convolutions_agree_to_second_order(grouped_gradients):
+    grouped_gradients()
     keras.utils.set_random_seed(0)
     base = conv4(3, (8, 8, 1), filters=4)
     params = per_task_params(base, 2)
@@ -290,7 +291,8 @@ def _op_types(base, **kwargs):
     return {op.type for op in graph.get_operations()}
 
 
-def test_fused_batch_norm_option_switches_the_op():
+def test_fused_batch_norm_option_switches_the_op(grouped_gradients):
+    grouped_gradients()
     keras.utils.set_random_seed(0)
     base = conv4(3, (12, 12, 1), filters=4)
     fused_ops = {"FusedBatchNormV3", "FusedBatchNormGradV3"}
@@ -353,7 +355,8 @@ def test_fused_batch_norm_is_a_maml_setting_a_config_field_and_a_trainer_flag():
     assert build_maml(run_config, mlp(), "mse").fused_batch_norm is False
 
 
-def test_mixed_bfloat16_fused_kernels_take_bfloat16_and_match_the_cast_plain_form():
+def test_mixed_bfloat16_fused_kernels_take_bfloat16_and_match_the_cast_plain_form(grouped_gradients):
+    grouped_gradients("bfloat16")
     # Under mixed_bfloat16 the fused batch norm takes the bfloat16 activations as they are
     # (no casts around it; layers/batched_batch_norm.py); the plain form casts them to float32
     # and back, with its exact closed-form derivatives. Both see the same bfloat16 network,

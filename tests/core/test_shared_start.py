@@ -108,8 +108,10 @@ def inner_and_outer_gradients(model, theta, x, options, conv):
 
 @pytest.mark.parametrize("conv,dtype,tol", [("patches", "float64", 1e-11),
                                             ("grouped", "float32", 2e-4)])
-def test_shared_convolution_gives_each_tasks_gradient_and_the_second_order_one(conv, dtype,
-                                                                                 tol):
+def test_shared_convolution_gives_each_tasks_gradient_and_the_second_order_one(
+        conv, dtype, tol, grouped_gradients):
+    if conv == "grouped":
+        grouped_gradients(dtype)
     keras.utils.set_random_seed(0)
     model = strided_and_biased(dtype)
     theta = [tf.identity(v.value) for v in model.trainable_variables]
@@ -150,7 +152,9 @@ def conv_kernel_shapes(maml, episode):
             if op.type == "Conv2D"]
 
 
-def test_step_zero_runs_an_ordinary_convolution_and_later_steps_a_grouped_one():
+def test_step_zero_runs_an_ordinary_convolution_and_later_steps_a_grouped_one(
+        grouped_gradients):
+    grouped_gradients()
     keras.utils.set_random_seed(0)
     base = conv4(3, (8, 8, 1), filters=4)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -18,7 +18,10 @@ def test_matches_adapt_and_predict(exports, batch_norm):
     expected = reference_logits(maml, support, labels, query)
     out = predict_local(path, support, labels, query)
     np.testing.assert_allclose(out["logits"], expected, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(expected).numpy(), atol=1e-5)
+    # The probabilities are the served logits' softmax; the logits' own tolerance above is
+    # what float rounding between the two graphs leaves (it differs between CPU kernels).
+    np.testing.assert_allclose(out["probabilities"], tf.nn.softmax(out["logits"]).numpy(),
+                               atol=1e-6)
     np.testing.assert_array_equal(out["classes"], expected.argmax(-1))
     # Adaptation really happened inside the graph: the answer differs from the initialisation.
     unadapted = maml.adapt_and_predict(PREP(support), labels, PREP(query), steps=0).numpy()

@@ -6,6 +6,8 @@ registered by exact layer type (`support.register_batched_kernel`): a subclass m
 `call`, which the batched form would silently ignore.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 from tensorflow.python.framework import ops
@@ -59,7 +61,36 @@ def grouped_convolution_available(dtype):
     # than oneDNN on the Omniglot network), so compiled CPU code takes the patch form.
     if _xla_on_cpu():
         return False
-    return tf.as_dtype(dtype) in (tf.float32, tf.bfloat16)
+    dtype = tf.as_dtype(dtype)
+    return dtype in (tf.float32, tf.bfloat16) and cpu_grouped_gradients(dtype.name)
+
+
+@functools.cache
+def cpu_grouped_gradients(dtype_name):
+    """Whether this process's CPU kernels differentiate a grouped convolution of `dtype_name`.
+
+    Only oneDNN's kernels do, and TensorFlow turns oneDNN on by default only on some CPUs
+    (AVX-512 or AMX ones; `TF_ENABLE_ONEDNN_OPTS` overrides it): on an AVX2-only CPU, such
+    as many AMD EPYCs, Eigen's kernels refuse the gradient when the step first runs. So this
+    asks the kernels themselves, once per process and dtype, on a grouped convolution of a
+    few numbers.
+    """
+    with tf.init_scope():  # eager, even while a step is being traced
+        try:
+            with tf.device("CPU:0"):
+                x = tf.ones([1, 3, 3, 2], dtype_name)
+                kernel = tf.ones([1, 1, 1, 2], dtype_name)
+                dy = tf.ones([1, 3, 3, 2], dtype_name)
+                tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 3, 3, 2], filter=kernel,
+                                               out_backprop=dy, strides=[1, 1, 1, 1],
+                                               padding="VALID")
+                tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=[1, 1, 1, 2],
+                                                out_backprop=dy, strides=[1, 1, 1, 1],
+                                                padding="VALID")
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError,
+                tf.errors.NotFoundError):
+            return False
+    return True
 
 
 def _conv2d(layer, params, x, layout, num_tasks, conv="auto", options=None):
