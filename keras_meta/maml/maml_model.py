@@ -63,7 +63,9 @@ class MAML(keras.Model):
             or plain batch norm; `fit` measures on its first meta-batch, cached per machine)
             among those the model's layers and the update rule allow (batching needs SGD and
             no running statistics); unmeasured (`KERAS_META_AUTOTUNE=0`), batched whenever
-            allowed. Every form gives the same meta-gradient.
+            allowed, except convolutions on a CPU whose TensorFlow has no grouped-convolution
+            gradients (oneDNN off, its default on AVX2-only CPUs): the loop there. Every form
+            gives the same meta-gradient.
         task_chunk_size: with task batching, run the meta-batch in chunks of this many tasks
             (`None`: all at once). The batched pass keeps every task's activations alive at
             once; chunks bound that, down to the loop's footprint at 1, at some speed.
@@ -209,7 +211,11 @@ class MAML(keras.Model):
         choice = self._task_batching_choice
         if choice is not None and self.task_batching == "auto":
             return choice.task_batching == "batched"
-        return not self._batching_problems()
+        # Unmeasured, the rule: batched wherever it can run, except where its convolutions
+        # would fall back to the slow patch form (a CPU without oneDNN's grouped gradients).
+        return (not self._batching_problems() and (
+            self.task_batching == "batched"
+            or not batching.convolutions_fall_back_to_patches(self.model)))
 
     @property
     def task_batching_choice(self):

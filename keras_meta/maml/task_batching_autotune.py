@@ -298,6 +298,11 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
     if len(options) == 1:
         return options[0], {"timings": {}, "cached": False, "seconds": 0.0, "key": key,
                             "choice": options[0].to_dict()}
+    if not jit_compile and batching.convolutions_fall_back_to_patches(maml.model):
+        log("[autotune] this TensorFlow has no grouped-convolution gradients on this CPU "
+            "(oneDNN is off: its default on AVX2-only CPUs), so the batched pass runs its "
+            "convolutions as patches, several times slower; TF_ENABLE_ONEDNN_OPTS=1, set "
+            "before TensorFlow starts, turns oneDNN on")
     started = time.perf_counter()
     log(f"[autotune] timing {len(options)} ways to run a meta-batch of {meta_batch} tasks "
         f"({'; '.join(c.label for c in options)}) ...")

@@ -33,7 +33,7 @@ WITHOUT_ONEDNN = """
 import json
 import keras, numpy as np, tensorflow as tf
 import keras_meta as km
-from keras_meta.backbones import conv4
+from keras_meta.backbones import conv4, mlp
 from keras_meta.core.batching import grouped_convolution_available
 
 keras.utils.set_random_seed(0)
@@ -54,13 +54,23 @@ for mode in ("batched", "loop"):
         ops = {op.type for op in graph.get_operations()}
 errors = [float(np.linalg.norm(a - b) / np.linalg.norm(b))
           for a, b in zip(grads["batched"], grads["loop"])]
+# Unmeasured, "auto" takes the loop for convolutions here, the batched pass for dense layers;
+# measuring says why the batched pass is slow here.
+lines = []
+auto = km.MAML(base, inner_lr=0.4, loss=loss)
+auto.autotune(episodes, repeats=1, use_cache=False, log=lines.append)
 print(json.dumps({"grouped": bool(grouped_convolution_available(tf.float32)),
-                  "batch_matmul": "BatchMatMulV2" in ops, "errors": errors}))
+                  "batch_matmul": "BatchMatMulV2" in ops, "errors": errors,
+                  "auto_conv_batched": km.MAML(base, loss=loss).uses_task_batching,
+                  "auto_dense_batched": km.MAML(mlp(), loss="mse").uses_task_batching,
+                  "autotune_log": lines}))
 """
 
 
 def _run(code_or_args, onednn, timeout=600):
-    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="3")
+    # Unmeasured "auto" (KERAS_META_AUTOTUNE=0, as every test runs) is part of what is tested.
+    env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPP_MIN_LOG_LEVEL="3",
+               KERAS_META_AUTOTUNE="0")
     args = code_or_args if isinstance(code_or_args, list) else ["-c", code_or_args]
     return subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -87,6 +97,9 @@ def test_without_onednn_the_batched_pass_takes_patches_and_matches_the_loop():
     # float32 against float32 in another order of sums (both are exact to second order:
     # tests/core/test_batching.py checks them against float64).
     assert max(result["errors"]) < 1e-4, result["errors"]
+    assert result["auto_conv_batched"] is False and result["auto_dense_batched"] is True
+    assert any("TF_ENABLE_ONEDNN_OPTS=1" in line for line in result["autotune_log"]), \
+        result["autotune_log"]
 
 
 def test_the_grouped_form_tests_pass_in_a_process_with_onednn(grouped_gradients):
