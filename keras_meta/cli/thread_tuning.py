@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -41,15 +42,26 @@ from keras_meta.cli import threads
 # The setting that must beat TensorFlow's defaults by this factor to be chosen.
 MARGIN = 1.05
 CACHE_FILE = "threads.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Config fields that change how long a run is or what it logs, not its step: MAML's
 # (`MAMLTrainConfig`) and the learned optimizer's (`LearnedOptimizerTrainConfig`).
 _RUN_FIELDS = ("num_iterations", "eval_every", "num_val_tasks", "num_eval_tasks",
                "checkpoint_every", "log_every", "eval_inner_steps", "eval_num_shots",
                "eval_num_queries", "seed", "worker_timeout_seconds", "num_meta_iterations",
                "eval_shifts", "num_eval_functions")
+ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+# Set in the process this module restarts with oneDNN on: the variable is then the tuner's
+# choice, not the user's.
+RESTARTED_ENV = "KERAS_META_ONEDNN_CHOSEN"
+DEFAULTS = "TensorFlow's defaults"
 # label -> the variables a child is started with (the other pool keeps TensorFlow's size).
-CANDIDATES = {"TensorFlow's defaults": {}, "one intra-op thread": {threads.INTRA_OP_ENV: "1"}}
+CANDIDATES = {DEFAULTS: {}, "one intra-op thread": {threads.INTRA_OP_ENV: "1"}}
+# Tried too where TensorFlow leaves oneDNN off (its default on AVX2-only x86 CPUs): only
+# oneDNN has grouped-convolution gradients on CPU, so the task-batched pass of a
+# convolutional model depends on it (0.71 against 0.92 s per Omniglot 5w1s meta-iteration,
+# chunks of 8 against the loop, on an AVX2 AMD EPYC), and its matmuls differ from Eigen's.
+ONEDNN_CANDIDATES = {"oneDNN": {ONEDNN_ENV: "1"},
+                     "oneDNN, one intra-op thread": {ONEDNN_ENV: "1", threads.INTRA_OP_ENV: "1"}}
 
 
 def define_flags(flag_values=flags.FLAGS):
@@ -77,11 +89,34 @@ def _machine():
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "tensorflow": tf.__version__}
 
 
+def _user_onednn():
+    """`TF_ENABLE_ONEDNN_OPTS` as the user gave it ("" where unset or set by this module)."""
+    if os.environ.get(RESTARTED_ENV):
+        return ""
+    return os.environ.get(ONEDNN_ENV, "").strip()
+
+
+def _onednn_tried():
+    """Whether oneDNN is one of the settings to time: x86, TensorFlow leaving it off by
+    default here, and the user not deciding it."""
+    from keras_meta.maml.task_batching_autotune import onednn_enabled
+
+    if platform.machine().lower() not in ("x86_64", "amd64") or _user_onednn():
+        return False
+    return bool(os.environ.get(RESTARTED_ENV)) or onednn_enabled() is False
+
+
+def candidates():
+    """label -> variables: the settings this process's tuning times."""
+    return {**CANDIDATES, **(ONEDNN_CANDIDATES if _onednn_tried() else {})}
+
+
 def cache_key(config):
     """The key of `config`'s timings: the machine and every config field that shapes the step."""
     step = {k: v for k, v in dataclasses.asdict(config).items() if k not in _RUN_FIELDS}
     text = json.dumps({"version": CACHE_VERSION, "machine": _machine(),
-                       "trainer": type(config).__name__, "config": step},
+                       "onednn_given": _user_onednn(), "trainer": type(config).__name__,
+                       "config": step},
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -112,8 +147,9 @@ def _write_cache(path, key, entry):
 
 
 def _time_in_child(config_path, env, min_seconds, timeout, trainer="MAMLTrainConfig"):
-    environ = {k: v for k, v in os.environ.items()
-               if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
+    varied = (threads.INTRA_OP_ENV, threads.INTER_OP_ENV, RESTARTED_ENV) + (
+        (ONEDNN_ENV,) if _onednn_tried() else ())
+    environ = {k: v for k, v in os.environ.items() if k not in varied}
     environ.update(env, KERAS_META_AUTOTUNE="0", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-m", "keras_meta.cli.thread_tuning", config_path,
                            str(min_seconds), trainer], env=environ, capture_output=True, text=True,
@@ -145,32 +181,33 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
             os.environ.get(env, "").strip() for env in (threads.INTRA_OP_ENV,
                                                         threads.INTER_OP_ENV)):
         return None  # given by the user: kept as given
+    settings = candidates()
     path, key = _cache_path(), cache_key(config)
     entry = _read_cache(path).get(key)
-    if not (isinstance(entry, dict) and entry.get("choice") in CANDIDATES):
+    if not (isinstance(entry, dict) and entry.get("choice") in settings):
         entry = None
-        log(f"[threads] timing this run's step with {' and with '.join(CANDIDATES)}, in child "
+        log(f"[threads] timing this run's step with {', with '.join(settings)}, in child "
             "processes (once per machine and config; --notune_threads skips it) ...",
             flush=True)
         started = time.perf_counter()
-        times = {label: [] for label in CANDIDATES}
+        times = {label: [] for label in settings}
         try:
             with tempfile.TemporaryDirectory() as scratch:
                 config_path = os.path.join(scratch, "config.json")
                 with open(config_path, "w") as f:
                     json.dump(dataclasses.asdict(config), f)
-                labels = list(CANDIDATES)
+                labels = list(settings)
                 for order in (labels, labels[::-1]):
                     for label in order:
                         times[label].append(_time_in_child(
-                            config_path, CANDIDATES[label], min_seconds, timeout,
+                            config_path, settings[label], min_seconds, timeout,
                             type(config).__name__))
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
             log(f"[threads] not tuned, TensorFlow's defaults kept: {error}", flush=True)
             return None
         medians = {label: statistics.median(values) for label, values in times.items()}
-        default, single = medians.values()
-        choice = labels[1] if default >= MARGIN * single else labels[0]
+        fastest = min(medians, key=medians.get)
+        choice = fastest if medians[DEFAULTS] >= MARGIN * medians[fastest] else DEFAULTS
         entry = {"choice": choice, "ms_per_iteration": {k: round(v, 4) for k, v in
                                                         medians.items()},
                  "rounds": {k: [round(v, 4) for v in vs] for k, vs in times.items()},
@@ -181,8 +218,18 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
     else:
         source = f"cached timings from {entry.get('measured_at', '?')}"
     choice = entry["choice"]
+    timings = "; ".join(f"{k}: {v:.3f} ms" for k, v in entry["ms_per_iteration"].items())
+    wanted = settings[choice].get(ONEDNN_ENV)
+    if wanted and os.environ.get(ONEDNN_ENV) != wanted:
+        if os.environ.get(RESTARTED_ENV):
+            log(f"[threads] {choice} was faster, but the restarted process still runs without "
+                "it; TensorFlow's defaults are kept.", flush=True)
+            return None
+        restart(choice, timings, source, log)
     try:
-        for name, value in CANDIDATES[choice].items():
+        for name, value in settings[choice].items():
+            if name == ONEDNN_ENV:
+                continue  # read when TensorFlow started: this process runs it (above)
             setter = (tf.config.threading.set_intra_op_parallelism_threads
                       if name == threads.INTRA_OP_ENV
                       else tf.config.threading.set_inter_op_parallelism_threads)
@@ -191,9 +238,25 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
         log(f"[threads] {choice} was faster, but TensorFlow's runtime had already started in "
             "this process; its defaults are kept.", flush=True)
         return None
-    timings = "; ".join(f"{k}: {v:.3f} ms" for k, v in entry["ms_per_iteration"].items())
     log(f"[threads] {choice} ({timings} per meta-iteration; {source})", flush=True)
     return choice
+
+
+def restart(choice, timings, source, log=print):
+    """Runs this program again from the start, in this process, with oneDNN on.
+
+    TensorFlow reads `TF_ENABLE_ONEDNN_OPTS` once, when it is imported, and the trainers
+    import it before their flags are read; so a choice of oneDNN takes a new start with the
+    variable set (`os.execv`, same arguments), where the cached choice is then applied.
+    """
+    log(f"[threads] {choice} ({timings} per meta-iteration; {source}): TensorFlow reads "
+        f"{ONEDNN_ENV} when it starts, so the program starts again with {ONEDNN_ENV}=1 ...",
+        flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[ONEDNN_ENV] = "1"
+    os.environ[RESTARTED_ENV] = "1"
+    os.execv(sys.executable, [sys.executable] + sys.orig_argv[1:])
 
 
 def _child_main(argv):

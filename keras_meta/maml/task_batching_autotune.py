@@ -161,7 +161,18 @@ def machine_description():
             # Whether the grouped form exists here at all: TensorFlow's oneDNN switch
             # (`TF_ENABLE_ONEDNN_OPTS`, its default depending on the CPU) decides it.
             "cpu_grouped_gradients": batching.cpu_grouped_gradients("float32"),
+            "onednn": onednn_enabled(),
             "tensorflow": tf.__version__}
+
+
+def onednn_enabled():
+    """Whether this process's TensorFlow runs oneDNN's CPU kernels (read once, when it started:
+    `TF_ENABLE_ONEDNN_OPTS`, else its default for this CPU); None where it cannot say."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
 
 
 def _threads(configured, env):

@@ -148,11 +148,11 @@ def _describe(changes):
 
 
 def _threads_running():
-    """TensorFlow's pool sizes for the run's record (0: one per core, TensorFlow's default).
-    They change the order of float sums, so two runs that differ only in them can differ in
+    """TensorFlow's pool sizes for the run's record (0: one per core, TensorFlow's default),
+    and whether its oneDNN kernels run. They change the order of float sums, so two runs that differ only in them can differ in
     the last bits of their weights."""
     machine = machine_description()
-    return {name: machine[name] for name in ("intra_op_threads", "inter_op_threads")}
+    return {name: machine[name] for name in ("intra_op_threads", "inter_op_threads", "onednn")}
 
 
 def _all_finite(variables):

@@ -27,7 +27,7 @@ def _flags(*argv):
 def _measuring_env(cache_dir):
     """This environment with measuring on, its own cache, and no pool sizes given."""
     env = {k: v for k, v in os.environ.items()
-           if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV)}
+           if k not in (threads.INTRA_OP_ENV, threads.INTER_OP_ENV, thread_tuning.RESTARTED_ENV)}
     env.update({task_batching_autotune.AUTOTUNE_ENV: "1",
                 task_batching_autotune.CACHE_DIR_ENV: str(cache_dir)})
     return env
@@ -124,13 +124,36 @@ def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append([line for line in done.stdout.splitlines()
                         if line.startswith("[threads]")])
-    cache = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text())
-    (entry,) = cache.values()
-    assert entry["choice"] in thread_tuning.CANDIDATES
+    path = tmp_path / "cache" / thread_tuning.CACHE_FILE
+    cache = json.loads(path.read_text())
+    ((key, entry),) = cache.items()
+    settings = thread_tuning.candidates()
+    assert entry["choice"] in settings
     assert all(len(v) == 2 and all(t > 0 for t in v) for v in entry["rounds"].values())
-    assert sorted(entry["rounds"]) == sorted(thread_tuning.CANDIDATES)
+    assert sorted(entry["rounds"]) == sorted(settings)
     first, second = outputs
+    # A choice of oneDNN starts the program again (TensorFlow reads the switch when it
+    # starts), where the cached choice is applied.
+    restarts = thread_tuning.ONEDNN_ENV in settings[entry["choice"]]
     assert first[0].startswith("[threads] timing this run's step"), first
     assert first[1].startswith(f"[threads] {entry['choice']} (") and "measured in" in first[1]
-    assert second == [f"[threads] {entry['choice']} ("
-                      + second[0].split(" (", 1)[1]] and "cached timings" in second[0], second
+    assert len(first) == (3 if restarts else 2), first
+    assert len(second) == (2 if restarts else 1), second
+    assert second[-1] == f"[threads] {entry['choice']} (" + second[-1].split(" (", 1)[1]
+    assert "cached timings" in second[-1], second
+    if "oneDNN" not in settings:
+        return  # oneDNN is on by default here (or not x86): nothing to restart for
+    # Forced: the cached choice is oneDNN, so the trainer starts again with it, and the run's
+    # record says that oneDNN ran.
+    cache[key]["choice"] = "oneDNN"
+    path.write_text(json.dumps(cache))
+    done = subprocess.run([*command, f"--model_dir={tmp_path / 'c'}"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[threads]")]
+    assert len(lines) == 2 and "starts again with TF_ENABLE_ONEDNN_OPTS=1" in lines[0], lines
+    assert lines[1].startswith("[threads] oneDNN (") and "cached timings" in lines[1], lines
+    records = [json.loads(line) for line in (tmp_path / "c" / "history.jsonl").read_text()
+               .splitlines()]
+    (start,) = [r for r in records if r.get("event") == "start"]
+    assert start["onednn"] is True and start["intra_op_threads"] == 0, start

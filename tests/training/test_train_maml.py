@@ -80,7 +80,7 @@ def test_nan_stops_training_and_keeps_the_good_checkpoint(tmp_path):
             assert np.all(np.isfinite(reader.get_tensor(name)))
 
 
-def test_the_runs_record_says_which_thread_pools_ran_each_start(tmp_path):
+def test_the_runs_record_says_which_thread_pools_and_kernels_ran_each_start(tmp_path):
     from keras_meta.maml.task_batching_autotune import machine_description
     from keras_meta.training import run_state
 
@@ -93,6 +93,7 @@ def test_the_runs_record_says_which_thread_pools_ran_each_start(tmp_path):
     for record in starts:
         assert record["intra_op_threads"] == machine["intra_op_threads"], record
         assert record["inter_op_threads"] == machine["inter_op_threads"], record
+        assert record["onednn"] is machine["onednn"] and isinstance(record["onednn"], bool)
 
 
 def test_resume_with_another_architecture_is_refused(tmp_path):
