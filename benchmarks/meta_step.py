@@ -509,12 +509,16 @@ def _ratio(slow, fast):
 
 
 def _cpu_model():
-    """The CPU's model name, and TensorFlow's thread variables where they are set (every
-    child inherits them, so they hold for both sides of every ratio)."""
+    """The CPU's model name, TensorFlow's thread variables where they are set and whether its
+    oneDNN kernels run (every child inherits them, so they hold for both sides of every
+    ratio)."""
     from keras_meta.maml.task_batching_autotune import (INTER_OP_ENV, INTRA_OP_ENV,
                                                         machine_description)
     threads = [f"{v}={os.environ[v]}" for v in (INTRA_OP_ENV, INTER_OP_ENV) if os.environ.get(v)]
-    return machine_description()["cpu"] + (f" ({', '.join(threads)})" if threads else "")
+    machine = machine_description()
+    # oneDNN changes every convolution's kernel, and is off by default on AVX2-only CPUs.
+    threads.append("oneDNN " + {True: "on", False: "off", None: "unknown"}[machine["onednn"]])
+    return machine["cpu"] + f" ({', '.join(threads)})"
 
 
 def _print_summary(rows):

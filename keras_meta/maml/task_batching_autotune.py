@@ -138,18 +138,22 @@ def candidates(maml, meta_batch_size):
     return out
 
 
-def machine_description():
-    """What the timings depend on besides the model: CPU model and count, accelerators, thread
-    pools, the CPU kernels' grouped-convolution gradients, TF."""
-    cpu = platform.processor() or platform.machine()
+def cpu_model():
+    """The CPU's model name (`/proc/cpuinfo`), else what `platform` says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description():
+    """What the timings depend on besides the model: CPU model and count, accelerators, thread
+    pools, the CPU kernels' grouped-convolution gradients, TF."""
+    cpu = cpu_model()
     accelerators = [d.device_type + ":" + (tf.config.experimental.get_device_details(d).get(
         "device_name", "") if d.device_type == "GPU" else "")
         for d in tf.config.list_physical_devices() if d.device_type != "CPU"]
