@@ -81,8 +81,9 @@ def define_flags(flag_values=flags.FLAGS):
         return
     flags.DEFINE_boolean(
         "tune_threads", True, "Before training, time this run's step with TensorFlow's "
-        "default thread pools and with one intra-op thread, in child processes, and start "
-        "with the faster (cached per machine and config). Off where --intra_op_threads or "
+        "default thread pools and with one intra-op thread (and with oneDNN, where TensorFlow "
+        "leaves it off and TF_ENABLE_ONEDNN_OPTS is not given), in child processes, and start "
+        "with the fastest (cached per machine and config). Off where --intra_op_threads or "
         "--inter_op_threads is given, with KERAS_META_AUTOTUNE=0, and for distributed "
         "strategies.", flag_values=flag_values)
 
