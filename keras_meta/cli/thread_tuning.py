@@ -23,7 +23,10 @@ intra-op thread: only oneDNN has grouped-convolution gradients on CPU, so a conv
 model's task-batched pass depends on it. TensorFlow reads that switch when it is imported,
 which the trainers do before reading their flags, so a oneDNN choice starts the program again
 with the variable set (`restart`). A setting more than `PRUNE` times slower than the fastest in
-the first round is not timed in the second.
+the first round is not timed in the second. With `task_batching="auto"` each child first
+measures the task-batching forms under its setting, as the run will (the batched pass with
+oneDNN, the loop without it, on that CPU), and times the fastest; the run under the chosen
+setting then reads that measurement from the cache.
 
 `keras-meta-train-optimizer` does the same with its meta-iteration (1.4-1.5x faster with one
 intra-op thread on the quadratics here).
@@ -157,7 +160,9 @@ def _time_in_child(config_path, env, min_seconds, timeout, trainer="MAMLTrainCon
     varied = (threads.INTRA_OP_ENV, threads.INTER_OP_ENV, RESTARTED_ENV) + (
         (ONEDNN_ENV,) if _onednn_tried() else ())
     environ = {k: v for k, v in os.environ.items() if k not in varied}
-    environ.update(env, KERAS_META_AUTOTUNE="0", TF_CPP_MIN_LOG_LEVEL="3")
+    # Measuring stays on (this runs only where it is): with task_batching="auto" the child
+    # times the form the task-batching autotuner picks under its setting, and caches it.
+    environ.update(env, TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-m", "keras_meta.cli.thread_tuning", config_path,
                            str(min_seconds), trainer], env=environ, capture_output=True, text=True,
                           timeout=timeout)

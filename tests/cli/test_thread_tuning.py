@@ -129,7 +129,13 @@ def test_a_child_that_fails_says_why(tmp_path):
 
 @pytest.mark.slow
 def test_the_learned_optimizer_trainer_tunes_its_threads_too(tmp_path):
+    from keras_meta.maml.task_batching_autotune import onednn_enabled
+
     env = _measuring_env(tmp_path / "cache")
+    # oneDNN's state given as this process runs it: the two thread settings are timed, not
+    # the oneDNN ones too. Those, and the restart they take, are the MAML trainer's test below;
+    # here they would double the child processes (each a TensorFlow start) for no new path.
+    env[thread_tuning.ONEDNN_ENV] = "1" if onednn_enabled() else "0"
     done = subprocess.run(
         [sys.executable, "-m", "keras_meta.cli.train_learned_optimizer", "--optimizee=quadratic",
          "--num_steps=4", "--unroll_length=2", "--num_meta_iterations=2", "--hidden_size=4",
@@ -138,6 +144,7 @@ def test_the_learned_optimizer_trainer_tunes_its_threads_too(tmp_path):
         env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (entry,) = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text()).values()
+    assert sorted(entry["rounds"]) == sorted(thread_tuning.CANDIDATES), entry
     assert f"[threads] {entry['choice']} (" in done.stdout, done.stdout[-2000:]
 
 
