@@ -11,7 +11,8 @@ only the speed and float32 rounding, never the mathematics.
 meta-batch, times them in interleaved rounds (so that a load change on the machine biases
 none of them), and returns the fastest as a `TaskBatchingChoice` with every timing. Chunks
 are timed only in the batch-norm form (fused or plain) that won on the full batched pass,
-unless the two are within 10%: tracing, not timing, is most of the measurement's cost. The
+unless the two are within 10%, and not at all where the loop beat the full pass by more than
+`LOOP_PRUNE` (`left_out`): tracing, not timing, is most of the measurement's cost. The
 result is cached per machine and model signature in a JSON file
 (`$KERAS_META_CACHE_DIR/task_batching.json`, default `~/.cache/keras_meta/`), so a run or a
 resume on the same machine does not pay for the measurement again. `MAML.autotune` applies
@@ -54,6 +55,12 @@ CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.
 PRUNE = 1.1
+# Chunks are not timed where the loop beat every full batched pass by more than this factor:
+# chunks ran at most 1.31x faster than the full pass (Omniglot 5w1s on a 2-core AVX2 EPYC: 0.88
+# against 0.71 s per meta-iteration with oneDNN, 4.36 against 3.33 s as patches without it),
+# so they cannot catch up. Without oneDNN the full pass takes 2-5x the loop's time there, and
+# the chunks were six of the nine candidates to trace.
+LOOP_PRUNE = 1.75
 # Each timed round of a candidate lasts at least this long (several calls of a fast step).
 MIN_ROUND_SECONDS = 0.05
 
@@ -334,12 +341,9 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
                                                  c.task_chunk_size is not None))
         warm = {}
         for choice in options:
-            full = TaskBatchingChoice("batched", None, choice.fused_batch_norm)
-            rival = TaskBatchingChoice("batched", None, not choice.fused_batch_norm)
-            if (choice.task_chunk_size is not None and maml.task_chunk_size is None
-                    and full in warm and rival in warm and warm[full] > PRUNE * warm[rival]):
-                skipped[choice] = (f"not timed: {full.label} was {warm[full] / warm[rival]:.2f}x "
-                                   f"{rival.label} on the full pass")
+            why = None if maml.task_chunk_size is not None else left_out(choice, warm)
+            if why:
+                skipped[choice] = why
                 continue
             maml.set_task_batching_choice(choice)
             t = time.perf_counter()
@@ -390,6 +394,42 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
         _write_cache(path, key, entry, log)
     return best, {"timings": timings, "cached": False, "seconds": seconds, "key": key,
                   "choice": best.to_dict()}
+
+
+def left_out(choice, warm):
+    """Why a chunk candidate need not be timed, from the full passes' warm-up times so far.
+
+    Args:
+        choice: the `TaskBatchingChoice` about to be timed.
+        warm: `TaskBatchingChoice` -> seconds of the candidates' first call after tracing
+            (the loop and the full batched passes come first).
+
+    Returns:
+        A reason starting "not timed:", or None where `choice` is to be timed: it is not a
+        chunk size, or neither rule below applies. Chunks are left out in a batch-norm form
+        whose full pass was more than `PRUNE` times the other form's, and all of them where
+        the loop beat every full pass by more than `LOOP_PRUNE`.
+
+    Example:
+
+    >>> left_out(TaskBatchingChoice("batched", 8), {TaskBatchingChoice("loop"): 0.3,
+    ...                                             TaskBatchingChoice("batched"): 0.9})
+    'not timed: the loop was 3.00x faster than the full batched pass'
+    """
+    if choice.task_chunk_size is None:
+        return None
+    full = TaskBatchingChoice("batched", None, choice.fused_batch_norm)
+    rival = TaskBatchingChoice("batched", None, not choice.fused_batch_norm)
+    if full in warm and rival in warm and warm[full] > PRUNE * warm[rival]:
+        return (f"not timed: {full.label} was {warm[full] / warm[rival]:.2f}x {rival.label} on "
+                "the full pass")
+    loop = [t for c, t in warm.items() if c.task_batching == "loop"]
+    passes = [t for c, t in warm.items()
+              if c.task_batching == "batched" and c.task_chunk_size is None]
+    if loop and passes and min(passes) > LOOP_PRUNE * min(loop):
+        return (f"not timed: the loop was {min(passes) / min(loop):.2f}x faster than the full "
+                "batched pass")
+    return None
 
 
 def timed_step(maml, episodes, *, first_order=None, jit_compile=False):

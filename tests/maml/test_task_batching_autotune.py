@@ -67,6 +67,30 @@ def test_candidates_keep_what_the_user_fixed():
     assert labels(autotune.candidates(per_step, 8)) == ["loop"]
 
 
+def test_chunks_are_left_out_only_where_the_full_passes_say_they_cannot_win():
+    C = autotune.TaskBatchingChoice
+    loop, fused, plain = C("loop"), C("batched", None, True), C("batched", None, False)
+    chunk, plain_chunk = C("batched", 8, True), C("batched", 8, False)
+    # Full passes and the loop are always timed.
+    for choice in (loop, fused, plain):
+        assert autotune.left_out(choice, {loop: 0.1, fused: 9.0, plain: 9.0}) is None
+    # The loop far ahead of both full passes (patches without oneDNN: 2-5x): no chunks.
+    slow = {loop: 0.3, fused: 0.66, plain: 0.64}
+    for choice in (chunk, plain_chunk):
+        assert autotune.left_out(choice, slow) == ("not timed: the loop was 2.13x faster than "
+                                                   "the full batched pass")
+    # Within LOOP_PRUNE of the loop (oneDNN's grouped form: chunks won there), or the loop not
+    # timed (yet), chunks are timed.
+    close = {loop: 0.92, fused: 0.88, plain: 0.90}
+    assert autotune.left_out(chunk, close) is None
+    edge = {loop: 1.0, fused: autotune.LOOP_PRUNE * 0.999, plain: 5.0}
+    assert autotune.left_out(chunk, {fused: 0.9, plain: 0.9}) is None
+    # The batch-norm rule: chunks only in the full pass's faster form, beyond the noise.
+    assert autotune.left_out(chunk, edge) is None
+    assert autotune.left_out(plain_chunk, edge).startswith(
+        "not timed: batched (plain batch norm) was 2.86x batched on the full pass")
+
+
 def test_a_measured_choice_is_cached_per_signature_and_reused(tmp_path):
     path = str(tmp_path / "cache.json")
     # First order and 5 tasks: what is cached does not depend on the derivative order, and 5
@@ -79,7 +103,7 @@ def test_a_measured_choice_is_cached_per_signature_and_reused(tmp_path):
     options = autotune.candidates(maml, 5)
     assert choice in options and not report["cached"]
     # Every candidate is timed, or said to be left out (chunks in a batch-norm form that
-    # lost on the full pass by more than 10%).
+    # lost on the full pass by more than 10%, or all chunks where the loop won by far).
     assert set(report["timings"]) == set(labels(options))
     timed = {k: v for k, v in report["timings"].items() if not isinstance(v, str)}
     assert {"loop", "batched", "batched (plain batch norm)"} <= set(timed)
