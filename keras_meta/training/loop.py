@@ -279,6 +279,20 @@ def _local_chunks(task, config, start, in_graph=True):
             yield 1, iterator
 
 
+def _autotune(maml, task, config, iteration, log):
+    """Measures `maml`'s task batching on the meta-batch of `iteration`, as a one-process run
+    does before its first step (`MAML.autotune`; cached per machine and model signature).
+
+    Returns `MAML.autotune`'s `(choice, report)`, or None where nothing is measured: a fixed
+    `task_batching`, or measuring off (`KERAS_META_AUTOTUNE=0`). `step_timing` calls it too, so
+    that a timed call runs in the form its run would.
+    """
+    if config.task_batching != "auto" or not autotune_enabled():
+        return None
+    first = next(iter(task.train_dataset(iteration * config.meta_batch_size).take(1)))
+    return maml.autotune(first, jit_compile=config.jit_compile, log=log)
+
+
 def _step_function(maml, config, strategy, first_order, size, source, step):
     """The call that runs `size` meta-iterations, advances `step` by `size`, and returns the
     meta-loss.
@@ -439,10 +453,10 @@ def _train(config, model_dir, strategy, role, resume, printer):
     if role is not None:
         _check_workers_agree(strategy, role, config, int(step))
 
-    if not distributed and config.task_batching == "auto" and autotune_enabled():
-        # Before any step traces: the step functions read the choice when they trace.
-        first = next(iter(task.train_dataset(int(step) * config.meta_batch_size).take(1)))
-        choice, report = maml.autotune(first, jit_compile=config.jit_compile, log=printer)
+    # Before any step traces: the step functions read the choice when they trace.
+    measured = None if distributed else _autotune(maml, task, config, int(step), printer)
+    if measured is not None:
+        choice, report = measured
         if writes_run and report is not None:
             run_state.append_history(model_dir, "task_batching", int(step),
                                      choice=choice.label, cached=report["cached"],

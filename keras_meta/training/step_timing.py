@@ -18,7 +18,8 @@ def time_training_step(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
     function (`loop._step_function`, with its episodes) `warmup` times untimed, then until
     `min_seconds` have passed or `max_calls` calls were made, reading each call's loss as
     the trainer does. With `task_batching="auto"` and measuring on (`autotune_enabled`), the
-    ways to run the meta-batch are measured first, as `train` does, and the call is timed in
+    ways to run the meta-batch are measured first, by `train`'s own `_autotune`, and the call
+    is timed in
     the fastest: which one wins depends on the very settings this timing compares (oneDNN,
     the thread pools). That choice is the only thing written: to the task-batching cache,
     keyed by the machine and those settings, where the run that takes them reads it.
@@ -37,7 +38,6 @@ def time_training_step(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
     >>> time_training_step(get_preset("sinusoid"), min_seconds=2.0)
     3.3
     """
-    from keras_meta.maml.task_batching_autotune import autotune_enabled
     from keras_meta.training import loop
     from keras_meta.training.task_families import build_maml, build_task_family
 
@@ -47,13 +47,11 @@ def time_training_step(config, *, min_seconds=1.0, warmup=3, max_calls=2000):
     _check_counts(warmup, max_calls)
     task = build_task_family(config)
     maml = build_maml(config, task.model, task.loss_fn)
-    if config.task_batching == "auto" and autotune_enabled():
-        # Unmeasured, "auto" runs the full batched pass wherever the model allows it. Under
-        # oneDNN on an AVX2 CPU that took 0.88 s per Omniglot 5w1s meta-iteration where the
-        # run's measured choice, chunks of 8, took 0.71: the setting would be timed in a form
-        # its run never takes.
-        first = next(iter(task.train_dataset(0).take(1)))
-        maml.autotune(first, jit_compile=config.jit_compile, log=lambda *_, **__: None)
+    # Unmeasured, "auto" runs the full batched pass wherever the model allows it. Under oneDNN
+    # on an AVX2 CPU that took 0.88 s per Omniglot 5w1s meta-iteration where the run's
+    # measured choice, chunks of 8, took 0.71: the setting would be timed in a form its run
+    # never takes. So the run's own measurement comes first.
+    loop._autotune(maml, task, config, 0, log=lambda *_, **__: None)
     # As many iterations as the timing could need, whatever the run's own length.
     endless = config.replace(num_iterations=10**9)
     size, source = next(loop._local_chunks(task, endless, 0))

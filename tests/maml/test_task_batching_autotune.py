@@ -83,10 +83,10 @@ def test_chunks_are_left_out_only_where_the_full_passes_say_they_cannot_win():
     # timed (yet), chunks are timed.
     close = {loop: 0.92, fused: 0.88, plain: 0.90}
     assert autotune.left_out(chunk, close) is None
-    edge = {loop: 1.0, fused: autotune.LOOP_PRUNE * 0.999, plain: 5.0}
     assert autotune.left_out(chunk, {fused: 0.9, plain: 0.9}) is None
-    # The batch-norm rule: chunks only in the full pass's faster form, beyond the noise.
+    edge = {loop: 1.0, fused: autotune.LOOP_PRUNE * 0.999, plain: 5.0}
     assert autotune.left_out(chunk, edge) is None
+    # The batch-norm rule: chunks only in the full pass's faster form, beyond the noise.
     assert autotune.left_out(plain_chunk, edge).startswith(
         "not timed: batched (plain batch norm) was 2.86x batched on the full pass")
 
