@@ -156,13 +156,21 @@ def _write_cache(path, key, entry):
     os.replace(f.name, path)
 
 
-def _time_in_child(config_path, env, min_seconds, timeout, trainer="MAMLTrainConfig"):
+def child_environ(env):
+    """The environment of the child that times the setting `env` (variable -> value): this
+    process's, less the variables the candidates vary, plus `env`."""
     varied = (threads.INTRA_OP_ENV, threads.INTER_OP_ENV, RESTARTED_ENV) + (
         (ONEDNN_ENV,) if _onednn_tried() else ())
     environ = {k: v for k, v in os.environ.items() if k not in varied}
-    # Measuring stays on (this runs only where it is): with task_batching="auto" the child
-    # times the form the task-batching autotuner picks under its setting, and caches it.
+    # Measuring stays as it is here (on: tuning runs only where it is). With
+    # task_batching="auto" the child then times the form the task-batching autotuner picks
+    # under its own setting, and caches it for the run that takes that setting.
     environ.update(env, TF_CPP_MIN_LOG_LEVEL="3")
+    return environ
+
+
+def _time_in_child(config_path, env, min_seconds, timeout, trainer="MAMLTrainConfig"):
+    environ = child_environ(env)
     proc = subprocess.run([sys.executable, "-m", "keras_meta.cli.thread_tuning", config_path,
                            str(min_seconds), trainer], env=environ, capture_output=True, text=True,
                           timeout=timeout)

@@ -17,8 +17,9 @@ import os
 
 from absl import app, flags
 
-INTRA_OP_ENV = "TF_NUM_INTRAOP_THREADS"
-INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"
+# One definition, beside the autotuner that keys its cache on them; re-exported here for the
+# command-line programs.
+from keras_meta.maml.task_batching_autotune import INTER_OP_ENV, INTRA_OP_ENV  # noqa: F401
 
 # flag -> (environment variable, tf.config.threading's name for it, the pool in words)
 _POOLS = {

@@ -118,6 +118,21 @@ def test_a_cached_choice_that_can_no_longer_take_effect_is_said_not_hidden(monke
                      "already started in this process; its defaults are kept."]
 
 
+def test_each_child_measures_task_batching_and_gets_only_its_own_pool_sizes(monkeypatch):
+    # A child that did not measure would be timed in a form its run never takes (the full
+    # batched pass instead of the autotuner's chunks, with oneDNN): the comparison would be
+    # biased. So measuring must reach the child as the parent has it.
+    monkeypatch.setenv(task_batching_autotune.AUTOTUNE_ENV, "1")
+    monkeypatch.setenv(threads.INTER_OP_ENV, "3")
+    monkeypatch.setenv(thread_tuning.RESTARTED_ENV, "1")
+    for label, setting in thread_tuning.candidates().items():
+        environ = thread_tuning.child_environ(setting)
+        assert environ[task_batching_autotune.AUTOTUNE_ENV] == "1", label
+        assert threads.INTER_OP_ENV not in environ, label
+        assert thread_tuning.RESTARTED_ENV not in environ, label
+        assert environ.get(threads.INTRA_OP_ENV) == setting.get(threads.INTRA_OP_ENV), label
+
+
 def test_a_child_that_fails_says_why(tmp_path):
     with pytest.raises(RuntimeError, match="the timing process failed .*No such file"):
         thread_tuning._time_in_child("/nonexistent/config.json", {}, 0.1, 300)
