@@ -224,13 +224,21 @@ def tune_threads(config, flag_values=flags.FLAGS, log=print, min_seconds=1.0, ti
                 with open(config_path, "w") as f:
                     json.dump(dataclasses.asdict(config), f)
                 labels = list(settings)
+                most, done = 2 * len(labels), 0
                 for order in (labels, labels[::-1]):
                     for label in order:
                         if order is not labels and _out_of_the_running(label, times):
                             continue
+                        child_started = time.perf_counter()
                         times[label].append(_time_in_child(
                             config_path, settings[label], min_seconds, timeout,
                             type(config).__name__))
+                        done += 1
+                        # A child can take minutes (TensorFlow's start, the data, the
+                        # task-batching measurement, the trace): a line per child.
+                        log(f"[threads] {done}/{most} {label}: {times[label][-1]:.3f} ms per "
+                            f"meta-iteration (this child: "
+                            f"{time.perf_counter() - child_started:.0f} s)", flush=True)
         except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as error:
             log(f"[threads] not tuned, TensorFlow's defaults kept: {error}", flush=True)
             return None

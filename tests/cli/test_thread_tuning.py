@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -186,6 +187,16 @@ def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
     assert len(entry["rounds"][thread_tuning.DEFAULTS]) == 2
     assert sorted(entry["rounds"]) == sorted(settings)
     first, second = outputs
+    # A progress line per child, in the order they ran, with the time the cache keeps.
+    progress = [line for line in first if re.match(r"\[threads\] \d+/\d+ ", line)]
+    assert len(progress) == sum(len(v) for v in entry["rounds"].values()), first
+    for index, line in enumerate(progress, 1):
+        assert line.startswith(f"[threads] {index}/{2 * len(settings)} "), line
+    head = f"[threads] 1/{2 * len(settings)} {thread_tuning.DEFAULTS}: "
+    assert progress[0].startswith(head), first
+    shown = float(progress[0][len(head):].split(" ms", 1)[0])
+    assert shown == pytest.approx(entry["rounds"][thread_tuning.DEFAULTS][0], abs=1e-3), first
+    first = [line for line in first if line not in progress]
     # A choice of oneDNN starts the program again (TensorFlow reads the switch when it
     # starts), where the cached choice is applied.
     restarts = thread_tuning.ONEDNN_ENV in settings[entry["choice"]]
