@@ -26,7 +26,8 @@ demo: venv
 # The layering contracts first (seconds), then the tests in two processes (pytest-xdist),
 # a test file per process at a time (files with slow tests first: tests/conftest.py). Most of a
 # test's time is single-threaded tracing and TensorFlow starting in child processes, so two
-# processes keep two cores busy: about 30 minutes on a 2-core AVX2 AMD EPYC (2026-12-02).
+# processes keep two cores busy: about 30 minutes on a 2-core AVX2 AMD EPYC, 26 on a 2-core
+# AVX-512 Xeon (2026-12-02).
 # PYTEST_WORKERS=0 runs them in this process (for a debugger, or to read a
 # failure's output in order).
 PYTEST_WORKERS ?= 2
