@@ -126,12 +126,16 @@ def test_each_child_measures_task_batching_and_gets_only_its_own_pool_sizes(monk
     monkeypatch.setenv(task_batching_autotune.AUTOTUNE_ENV, "1")
     monkeypatch.setenv(threads.INTER_OP_ENV, "3")
     monkeypatch.setenv(thread_tuning.RESTARTED_ENV, "1")
+    monkeypatch.setenv(thread_tuning.ONEDNN_ENV, "0")  # set by a restart, not by the user
     for label, setting in thread_tuning.candidates().items():
         environ = thread_tuning.child_environ(setting)
         assert environ[task_batching_autotune.AUTOTUNE_ENV] == "1", label
         assert threads.INTER_OP_ENV not in environ, label
         assert thread_tuning.RESTARTED_ENV not in environ, label
         assert environ.get(threads.INTRA_OP_ENV) == setting.get(threads.INTRA_OP_ENV), label
+        if thread_tuning._onednn_tried():  # x86: the restart marker makes oneDNN a candidate
+            assert environ.get(thread_tuning.ONEDNN_ENV) == setting.get(
+                thread_tuning.ONEDNN_ENV), label
 
 
 def test_a_child_that_fails_says_why(tmp_path):

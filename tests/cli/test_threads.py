@@ -108,5 +108,3 @@ def test_every_program_that_trains_takes_the_flags():
         fv = flags.FlagValues()
         module.define_flags(fv)
         assert {"intra_op_threads", "inter_op_threads"} <= set(fv), module.__name__
-    assert task_batching_autotune.INTRA_OP_ENV == threads.INTRA_OP_ENV
-    assert task_batching_autotune.INTER_OP_ENV == threads.INTER_OP_ENV
