@@ -245,6 +245,30 @@ def start_multi_worker(role, timeout_seconds, printer=print):
     return strategy
 
 
+def finish_together(role, timeout_seconds, printer=print):
+    """Returns once every worker has reached here (the end of its run), or raises.
+
+    A collective completes on a worker as soon as its own share has arrived, while a peer
+    may still be pulling this worker's share from it: a worker that left right after the
+    last collective could end its peer's run with `UnavailableError ... RecvBuf` though
+    both finished. The coordination service's barrier holds every worker until all are
+    done. Where TensorFlow lacks the (non-public) barrier API, this returns at once.
+
+    Raises:
+        One of `PEER_ERRORS` (or `InternalError`) when a peer died or did not arrive within
+        `timeout_seconds`.
+    """
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:
+        return False
+    if not hasattr(context.context(), "wait_at_barrier"):
+        return False
+    context.context().wait_at_barrier("keras_meta/finished", int(timeout_seconds * 1000))
+    printer(f"[cluster] {role.name}: all {role.num_workers} workers finished", flush=True)
+    return True
+
+
 # The errors a collective raises when a peer died, stalled past the timeout, or the
 # coordination service aborted the step on its behalf.
 PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,

@@ -23,7 +23,8 @@ from keras_meta.maml.task_batching_autotune import autotune_enabled, machine_des
 from keras_meta.training import run_state
 from keras_meta.data.episode_indices import shard_meta_batch_size
 from keras_meta.training.cluster import (PEER_ERRORS, TF_CONFIG_ENV, ClusterError,
-                                         cluster_role, start_multi_worker, worker_lost)
+                                         cluster_role, finish_together, start_multi_worker,
+                                         worker_lost)
 from keras_meta.training.concrete_step import ConcreteStep
 from keras_meta.training.config import MAMLTrainConfig
 from keras_meta.training.distribute import (all_gather_rows, distribute_episodes,
@@ -149,8 +150,8 @@ def _describe(changes):
 
 def _threads_running():
     """TensorFlow's pool sizes for the run's record (0: one per core, TensorFlow's default),
-    and whether its oneDNN kernels run. They change the order of float sums, so two runs that differ only in them can differ in
-    the last bits of their weights."""
+    and whether its oneDNN kernels run. They change the order of float sums, so two runs that
+    differ only in them can differ in the last bits of their weights."""
     machine = machine_description()
     return {name: machine[name] for name in ("intra_op_threads", "inter_op_threads", "onednn")}
 
@@ -572,8 +573,8 @@ def _train(config, model_dir, strategy, role, resume, printer):
         if role is not None:
             # The chief's last saves are on disk before any worker reads them.
             _check_workers_agree(strategy, role, config, final_step)
-        return _test(config, model_dir, task, evaluate, checkpoint, state, printer,
-                     writes_run, final_step, timing, float(train_seconds))
+        results = _test(config, model_dir, task, evaluate, checkpoint, state, printer,
+                        writes_run, final_step, timing, float(train_seconds))
     except PEER_ERRORS as error:
         if role is None:
             raise
@@ -582,6 +583,27 @@ def _train(config, model_dir, strategy, role, resume, printer):
     finally:
         if not writes_run:
             shutil.rmtree(save_root, ignore_errors=True)
+    if role is not None:
+        _finish_together(role, config, model_dir, printer)
+    return results
+
+
+def _finish_together(role, config, model_dir, printer):
+    """No worker leaves while a peer may still need it (see `cluster.finish_together`)."""
+    try:
+        finish_together(role, config.worker_timeout_seconds, printer)
+    except tf.errors.OpError as error:
+        detail = " ".join(str(error).split())[:300]
+        if role.is_chief:
+            # Every worker's share of the test arrived before this: the results are whole.
+            printer(f"[cluster] warning: {role.name} finished, but another worker did not "
+                    f"reach the end ({type(error).__name__}: {detail}); the results in "
+                    f"{model_dir} are complete.", flush=True)
+            return
+        raise ClusterError(
+            f"{role.name} finished, but the chief did not reach the end ({type(error).__name__}: "
+            f"{detail}); see the chief's output for whether it wrote "
+            f"{os.path.join(model_dir, RESULTS_FILE)}.") from None
 
 
 def _test(config, model_dir, task, evaluate, checkpoint, state, printer, writes_run,

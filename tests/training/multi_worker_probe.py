@@ -107,13 +107,15 @@ def flatten(results):
 
 
 def main(out_path):
-    from keras_meta.training.cluster import cluster_role, start_multi_worker
+    from keras_meta.training.cluster import cluster_role, finish_together, start_multi_worker
 
     role = cluster_role()
     strategy = start_multi_worker(role, timeout_seconds=60)
     results = {case: distributed(*case, strategy) for case in CASES}
     if role.is_chief:
         np.savez(out_path, **flatten(results))
+    # The last collective may still be pulling from a peer: nobody leaves before everyone.
+    finish_together(role, timeout_seconds=60)
     print(f"[probe] {role.name}: {len(CASES)} cases done", flush=True)
 
 
