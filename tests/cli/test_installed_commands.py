@@ -280,7 +280,10 @@ def test_tiny_learned_optimizer_run(install):
     assert model_dir.is_dir() and any(model_dir.rglob("*")), list(model_dir.rglob("*"))
 
 
+# Heavy: test_images_task.py runs a folder of images to a served answer, and the tiny
+# sinusoid test here runs the installed commands end to end.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_folder_of_images_to_a_served_answer_with_the_installed_commands(install):
     """The README's "Bring your own data" commands, from the wheel: train on a folder,
     export, answer image files; and a folder too small for the flags is a usage error."""

@@ -147,7 +147,10 @@ def test_a_child_that_fails_says_why(tmp_path):
         thread_tuning._time_in_child(str(config), {}, 0.1, 300, trainer="Other")
 
 
+# Heavy: the tuner is the MAML trainer's (tested end to end above); this checks its wiring
+# into the other trainer.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_learned_optimizer_trainer_tunes_its_threads_too(tmp_path):
     from keras_meta.maml.task_batching_autotune import onednn_enabled
 

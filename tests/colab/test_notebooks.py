@@ -196,7 +196,8 @@ def test_maml_sinusoid(kernel_spec_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("start", ["preset", "scratch"])
+# From scratch is heavy: the same cells as from the preset, with a random initialisation.
+@pytest.mark.parametrize("start", ["preset", pytest.param("scratch", marks=pytest.mark.heavy)])
 def test_omniglot_few_shot(kernel_spec_dir, tmp_path, omniglot_data_dir, start):
     from keras_meta.data import load_omniglot_classes
     from keras_meta.presets import Preset

@@ -79,8 +79,15 @@ CASES["conv4_batched_segments_multi_step_loss"] = (
                             from_logits=True, dtype="float64"), **k), image_episode)
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("segment", [True, 2])
+# Segments of 2 steps (of 3) matter where the segments' boundaries do: the multi-step loss and
+# the learned rule's state; elsewhere they are heavy (one segment per step runs in CI).
+_HEAVY_SEGMENTS = {"conv4_batched_per_step_rates", "conv4_loop_per_step_batch_norm"}
+
+
+@pytest.mark.parametrize("name,segment", [
+    pytest.param(name, segment, marks=[pytest.mark.heavy] if (
+        segment == 2 and name in _HEAVY_SEGMENTS) else [])
+    for segment in (True, 2) for name in sorted(CASES)])
 def test_recomputed_meta_gradient_is_the_stored_one(name, segment):
     make, episode = CASES[name]
     loss_a, grads_a = stored(name)

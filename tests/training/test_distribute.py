@@ -170,9 +170,9 @@ def trainer(model_dir):
 # The trainer's runs take a process of their own: its MirroredStrategy's collectives would
 # clash with those of MIRRORED above ("Shape mismatch in the collective instance").
 if sys.argv[1] == "compare":
-    OUT = {"mlp": compare("mlp"), "conv4": compare("conv4"), "uneven": uneven()}
+    OUT = {"mlp": compare("mlp"), "conv4": compare("conv4")}
 else:
-    OUT = trainer(sys.argv[2])
+    OUT = {**trainer(sys.argv[2]), "uneven_episodes": uneven()}
 print("RESULT " + json.dumps(OUT))
 '''
 
@@ -190,10 +190,20 @@ def _run(script, *args, tmp_path):
 
 
 # One subprocess for both models' comparisons: each separate start would import TensorFlow
-# and set up the two logical devices again.
+# and set up the two logical devices again. Its tests are heavy (two minutes): the same
+# equalities hold across two worker processes in test_multi_worker.py (the MLP and conv4 with
+# batch norm, through the same `distributed_meta_train_step`), and the mirrored trainer runs
+# end to end below.
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     return _run(SCRIPT, "compare", tmp_path=tmp_path_factory.mktemp("compare"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The trainer's runs (default, mirrored, resumed mirrored) and its uneven refusals."""
+    path = tmp_path_factory.mktemp("trainer")
+    return path, _run(SCRIPT, "trainer", str(path), tmp_path=path)
 
 
 def _check_equal_to_one_device(out, adam=True):
@@ -215,19 +225,21 @@ def _check_equal_to_one_device(out, adam=True):
         assert out["adam_iterations"] == 2
 
 
+@pytest.mark.heavy
 def test_mirrored_meta_gradient_and_steps_equal_one_device_mlp(compared):
     out = compared["mlp"]
     _check_equal_to_one_device(out)
     assert out["preds_shape"] == [4, 5, 1]  # gathered in the global task order
 
 
-def test_uneven_meta_batch_is_refused(compared):
-    message = compared["uneven"]
+def test_uneven_meta_batch_is_refused(trained):
+    message = trained[1]["uneven_episodes"]
     assert message is not None
     assert "meta-batch size 3 does not divide evenly across the 2 replicas" in message
     assert "multiple of 2" in message
 
 
+@pytest.mark.heavy
 def test_mirrored_meta_gradient_and_steps_equal_one_device_conv4_batch_norm(compared):
     out = compared["conv4"]
     _check_equal_to_one_device(out, adam=False)
@@ -235,8 +247,8 @@ def test_mirrored_meta_gradient_and_steps_equal_one_device_conv4_batch_norm(comp
     assert out["state_rel"] < 1e-5
 
 
-def test_trainer_end_to_end_with_mirrored_strategy(tmp_path):
-    out = _run(SCRIPT, "trainer", str(tmp_path), tmp_path=tmp_path)
+def test_trainer_end_to_end_with_mirrored_strategy(trained):
+    tmp_path, out = trained
     default, mirrored, resumed = out["default"], out["mirrored"], out["resumed"]
     assert mirrored["iterations"] == 4 and resumed["iterations"] == 6
     assert mirrored["config"]["strategy"] == "mirrored"

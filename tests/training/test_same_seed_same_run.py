@@ -101,7 +101,10 @@ def test_two_runs_of_one_config_give_bit_identical_checkpoints_and_results(
     assert saved_a["iterations"] == saved_b["iterations"] == TINY.num_iterations
 
 
+# Heavy: it prepares TFDS omniglot a second time (the session's fixture already did); the
+# sinusoid test above checks the same rule with a data preparation that draws random numbers.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_the_omniglot_run_that_prepares_the_data_starts_like_the_later_ones(
         omniglot_source_dir, tmp_path):
     # The first build prepares TFDS omniglot offline in a new data directory and decodes it;
