@@ -3,7 +3,8 @@
 * The meta-gradient and the weights after Adam steps equal one process's on the same global
   meta-batches (sinusoid MLP and conv4 with batch norm, task-batched and per-task loop).
 * A 2-worker run of the trainer: only the chief writes the run directory, the results JSON is
-  written once, and the results equal a one-process run of the same command.
+  written once, the results equal a one-process run of the same command, and no worker
+  leaves before the others reach the end. A peer that leaves early makes the chief warn.
 * SIGKILL one worker after a checkpoint: the chief fails with a message saying what to do,
   the launcher exits non-zero; relaunching the same command resumes and ends with exactly the
   weights of the uninterrupted 2-worker run.
@@ -96,6 +97,21 @@ def test_meta_gradient_and_adam_steps_equal_one_process(tmp_path):
         # Relative to how far Adam moved the weights: the weights themselves would hide it.
         assert _norm_rel([w - i for w, i in zip(reference["weights"], initial)],
                          [w - i for w, i in zip(weights, initial)]) < 1e-4, key
+
+
+def test_a_peer_that_leaves_before_the_end_makes_the_chief_warn_not_fail(tmp_path):
+    # The trainer's ending on the chief, when worker 1 has left without waiting: by then its
+    # results are whole, so it says so and succeeds, within the worker timeout (5 s here).
+    command = _launch_command(str(tmp_path), program="tests/training/multi_worker_ending.py")
+    code, log = _run(command, timeout=120)
+    assert code == 0, _failure(log)
+    assert "[worker 1] [ending] worker 1 left without waiting" in log
+    assert re.search(r"\[worker 0\] \[cluster\] warning: worker 0 \(chief\) finished, but "
+                     r"another worker did not reach the end \(\w+Error: .+\); the results in "
+                     + re.escape(str(tmp_path)) + " are complete", log), _failure(log)
+    returned = re.search(r"\[worker 0\] \[ending\] worker 0 \(chief\) returned after ([\d.]+) s",
+                         log)
+    assert returned and float(returned.group(1)) < 60, _failure(log)
 
 
 @pytest.fixture(scope="module")
