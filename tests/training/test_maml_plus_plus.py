@@ -80,7 +80,10 @@ def test_maml_plus_plus_presets_carry_every_piece():
         assert config.multi_step_loss_anneal_iterations == 10000 and config.num_queries == 1
 
 
+# Heavy: the pieces are tested one by one here and in tests/maml, and the trainer's resume in
+# test_kill_and_resume.py; this runs them all together.
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_a_maml_plus_plus_run_trains_and_resumes(omniglot_data_dir, omniglot_source_dir, tmp_path):
     # Every MAML++ piece of the preset, on a smaller network: 8 filters instead of 64, and 3
     # inner steps instead of 5 (still a first, a middle and a last step for the per-step batch

@@ -194,6 +194,10 @@ class _Lines:
         return "".join(self.lines)
 
 
+# Heavy (two minutes): a bit-exact resume after SIGKILL is tested in one process
+# (test_kill_and_resume.py), and the cluster's restore of the chief's checkpoint by the
+# workers' agreement check; this is the whole story on a real cluster.
+@pytest.mark.heavy
 def test_kill_one_worker_and_relaunch_ends_where_uninterrupted_run_ends(two_worker_run, tmp_path):
     reference_dir, _ = two_worker_run
     model_dir = tmp_path / "run"
