@@ -29,7 +29,8 @@ demo: venv
 # processes keep two cores busy (three were 4% faster, not more: the cores are the limit).
 # `make test` (CI) leaves out the tests marked heavy: second end-to-end runs of paths that other
 # tests run end to end. With them the suite took 30-32 minutes on 2-core machines (AVX2 AMD
-# EPYC; AVX-512 Xeon on 2026-12-03); `make test-all` runs everything.
+# EPYC; AVX-512 Xeon on 2026-12-03); without them 22 minutes on that Xeon (CI: 24.5 minutes,
+# installs included). `make test-all` runs everything.
 # PYTEST_WORKERS=0 runs them in this process (for a debugger, or to read a
 # failure's output in order).
 PYTEST_WORKERS ?= 2
