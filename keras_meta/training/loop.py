@@ -584,14 +584,14 @@ def _train(config, model_dir, strategy, role, resume, printer):
         if not writes_run:
             shutil.rmtree(save_root, ignore_errors=True)
     if role is not None:
-        _finish_together(role, config, model_dir, printer)
+        _finish_together(role, config.worker_timeout_seconds, model_dir, printer)
     return results
 
 
-def _finish_together(role, config, model_dir, printer):
+def _finish_together(role, timeout_seconds, model_dir, printer):
     """No worker leaves while a peer may still need it (see `cluster.finish_together`)."""
     try:
-        finish_together(role, config.worker_timeout_seconds, printer)
+        finish_together(role, timeout_seconds, printer)
     except tf.errors.OpError as error:
         detail = " ".join(str(error).split())[:300]
         if role.is_chief:

@@ -8,7 +8,6 @@ Worker 1 leaves as soon as the cluster has formed; the chief then ends as the tr
 
 import sys
 import time
-import types
 
 from keras_meta.training import loop
 from keras_meta.training.cluster import cluster_role, start_multi_worker
@@ -23,8 +22,7 @@ def main(run_dir):
         print(f"[ending] {role.name} left without waiting", flush=True)
         return
     start = time.monotonic()
-    loop._finish_together(role, types.SimpleNamespace(worker_timeout_seconds=TIMEOUT_S),
-                          run_dir, print)
+    loop._finish_together(role, TIMEOUT_S, run_dir, print)
     print(f"[ending] {role.name} returned after {time.monotonic() - start:.1f} s", flush=True)
 
 
