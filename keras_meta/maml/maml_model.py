@@ -242,7 +242,8 @@ class MAML(keras.Model):
                                  + "; ".join(self._batching_problems()) + ".")
         self._task_batching_choice = choice
 
-    def autotune(self, episodes, *, repeats=5, jit_compile=False, use_cache=True, log=print):
+    def autotune(self, episodes, *, repeats=5, jit_compile=False, use_cache=True, log=print,
+                 run_iterations=None):
         """Times the ways to run a meta-batch on `episodes` and keeps the fastest.
 
         Only for `task_batching="auto"` (a fixed `"batched"` or `"loop"` is the override and
@@ -257,6 +258,10 @@ class MAML(keras.Model):
             jit_compile: time the candidates compiled with XLA (as the trainer's flag).
             use_cache: read and write the timings cache.
             log: a `print`-like callable for the choice and its timings.
+            run_iterations: the meta-iterations of the run the choice is for: the
+                measurement then takes at most a tenth of the run's time, leaving out the
+                candidates whose trace would not fit (`autotune_task_batching`). None times
+                every candidate.
 
         Returns:
             `(choice, report)`, see `autotune_task_batching`; `report` is `None` when nothing
@@ -277,7 +282,7 @@ class MAML(keras.Model):
             return fixed, None
         choice, report = autotune_task_batching(self, episodes, repeats=repeats,
                                                 jit_compile=jit_compile, use_cache=use_cache,
-                                                log=log)
+                                                log=log, run_iterations=run_iterations)
         self.set_task_batching_choice(choice)
         # Keras' compiled step functions read the choice when they trace: make them anew.
         for name in ("train_function", "test_function", "predict_function"):
@@ -289,7 +294,9 @@ class MAML(keras.Model):
         """Keras `fit`; with `task_batching="auto"`, first times the ways to run a meta-batch.
 
         The measurement (see `autotune`) runs once, on the first meta-batch of a
-        `tf.data.Dataset`, unless `KERAS_META_AUTOTUNE=0` or a choice is already made.
+        `tf.data.Dataset`, unless `KERAS_META_AUTOTUNE=0` or a choice is already made. Where
+        the run's length is known (`steps_per_epoch`, or a finite dataset, times the epochs),
+        it takes at most a tenth of the run.
         """
         from keras_meta.maml.task_batching_autotune import autotune_enabled
         if (self.task_batching == "auto" and self._task_batching_choice is None
@@ -300,7 +307,8 @@ class MAML(keras.Model):
             # of a single-device step would not describe it, so the rule applies there.
             first = next(iter(x), None)
             if first is not None:
-                self.autotune(first, jit_compile=bool(getattr(self, "jit_compile", False)))
+                self.autotune(first, jit_compile=bool(getattr(self, "jit_compile", False)),
+                              run_iterations=_fit_iterations(x, args, kwargs))
         return super().fit(x, *args, **kwargs)
 
     def compile(self, optimizer="adam", loss=None, metrics=None, jit_compile=False, **kwargs):
@@ -661,3 +669,18 @@ def _agree_on_finiteness(grads):
     all_finite = context.all_reduce(tf.distribute.ReduceOp.MIN, tf.cast(finite, tf.float32)) > 0
     poison = tf.where(all_finite, 0.0, float("nan"))
     return [g + tf.cast(poison, g.dtype) for g in grads]
+
+
+def _fit_iterations(dataset, args, kwargs):
+    """The meta-iterations a `fit(dataset, ...)` call will run, or None where unknown (the
+    arguments after `x` given by position, or an endless dataset without `steps_per_epoch`)."""
+    if args:
+        return None
+    epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
+    steps = kwargs.get("steps_per_epoch")
+    if steps is None:
+        cardinality = int(dataset.cardinality())
+        steps = cardinality if cardinality > 0 else None
+    if not isinstance(steps, int) or not isinstance(epochs, int) or steps * epochs < 1:
+        return None
+    return steps * epochs

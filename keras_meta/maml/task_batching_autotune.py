@@ -17,6 +17,17 @@ result is cached per machine and model signature in a JSON file
 (`$KERAS_META_CACHE_DIR/task_batching.json`, default `~/.cache/keras_meta/`), so a run or a
 resume on the same machine does not pay for the measurement again. `MAML.autotune` applies
 the choice; `MAML(task_batching="batched" | "loop")` overrides it.
+
+Tracing grows with the passes a candidate unrolls: one for the full batched pass, one per
+chunk, one per task for the loop (on the sinusoid MLP, 25 tasks: 1.9 s, 3.2 s for chunks of 16,
+6.5 s for 8, 12.2 s for 4, 38 s for the loop). A short run must not spend longer choosing its
+step than running it, so a run that says how long it will be (`run_iterations`, as the
+trainer does) gives the measurement a budget: `BUDGET_FRACTION` of the run at the fastest
+step seen so far. What `"auto"` runs unmeasured is timed first, then the others in order of
+their trace's cost; one whose trace, predicted per pass from those traced before, would
+overrun what is left is not timed (`over_budget`). So a short run gets at least the rule from
+before measuring. Such an entry is reused only for runs no longer than the one it was
+measured for; a longer run measures again with its larger budget.
 """
 
 import dataclasses
@@ -25,6 +36,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -63,6 +75,11 @@ PRUNE = 1.1
 LOOP_PRUNE = 1.75
 # Each timed round of a candidate lasts at least this long (several calls of a fast step).
 MIN_ROUND_SECONDS = 0.05
+# With `run_iterations`, the measurement may take this share of the run's own time (its
+# iterations at the fastest step measured so far). For a 5,000-iteration sinusoid run (about
+# 10 ms each, 25 tasks) the candidates' traces took 62 s against about 50 s of training; the
+# full batched pass's was 2 s of it.
+BUDGET_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +290,7 @@ def _cached_choice(entry, options):
 
 
 def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, first_order=None,
-                           use_cache=True, path=None, log=print):
+                           use_cache=True, path=None, log=print, run_iterations=None):
     """Times every candidate's meta-gradient on `episodes` and returns the fastest.
 
     Args:
@@ -285,11 +302,15 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
         use_cache: read and write the timings cache (`cache_path()`).
         path: the cache file (default `cache_path()`).
         log: where the progress and the result are printed (a `print`-like callable).
+        run_iterations: the meta-iterations of the run the choice is for. Given, the
+            measurement stays within `BUDGET_FRACTION` of the run's time (see the module
+            docstring); None (the default) times every candidate.
 
     Returns:
         `(choice, report)`: the fastest `TaskBatchingChoice` and a dict with `timings`
-        (label -> median seconds, or the error that candidate raised), `cached`, `seconds`
-        (the measurement's own cost) and `key`.
+        (label -> median seconds, or why that candidate was not timed or the error it
+        raised), `cached`, `seconds` (the measurement's own cost), `key` and `over_budget`
+        (the labels left out for the budget).
 
     Example:
 
@@ -306,20 +327,31 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
                          f"support_x with shape {episodes.support_x.shape}.")
     if int(repeats) < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats!r}.")
+    if run_iterations is not None and (isinstance(run_iterations, bool)
+                                       or not isinstance(run_iterations, int)
+                                       or run_iterations < 1):
+        raise ValueError(f"run_iterations must be a positive int or None; got "
+                         f"{run_iterations!r}.")
     options = candidates(maml, meta_batch)
     key = signature(maml, episodes, jit_compile=jit_compile, first_order=first_order)
     path = path or cache_path()
     if use_cache:
         entry = _read_cache(path, log).get(key)
         choice = _cached_choice(entry, options) if entry else None
+        if choice is not None and not _covers(entry, run_iterations):
+            log(f"[autotune] the cached timings left out {', '.join(entry['over_budget'])} "
+                f"for a run of {entry.get('run_iterations')} iterations; measuring again for "
+                f"this one ({run_iterations or 'no'} budget)")
+            choice = None
         if choice is not None:
             log(f"[autotune] task batching: {choice.label} (cached timings from "
                 f"{entry.get('measured_at', '?')}: {_describe(entry.get('timings', {}))})")
             return choice, {"timings": entry.get("timings", {}), "cached": True, "seconds": 0.0,
-                            "key": key, "choice": choice.to_dict()}
+                            "key": key, "choice": choice.to_dict(),
+                            "over_budget": list(entry.get("over_budget", []))}
     if len(options) == 1:
         return options[0], {"timings": {}, "cached": False, "seconds": 0.0, "key": key,
-                            "choice": options[0].to_dict()}
+                            "choice": options[0].to_dict(), "over_budget": []}
     if not jit_compile and batching.convolutions_fall_back_to_patches(maml.model):
         log("[autotune] this TensorFlow has no grouped-convolution gradients on this CPU "
             "(oneDNN is off: its default on AVX2-only CPUs), so the batched pass runs its "
@@ -329,21 +361,35 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
     log(f"[autotune] timing {len(options)} ways to run a meta-batch of {meta_batch} tasks "
         f"({'; '.join(c.label for c in options)}) ...")
     previous = maml.task_batching_choice
-    functions, errors, first_call, skipped = {}, {}, {}, {}
+    functions, errors, first_call, skipped, budget_skipped = {}, {}, {}, {}, []
     # One tf.function per candidate is the point here, not an accidental retrace.
     verbosity = tf.get_logger().level
     tf.get_logger().setLevel("ERROR")
     try:
-        # The full batched pass of each batch-norm form first: chunks are then timed only
-        # in the form that won there (a form slower on the full pass by more than the noise
-        # is slower in chunks too), which saves a third of the tracing with batch norm.
-        options = sorted(options, key=lambda c: (c.task_batching == "batched",
-                                                 c.task_chunk_size is not None))
+        # What "auto" runs unmeasured first (the full batched pass, or the loop where the
+        # convolutions would fall back to patches), so that a budget that leaves out every
+        # other candidate still gets the rule from before measuring; then the other full
+        # batched pass, the loop, and chunks from the largest (fewest passes to trace).
+        # Chunks are timed only in the batch-norm form that won on the full pass (a form
+        # slower there by more than the noise is slower in chunks too), which saves a third
+        # of the tracing with batch norm.
+        unmeasured = _unmeasured(maml, options, jit_compile)
+        options = sorted(options, key=lambda c: (c != unmeasured,
+                                                 c.task_batching == "loop" or
+                                                 c.task_chunk_size is not None,
+                                                 c.task_chunk_size is not None,
+                                                 -(c.task_chunk_size or 0)))
         warm = {}
         for choice in options:
             why = None if maml.task_chunk_size is not None else left_out(choice, warm)
             if why:
                 skipped[choice] = why
+                continue
+            why = over_budget(choice, meta_batch, first_call, warm,
+                              time.perf_counter() - started, run_iterations)
+            if why:
+                skipped[choice] = why
+                budget_skipped.append(choice.label)
                 continue
             maml.set_task_batching_choice(choice)
             t = time.perf_counter()
@@ -390,10 +436,33 @@ def autotune_task_batching(maml, episodes, *, repeats=5, jit_compile=False, firs
              "first_call_seconds": {c.label: round(s, 3) for c, s in first_call.items()},
              "repeats": int(repeats), "machine": machine_description(),
              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if budget_skipped:
+        entry.update(over_budget=budget_skipped, run_iterations=run_iterations)
     if use_cache:
         _write_cache(path, key, entry, log)
     return best, {"timings": timings, "cached": False, "seconds": seconds, "key": key,
-                  "choice": best.to_dict()}
+                  "choice": best.to_dict(), "over_budget": budget_skipped}
+
+
+def _unmeasured(maml, options, jit_compile):
+    """The candidate `"auto"` takes without measuring: the full batched pass in the model's
+    batch-norm form, or the loop where the batched pass cannot run or its convolutions would
+    fall back to patches on this CPU (several times slower than the loop)."""
+    batched = TaskBatchingChoice("batched", maml.task_chunk_size, bool(maml.fused_batch_norm))
+    if batched not in options or (not jit_compile
+                                  and batching.convolutions_fall_back_to_patches(maml.model)):
+        return options[0]  # the loop
+    return batched
+
+
+def _covers(entry, run_iterations):
+    """Whether a cached entry measured enough for a run of `run_iterations` (None: no budget):
+    it timed every candidate, or it left some out for a run at least as long."""
+    if not entry.get("over_budget"):
+        return True
+    measured_for = entry.get("run_iterations")
+    return (run_iterations is not None and isinstance(measured_for, int)
+            and run_iterations <= measured_for)
 
 
 def left_out(choice, warm):
@@ -430,6 +499,58 @@ def left_out(choice, warm):
         return (f"not timed: the loop was {min(passes) / min(loop):.2f}x faster than the full "
                 "batched pass")
     return None
+
+
+def passes(choice, meta_batch):
+    """How many task passes `choice` traces for a meta-batch of `meta_batch` tasks: its
+    trace's cost, relative to the full batched pass's (the loop unrolls one per task)."""
+    if choice.task_batching == "loop":
+        return meta_batch
+    return math.ceil(meta_batch / (choice.task_chunk_size or meta_batch))
+
+
+def over_budget(choice, meta_batch, first_call, warm, spent, run_iterations,
+                fraction=BUDGET_FRACTION):
+    """Why `choice` is not traced within the measurement's budget, or None where it fits.
+
+    Args:
+        choice: the `TaskBatchingChoice` about to be traced.
+        meta_batch: tasks per meta-batch.
+        first_call: candidate -> seconds of its first call (trace included) so far.
+        warm: candidate -> seconds of its first call after tracing, so far.
+        spent: seconds the measurement has taken so far.
+        run_iterations: the meta-iterations of the run the choice is for; None: no budget.
+        fraction: the share of the run the measurement may take.
+
+    Returns:
+        A reason starting "not timed:", or None. The budget is `fraction` of `run_iterations`
+        at the fastest call in `warm`; `choice`'s trace is predicted as the cheapest first
+        call per pass traced so far (`passes`), times `passes(choice, meta_batch)`.
+
+    Example:
+
+    >>> full = TaskBatchingChoice("batched")
+    >>> loop = TaskBatchingChoice("loop")
+    >>> over_budget(loop, 25, {full: 2.0}, {full: 0.01}, 2.5, 5000).split(",")[0]
+    'not timed: tracing it would take about 50 s'
+    >>> over_budget(loop, 25, {full: 2.0}, {full: 0.01}, 2.5, 500000) is None
+    True
+    """
+    if run_iterations is None or not warm:
+        return None
+    if not first_call:
+        return None
+    per_pass = min(s / passes(c, meta_batch) for c, s in first_call.items())
+    fastest = min(warm.values())
+    budget = fraction * run_iterations * fastest
+    predicted = per_pass * passes(choice, meta_batch)
+    left = budget - spent
+    if predicted <= left:
+        return None
+    share = "a tenth" if fraction == 0.1 else f"{fraction:g}"
+    return (f"not timed: tracing it would take about {predicted:.0f} s, over the "
+            f"{max(left, 0):.0f} s left of the measurement's budget ({budget:.0f} s: {share} of "
+            f"this run's {run_iterations} iterations at {1e3 * fastest:.1f} ms)")
 
 
 def timed_step(maml, episodes, *, first_order=None, jit_compile=False):
@@ -473,8 +594,24 @@ def _run(fn, episodes):
     fn(episodes)[1].numpy()
 
 
+_OVER_BUDGET = re.compile(r"not timed: tracing it would take about (\d+) s, over the \d+ s "
+                          r"left of the measurement's budget \((.*)\)$")
+
+
 def _describe(timings):
-    """`label: seconds` fastest first, then the candidates that failed."""
+    """`label: seconds` fastest first, then the candidates not timed or failed; those left out
+    for the budget in one clause that states the budget once."""
     timed = sorted((v, k) for k, v in timings.items() if not isinstance(v, str))
-    failed = [f"{k}: {v}" for k, v in timings.items() if isinstance(v, str)]
-    return "; ".join([f"{k}: {v:.4f} s" for v, k in timed] + failed)
+    budget, over, failed = None, [], []
+    for k, v in timings.items():
+        match = _OVER_BUDGET.match(v) if isinstance(v, str) else None
+        if match:
+            budget = match.group(2)
+            over.append(f"{k} (about {match.group(1)} s)")
+        elif isinstance(v, str):
+            failed.append(f"{k}: {v}")
+    parts = [f"{k}: {v:.4f} s" for v, k in timed] + failed
+    if over:
+        parts.append(f"not traced within the measurement's budget ({budget}): "
+                     + ", ".join(over))
+    return "; ".join(parts)

@@ -286,12 +286,15 @@ def _autotune(maml, task, config, iteration, log):
 
     Returns `MAML.autotune`'s `(choice, report)`, or None where nothing is measured: a fixed
     `task_batching`, or measuring off (`KERAS_META_AUTOTUNE=0`). `step_timing` calls it too, so
-    that a timed call runs in the form its run would.
+    that a timed call runs in the form its run would. The measurement is for the iterations
+    left from `iteration` on: it takes at most a tenth of their time (`run_iterations`), so a
+    short run does not trace candidates for longer than it trains.
     """
     if config.task_batching != "auto" or not autotune_enabled():
         return None
     first = next(iter(task.train_dataset(iteration * config.meta_batch_size).take(1)))
-    return maml.autotune(first, jit_compile=config.jit_compile, log=log)
+    return maml.autotune(first, jit_compile=config.jit_compile, log=log,
+                         run_iterations=max(1, config.num_iterations - iteration))
 
 
 def _step_function(maml, config, strategy, first_order, size, source, step):
@@ -461,7 +464,8 @@ def _train(config, model_dir, strategy, role, resume, printer):
         if writes_run and report is not None:
             run_state.append_history(model_dir, "task_batching", int(step),
                                      choice=choice.label, cached=report["cached"],
-                                     timings=report["timings"])
+                                     timings=report["timings"],
+                                     over_budget=report.get("over_budget", []))
 
     def save(manager, iteration):
         manager.save(checkpoint_number=iteration)

@@ -59,11 +59,16 @@ errors = [float(np.linalg.norm(a - b) / np.linalg.norm(b))
 lines = []
 auto = km.MAML(base, inner_lr=0.4, loss=loss)
 auto.autotune(episodes, repeats=1, use_cache=False, log=lines.append)
+# A budget that affords one trace times what auto runs unmeasured here: the loop.
+short = km.MAML(base, inner_lr=0.4, loss=loss)
+short_choice, short_report = short.autotune(episodes, repeats=1, use_cache=False,
+                                            log=lines.append, run_iterations=1)
 print(json.dumps({"grouped": bool(grouped_convolution_available(tf.float32)),
                   "batch_matmul": "BatchMatMulV2" in ops, "errors": errors,
                   "auto_conv_batched": km.MAML(base, loss=loss).uses_task_batching,
                   "auto_dense_batched": km.MAML(mlp(), loss="mse").uses_task_batching,
-                  "autotune_log": lines}))
+                  "autotune_log": lines, "short_choice": short_choice.label,
+                  "short_left_out": short_report["over_budget"]}))
 """
 
 
@@ -100,6 +105,8 @@ def test_without_onednn_the_batched_pass_takes_patches_and_matches_the_loop():
     assert result["auto_conv_batched"] is False and result["auto_dense_batched"] is True
     assert any("TF_ENABLE_ONEDNN_OPTS=1" in line for line in result["autotune_log"]), \
         result["autotune_log"]
+    # A one-iteration run's measurement: the loop, and nothing else traced.
+    assert result["short_choice"] == "loop" and "batched" in result["short_left_out"], result
 
 
 def test_the_grouped_form_tests_pass_in_a_process_with_onednn(grouped_gradients):

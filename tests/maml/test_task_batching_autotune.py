@@ -131,6 +131,66 @@ def test_a_measured_choice_is_cached_per_signature_and_reused(tmp_path):
     assert len(json.load(open(path))) == 2
 
 
+def test_the_budget_predicts_each_trace_from_the_full_pass_per_pass():
+    C = autotune.TaskBatchingChoice
+    loop, full, chunk = C("loop"), C("batched"), C("batched", 8)
+    assert [autotune.passes(c, 25) for c in (full, C("batched", 16), chunk, C("batched", 4),
+                                             loop)] == [1, 2, 4, 7, 25]
+    first, warm = {full: 2.0, C("batched", None, False): 3.0}, {full: 0.01}
+    # 5,000 iterations at 10 ms: a budget of 5 s, 2.5 of them spent.
+    assert autotune.over_budget(loop, 25, first, warm, 2.5, 5000) == (
+        "not timed: tracing it would take about 50 s, over the 2 s left of the measurement's "
+        "budget (5 s: a tenth of this run's 5000 iterations at 10.0 ms)")
+    assert autotune.over_budget(chunk, 25, first, warm, 2.5, 5000).startswith(
+        "not timed: tracing it would take about 8 s")
+    # 2 s per pass fits the 2.5 s left; 3 passes (chunks of 8 of 17 tasks) do not.
+    assert autotune.over_budget(chunk, 8, first, warm, 2.5, 5000) is None
+    assert autotune.over_budget(chunk, 17, first, warm, 2.5, 5000) is not None
+    # A run 100 times as long affords the loop; no run length, or nothing traced yet: no budget.
+    assert autotune.over_budget(loop, 25, first, warm, 2.5, 500000) is None
+    assert autotune.over_budget(loop, 25, first, warm, 2.5, None) is None
+    assert autotune.over_budget(loop, 25, {}, {}, 0.0, 1) is None
+    # The fastest step so far sets the budget, and the cheapest pass traced the prediction.
+    assert autotune.over_budget(loop, 25, first, {full: 0.01, loop: 0.1}, 2.5, 5000) is not None
+    assert autotune.over_budget(chunk, 25, {loop: 50.0}, {loop: 0.01}, 2.5, 5000).startswith(
+        "not timed: tracing it would take about 8 s")
+
+
+def test_a_short_run_traces_only_what_its_budget_allows_and_a_longer_one_measures_again(
+        tmp_path):
+    path = str(tmp_path / "cache.json")
+    sinusoid = km.MAML(mlp((8,)), inner_lr=0.01, loss="mse")
+    episodes = next(iter(sinusoid_episodes(5, 5, 8, seed=0)))
+    messages = []
+
+    def measure(run_iterations):
+        return autotune.autotune_task_batching(sinusoid, episodes, repeats=1, path=path,
+                                               log=messages.append,
+                                               run_iterations=run_iterations)
+
+    # One iteration: a tenth of one step is less than any further trace.
+    choice, report = measure(1)
+    assert choice == TaskBatchingChoice("batched") and not report["cached"]
+    assert report["over_budget"] == ["loop", "batched, chunks of 4"]
+    for label in report["over_budget"]:
+        assert report["timings"][label].startswith("not timed: tracing it would take about")
+    entry = json.load(open(path))[report["key"]]
+    assert entry["over_budget"] == report["over_budget"] and entry["run_iterations"] == 1
+    # A run no longer than the measured one reuses it.
+    assert measure(1)[1]["cached"]
+    # A longer run, or one without a budget, measures every candidate again.
+    choice, report = measure(None)
+    assert not report["cached"] and report["over_budget"] == []
+    assert any("left out loop, batched, chunks of 4 for a run of 1 iterations" in m
+               for m in messages)
+    assert all(isinstance(t, float) for t in report["timings"].values())
+    assert "over_budget" not in json.load(open(path))[report["key"]]
+    # A complete measurement serves any run.
+    assert measure(1)[1]["cached"] and measure(10**9)[1]["cached"]
+    with pytest.raises(ValueError, match="run_iterations must be a positive int or None; got 0"):
+        autotune.autotune_task_batching(sinusoid, episodes, run_iterations=0)
+
+
 def test_timings_made_under_other_thread_settings_are_not_reused(monkeypatch):
     # TensorFlow sizes its pools from these variables at startup while tf.config.threading
     # still reports 0, and the fastest candidate depends on the pools' sizes.
@@ -237,7 +297,9 @@ def test_fit_measures_first_unless_turned_off(monkeypatch, tmp_path, enabled):
     maml.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)
     if enabled == "1":
         assert maml.task_batching_choice in autotune.candidates(maml, 8)
-        assert (tmp_path / autotune.CACHE_FILE).exists()
+        # fit's length (2 steps of 1 epoch) is the measurement's budget: no loop traced.
+        [entry] = json.loads((tmp_path / autotune.CACHE_FILE).read_text()).values()
+        assert entry["run_iterations"] == 2 and "loop" in entry["over_budget"]
     else:
         assert maml.task_batching_choice is None
         assert not (tmp_path / autotune.CACHE_FILE).exists()
@@ -249,7 +311,8 @@ def test_the_trainer_records_its_choice(monkeypatch, tmp_path):
 
     monkeypatch.setenv(autotune.AUTOTUNE_ENV, "1")
     monkeypatch.setenv(autotune.CACHE_DIR_ENV, str(tmp_path / "cache"))
-    # 4 tasks: two candidates (the loop and the batched pass), the fewest that are measured.
+    # 4 tasks: two candidates (the loop and the batched pass); 3 iterations leave the loop
+    # out of the measurement's budget.
     config = MAMLTrainConfig(task_family="sinusoid", num_iterations=3, meta_batch_size=4,
                              eval_every=0, num_eval_tasks=4, log_every=1)
     train(config, str(tmp_path / "run"), verbose=False)
@@ -257,6 +320,7 @@ def test_the_trainer_records_its_choice(monkeypatch, tmp_path):
               if e["event"] == "task_batching"]
     assert len(events) == 1 and not events[0]["cached"]
     assert events[0]["choice"] in events[0]["timings"]
+    assert events[0]["over_budget"] == ["loop"], events[0]
     # A resume on the same machine reuses the timings.
     train(config.replace(num_iterations=5), str(tmp_path / "run"), verbose=False)
     events = [e for e in run_state.read_history(str(tmp_path / "run"))

@@ -63,7 +63,8 @@ def test_auto_is_timed_in_the_form_its_run_would_measure_and_take(monkeypatch, t
     maml = build_maml(config, task.model, task.loss_fn)
     lines = []
     choice, report = maml.autotune(next(iter(task.train_dataset(0).take(1))),
-                                   log=lambda line, **_: lines.append(line))
+                                   log=lambda line, **_: lines.append(line),
+                                   run_iterations=config.num_iterations)
     assert report["cached"] and report["key"] == key, (report, lines)
     assert choice.to_dict() == entry["choice"]
 
