@@ -548,9 +548,13 @@ def over_budget(choice, meta_batch, first_call, warm, spent, run_iterations,
     if predicted <= left:
         return None
     share = "a tenth" if fraction == 0.1 else f"{fraction:g}"
-    return (f"not timed: tracing it would take about {predicted:.0f} s, over the "
-            f"{max(left, 0):.0f} s left of the measurement's budget ({budget:.0f} s: {share} of "
-            f"this run's {run_iterations} iterations at {1e3 * fastest:.1f} ms)")
+    return (f"not timed: tracing it would take about {_seconds(predicted)}, over the "
+            f"{_seconds(max(left, 0))} left of the measurement's budget ({_seconds(budget)}: "
+            f"{share} of this run's {run_iterations} iterations at {1e3 * fastest:.1f} ms)")
+
+
+def _seconds(value):
+    return f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
 def timed_step(maml, episodes, *, first_order=None, jit_compile=False):
@@ -594,8 +598,8 @@ def _run(fn, episodes):
     fn(episodes)[1].numpy()
 
 
-_OVER_BUDGET = re.compile(r"not timed: tracing it would take about (\d+) s, over the \d+ s "
-                          r"left of the measurement's budget \((.*)\)$")
+_OVER_BUDGET = re.compile(r"not timed: tracing it would take about ([\d.]+ s), over the "
+                          r"[\d.]+ s left of the measurement's budget \((.*)\)$")
 
 
 def _describe(timings):
@@ -607,7 +611,7 @@ def _describe(timings):
         match = _OVER_BUDGET.match(v) if isinstance(v, str) else None
         if match:
             budget = match.group(2)
-            over.append(f"{k} (about {match.group(1)} s)")
+            over.append(f"{k} (about {match.group(1)})")
         elif isinstance(v, str):
             failed.append(f"{k}: {v}")
     parts = [f"{k}: {v:.4f} s" for v, k in timed] + failed

@@ -139,10 +139,10 @@ def test_the_budget_predicts_each_trace_from_the_full_pass_per_pass():
     first, warm = {full: 2.0, C("batched", None, False): 3.0}, {full: 0.01}
     # 5,000 iterations at 10 ms: a budget of 5 s, 2.5 of them spent.
     assert autotune.over_budget(loop, 25, first, warm, 2.5, 5000) == (
-        "not timed: tracing it would take about 50 s, over the 2 s left of the measurement's "
-        "budget (5 s: a tenth of this run's 5000 iterations at 10.0 ms)")
+        "not timed: tracing it would take about 50 s, over the 2.5 s left of the measurement's "
+        "budget (5.0 s: a tenth of this run's 5000 iterations at 10.0 ms)")
     assert autotune.over_budget(chunk, 25, first, warm, 2.5, 5000).startswith(
-        "not timed: tracing it would take about 8 s")
+        "not timed: tracing it would take about 8.0 s")
     # 2 s per pass fits the 2.5 s left; 3 passes (chunks of 8 of 17 tasks) do not.
     assert autotune.over_budget(chunk, 8, first, warm, 2.5, 5000) is None
     assert autotune.over_budget(chunk, 17, first, warm, 2.5, 5000) is not None
@@ -153,7 +153,7 @@ def test_the_budget_predicts_each_trace_from_the_full_pass_per_pass():
     # The fastest step so far sets the budget, and the cheapest pass traced the prediction.
     assert autotune.over_budget(loop, 25, first, {full: 0.01, loop: 0.1}, 2.5, 5000) is not None
     assert autotune.over_budget(chunk, 25, {loop: 50.0}, {loop: 0.01}, 2.5, 5000).startswith(
-        "not timed: tracing it would take about 8 s")
+        "not timed: tracing it would take about 8.0 s")
 
 
 def test_a_short_run_traces_only_what_its_budget_allows_and_a_longer_one_measures_again(
@@ -171,6 +171,8 @@ def test_a_short_run_traces_only_what_its_budget_allows_and_a_longer_one_measure
     # One iteration: a tenth of one step is less than any further trace.
     choice, report = measure(1)
     assert choice == TaskBatchingChoice("batched") and not report["cached"]
+    # The log states the budget once and each left-out candidate's predicted trace.
+    assert "loop (about" in messages[-1] and messages[-1].count("budget (") == 1, messages[-1]
     assert report["over_budget"] == ["loop", "batched, chunks of 4"]
     for label in report["over_budget"]:
         assert report["timings"][label].startswith("not timed: tracing it would take about")
