@@ -114,6 +114,23 @@ def test_a_peer_that_leaves_before_the_end_makes_the_chief_warn_not_fail(tmp_pat
     assert returned and float(returned.group(1)) < 60, _failure(log)
 
 
+def test_a_worker_whose_chief_left_before_the_end_fails_and_points_to_the_chief(tmp_path):
+    # The other side: worker 1 reaches the end but the chief (which also hosts the
+    # coordination service) has gone. It cannot know whether the chief wrote the results, so
+    # it fails, naming the chief's results file, within the worker timeout.
+    command = _launch_command(str(tmp_path), "0",
+                              program="tests/training/multi_worker_ending.py")
+    code, log = _run(command, timeout=120)
+    assert code != 0, _failure(log)
+    assert "[worker 0] [ending] worker 0 (chief) left without waiting" in log
+    raised = re.search(r"\[worker 1\] \[ending\] worker 1 raised after ([\d.]+) s: worker 1 "
+                       r"finished, but the chief did not reach the end \(\w+Error: .+\); see "
+                       r"the chief's output for whether it wrote "
+                       + re.escape(str(tmp_path / "eval_results.json")), log)
+    assert raised and float(raised.group(1)) < 60, _failure(log)
+    assert re.search(r"\[launch\] worker 1 \(pid \d+\) exited with code 3", log), _failure(log)
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(tmp_path_factory):
     """The uninterrupted 2-worker run of TRAIN_ARGS: (model_dir, launcher output)."""
