@@ -44,6 +44,53 @@ def test_a_setting_far_behind_in_the_first_round_is_not_timed_again():
     assert not thread_tuning._out_of_the_running(thread_tuning.DEFAULTS, times)
 
 
+def test_the_timing_stops_where_the_children_left_would_outlast_the_run():
+    # 300 iterations of 7 ms (2.1 s) against 3 children of 10 s: stop; 70,000: go on.
+    assert thread_tuning.over_budget([10.0], 3, 300, 7.0) == (
+        "the 3 children left (about 30 s) would take longer than this run (about 2.1 s)")
+    assert thread_tuning.over_budget([10.0], 3, 70000, 7.0) is None
+    # The quickest child so far predicts the rest (the first also prepares the data).
+    assert thread_tuning.over_budget([134.0, 24.0], 2, 100, 300.0) == (
+        "the 2 children left (about 48 s) would take longer than this run (about 30 s)")
+    assert thread_tuning.over_budget([134.0, 24.0], 2, 200, 300.0) is None
+    assert thread_tuning.over_budget([10.0], 3, 300, 7.0, budget=10).endswith(
+        "would take longer than 10 times this run (about 2.1 s)")
+    assert thread_tuning.over_budget([10.0], 3, 300, 7.0, budget=20) is None
+    assert thread_tuning.over_budget([10.0], 3, 300, 7.0, budget=0) is None
+    assert thread_tuning.over_budget([10.0], 0, 300, 7.0) is None
+    assert thread_tuning.run_iterations(TINY.replace(num_iterations=300)) == 300
+    from keras_meta.training.learned_optimizer_config import LearnedOptimizerTrainConfig
+    assert thread_tuning.run_iterations(LearnedOptimizerTrainConfig(
+        optimizee="quadratic", num_meta_iterations=7)) == 7
+    # An entry that stopped early serves runs no longer than its own, under a budget.
+    stopped = {"choice": thread_tuning.DEFAULTS, "stopped_early": "...", "run_iterations": 300}
+    assert thread_tuning._covers(stopped, 300, 1.0) and thread_tuning._covers(stopped, 2, 1.0)
+    assert not thread_tuning._covers(stopped, 301, 1.0)
+    assert not thread_tuning._covers(stopped, 2, 0.0)
+    assert thread_tuning._covers({"choice": thread_tuning.DEFAULTS}, 10**9, 0.0)
+
+
+@pytest.mark.slow
+def test_a_short_run_stops_timing_after_the_first_child_and_keeps_the_defaults(tmp_path):
+    env = _measuring_env(tmp_path / "cache")
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_meta.cli.train_maml", "--preset=sinusoid_one_step",
+         "--num_iterations=2", "--meta_batch_size=2", "--eval_every=0", "--num_eval_tasks=2",
+         "--eval_inner_steps=1", "--task_batching=batched", f"--model_dir={tmp_path / 'run'}"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[threads]")]
+    most = 2 * len(thread_tuning.candidates())
+    assert lines[1].startswith(f"[threads] 1/{most} {thread_tuning.DEFAULTS}: "), lines
+    assert re.match(rf"\[threads\] timing stopped: the {most - 1} children left \(about "
+                    r"[\d.]+ s\) would take longer than this run \(about [\d.]+ s\); "
+                    r"choosing from what was measured", lines[2]), lines
+    assert lines[3].startswith(f"[threads] {thread_tuning.DEFAULTS} ("), lines
+    ((_, entry),) = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text()).items()
+    assert entry["choice"] == thread_tuning.DEFAULTS and entry["run_iterations"] == 2
+    assert [k for k, v in entry["rounds"].items() if v] == [thread_tuning.DEFAULTS], entry
+
+
 def test_onednn_is_tried_only_where_it_is_off_and_not_given(monkeypatch):
     from keras_meta.maml.task_batching_autotune import onednn_enabled
 
@@ -163,7 +210,7 @@ def test_the_learned_optimizer_trainer_tunes_its_threads_too(tmp_path):
         [sys.executable, "-m", "keras_meta.cli.train_learned_optimizer", "--optimizee=quadratic",
          "--num_steps=4", "--unroll_length=2", "--num_meta_iterations=2", "--hidden_size=4",
          "--num_layers=1", "--num_functions=2", "--log_every=1", "--checkpoint_every=1",
-         "--eval_shifts=", f"--model_dir={tmp_path / 'run'}"],
+         "--eval_shifts=", "--tune_threads_budget=0", f"--model_dir={tmp_path / 'run'}"],
         env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     (entry,) = json.loads((tmp_path / "cache" / thread_tuning.CACHE_FILE).read_text()).values()
@@ -177,6 +224,9 @@ def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
     command = [sys.executable, "-m", "keras_meta.cli.train_maml", "--preset=sinusoid_one_step",
                "--num_iterations=2", "--meta_batch_size=2", "--eval_every=0",
                "--num_eval_tasks=2", "--eval_inner_steps=1", "--task_batching=batched"]
+    # Two iterations are far shorter than the children: every setting is timed only without
+    # the budget (the short run's stop is the test below).
+    command.append("--tune_threads_budget=0")
     outputs = []
     for run in ("a", "b"):
         done = subprocess.run([*command, f"--model_dir={tmp_path / run}"], env=env,
