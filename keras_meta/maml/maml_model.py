@@ -674,13 +674,13 @@ def _agree_on_finiteness(grads):
 def _fit_iterations(dataset, args, kwargs):
     """The meta-iterations a `fit(dataset, ...)` call will run, or None where unknown (the
     arguments after `x` given by position, or an endless dataset without `steps_per_epoch`)."""
-    if args:
-        return None
-    epochs = kwargs.get("epochs", 1) - kwargs.get("initial_epoch", 0)
+    epochs, first = kwargs.get("epochs", 1), kwargs.get("initial_epoch", 0)
+    if args or not isinstance(epochs, int) or not isinstance(first, int):
+        return None  # Keras judges odd arguments with its own message, not a TypeError here
     steps = kwargs.get("steps_per_epoch")
     if steps is None:
         cardinality = int(dataset.cardinality())
         steps = cardinality if cardinality > 0 else None
-    if not isinstance(steps, int) or not isinstance(epochs, int) or steps * epochs < 1:
+    if not isinstance(steps, int) or steps * (epochs - first) < 1:
         return None
-    return steps * epochs
+    return steps * (epochs - first)

@@ -307,6 +307,21 @@ def test_fit_measures_first_unless_turned_off(monkeypatch, tmp_path, enabled):
         assert not (tmp_path / autotune.CACHE_FILE).exists()
 
 
+def test_fit_tells_the_measurement_its_length_only_where_keras_would_know_it():
+    from keras_meta.maml.maml_model import _fit_iterations
+
+    endless = sinusoid_episodes(5, 5, 8, seed=0)
+    finite = tf.data.Dataset.range(6)
+    assert _fit_iterations(endless, (), dict(steps_per_epoch=4, epochs=3)) == 12
+    assert _fit_iterations(endless, (), dict(steps_per_epoch=4, epochs=3, initial_epoch=1)) == 8
+    assert _fit_iterations(finite, (), dict(epochs=2)) == 12
+    assert _fit_iterations(finite.repeat(), (), {}) is None
+    # Positional arguments, or values Keras itself refuses: no length, and no error of ours.
+    assert _fit_iterations(finite, (None, None, 2), {}) is None
+    assert _fit_iterations(finite, (), dict(epochs=None)) is None
+    assert _fit_iterations(finite, (), dict(epochs=2, initial_epoch=2)) is None
+
+
 def test_the_trainer_records_its_choice(monkeypatch, tmp_path):
     from keras_meta.training import run_state, train
     from keras_meta.training.config import MAMLTrainConfig
