@@ -13,6 +13,9 @@ import tensorflow as tf
 
 from keras_meta._checks import check_int
 
+# The stop of an endless stream: far beyond any run, and told to tf.data as infinite (see
+# `_endless`), as for any repeated dataset: `len()` refuses, and Keras' `fit` shows no
+# epoch length, where it counted 2**62 episodes before.
 ENDLESS = 2**62
 
 
@@ -61,7 +64,7 @@ def episode_indices(start=0, stop=ENDLESS, *, meta_batch_size=None, shard=None):
     """
     check_int("start", start, minimum=0)
     if shard is None:
-        return tf.data.Dataset.range(start, stop, name="episode_index")
+        return _endless(tf.data.Dataset.range(start, stop, name="episode_index"), stop)
     check_int("meta_batch_size", meta_batch_size)
     index, _ = _check_shard(shard)
     per_shard = shard_meta_batch_size(meta_batch_size, shard)
@@ -75,4 +78,15 @@ def episode_indices(start=0, stop=ENDLESS, *, meta_batch_size=None, shard=None):
         return tf.data.Dataset.range(offset, offset + per_shard)
 
     iterations = tf.data.Dataset.range(start // meta_batch_size, stop // meta_batch_size)
-    return iterations.flat_map(share, name="episode_index")
+    return _endless(iterations.flat_map(share, name="episode_index"), stop)
+
+
+def _endless(indices, stop):
+    """`indices`, with an infinite cardinality where `stop` is `ENDLESS`.
+
+    A range is cheaper per element than `Dataset.counter` (a scan), so the stream stays a
+    range and only its cardinality is set.
+    """
+    if stop != ENDLESS:
+        return indices
+    return indices.apply(tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))

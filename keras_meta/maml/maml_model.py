@@ -271,7 +271,7 @@ class MAML(keras.Model):
 
         >>> choice, report = maml.autotune(next(iter(train_episodes)))
         >>> choice.label
-        'batched, chunks of 8, fused batch norm'
+        'batched, chunks of 8'
         """
         from keras_meta.maml.task_batching_autotune import (TaskBatchingChoice,
                                                             autotune_task_batching)

@@ -72,3 +72,19 @@ def test_image_episode_shards_rebuild_the_meta_batch():
     assert parts[0].support_x.shape[0] == 2
     for field, value in zip(whole, zip(*parts)):
         np.testing.assert_array_equal(field.numpy(), np.concatenate([v.numpy() for v in value]))
+
+
+def test_endless_streams_are_infinite_and_bounded_ones_count_their_episodes():
+    infinite = -1  # tf.data.INFINITE_CARDINALITY
+    assert int(episode_indices(3).cardinality()) == infinite
+    assert int(episode_indices(8, meta_batch_size=4, shard=(1, 2)).cardinality()) == infinite
+    assert _ints(episode_indices(3).take(3)) == [3, 4, 5]
+    assert int(episode_indices(3, 10).cardinality()) == 7
+    assert int(sinusoid_episodes(5, 5, 25, seed=0).cardinality()) == infinite
+    assert int(sinusoid_episodes(5, 5, 25, seed=0, num_episodes=100).cardinality()) == 4
+    images = np.zeros((12, 6, 4, 4, 1), np.uint8)
+    sampler = EpisodeSampler(ClassImageSource(images), EpisodeConfig(3, 1, 2, meta_batch_size=4))
+    assert int(sampler.dataset(seed=0).cardinality()) == infinite
+    assert int(sampler.dataset(seed=0, shard=(1, 2)).cardinality()) == infinite
+    with pytest.raises(TypeError, match="infinite"):
+        len(sinusoid_episodes(5, 5, 25, seed=0))
