@@ -2,6 +2,7 @@ r"""Batch norm's second derivative: TensorFlow's (taped) forms against keras-met
 
     python benchmarks/batch_norm_second_order.py [--rounds=6 --calls=3]
     python benchmarks/batch_norm_second_order.py --rounds=1 --calls=1 --steps=none   # layers only
+    python benchmarks/batch_norm_second_order.py --before=plain_second --steps=omniglot_20w1s,omniglot_5w1s
 
 Task-batched MAML runs batch norm two ways: through TensorFlow's fused kernels in the grouped
 layout (`keras_meta/layers/fused_batch_norm.py`), and in plain ops with per-task statistics
@@ -30,6 +31,12 @@ For the step rows the benchmark swaps the functions the task-batched kernel call
 TensorFlow's fused batch norm and taped plain ops while it traces the "TensorFlow's" step:
 what keras-meta ran before the closed forms. Every figure is the median over rounds of the
 ratio within a round, with a 90% bootstrap interval (`benchmarks/interleaved.py`).
+
+`--before=plain_second` sets the fused form against keras-meta's previous one instead: the
+same fused kernels forward and backward, with the closed-form second derivative in plain ops
+(`closed_form_batch_norm.second_derivative`) where it now runs on the fused kernels
+(`fused_batch_norm._fused_second_derivative`). Only the fused rows change, so the plain-op
+layer rows are left out.
 """
 
 import os
@@ -44,6 +51,9 @@ flags.DEFINE_integer("layer_calls", 20, "Timed calls per form per round, layer r
                      lower_bound=1)
 flags.DEFINE_list("steps", ["omniglot_20w1s", "omniglot_5w1s", "omniglot_5w1s_bf16"],
                   "Meta-step rows to time ('none': the layer rows only).")
+flags.DEFINE_enum("before", "tensorflow", ["tensorflow", "plain_second"],
+                  "What keras-meta's forms are set against: TensorFlow's registered and taped "
+                  "forms, or keras-meta's fused kernels with the plain-op second derivative.")
 FLAGS = flags.FLAGS
 
 EPSILON = 1e-3
@@ -74,6 +84,42 @@ def _taped(x, scale, offset, epsilon, axes):
     centred = x - tf.reduce_mean(x, axes, keepdims=True)
     inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axes, keepdims=True) + epsilon)
     return centred * (inv * scale) + offset
+
+
+def _plain_second(x, scale, offset, epsilon):
+    """The fused kernels forward and backward, with the plain-op closed-form second
+    derivative (keras-meta's fused batch norm before its second derivative ran on them)."""
+    import tensorflow as tf
+
+    from keras_meta.layers.closed_form_batch_norm import second_derivative
+
+    @tf.custom_gradient
+    def normalize(x, scale, offset):
+        empty = tf.constant([], scale.dtype)
+        y, _, _, mean, variance, reserve = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=epsilon,
+            is_training=True)
+
+        def grad(dy):
+            @tf.custom_gradient
+            def backward(dy, x, scale):
+                result = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy, x=x, scale=scale, reserve_space_1=mean,
+                    reserve_space_2=variance, reserve_space_3=reserve, epsilon=epsilon,
+                    is_training=True)[:3]
+
+                def second(a, b, c):
+                    d_dy, d_x, d_scale = second_derivative(
+                        dy, tf.cast(x, scale.dtype), scale, a, b, c, epsilon)
+                    return tf.cast(d_dy, dy.dtype), tf.cast(d_x, x.dtype), d_scale
+
+                return result, second
+
+            return backward(dy, x, scale)
+
+        return y, grad
+
+    return normalize(x, scale, offset)
 
 
 def _layer_function(norm, axes=None):
@@ -142,7 +188,9 @@ def _step(name, tensorflows):
     maml.compile(keras.optimizers.Adam(1e-3))
     step = ConcreteStep(tf.function(maml.meta_train_step))
     kept = batched_batch_norm.fused_batch_norm, batched_batch_norm.closed_form_batch_norm
-    if tensorflows and policy:
+    if tensorflows and FLAGS.before == "plain_second":
+        batched_batch_norm.fused_batch_norm = _plain_second
+    elif tensorflows and policy:
         batched_batch_norm.fused_batch_norm = _cast_around(kept[0])
     elif tensorflows:
         batched_batch_norm.fused_batch_norm = _registered
@@ -201,18 +249,23 @@ def main(argv):
     # Every layer row traces new functions; TensorFlow's retracing warning would say so.
     tf.get_logger().setLevel("ERROR")
     print(f"command: python {' '.join(sys.argv)}\n")
-    print("| workload | before: TensorFlow's (bf16: casts) | keras-meta | keras-meta / before, "
+    before = ("TensorFlow's (bf16: casts)" if FLAGS.before == "tensorflow"
+              else "plain-op second derivative")
+    print(f"| workload | before: {before} | keras-meta | keras-meta / before, "
           "median (90% interval) | range over rounds |")
     print("|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for label, form, shape in LAYER_SHAPES:
+        if FLAGS.before == "plain_second" and form != "fused":
+            continue
         # Fused: [C] parameters; plain: per-task [T, 1, 1, 1, C], statistics over N, H, W.
         vector = [shape[-1]] if form == "fused" else [shape[0], 1, 1, 1, shape[-1]]
         args = [tf.constant(v, tf.float32) for v in (
             rng.normal(size=shape) * 2 + 0.5, rng.normal(size=vector) + 1,
             rng.normal(size=vector), rng.normal(size=shape), rng.normal(size=shape))]
         if form == "fused":
-            forms = [_layer_function(norm) for norm in (_registered, fused_batch_norm)]
+            old = _registered if FLAGS.before == "tensorflow" else _plain_second
+            forms = [_layer_function(norm) for norm in (old, fused_batch_norm)]
         else:
             forms = [_layer_function(norm, [1, 2, 3])
                      for norm in (_taped, closed_form_batch_norm)]

@@ -216,3 +216,17 @@ def test_the_jax_side_answers_a_command_it_cannot_do_and_keeps_serving(tmp_path)
     assert f"{no_entry} has no ENTRY line" in answers[commands[2]], answers
     assert "No such file" in answers[commands[3]], answers
     assert 0 < answers["turn"] < 1e4
+
+
+def test_the_batch_norm_benchmark_sets_the_fused_form_against_its_plain_op_second_derivative():
+    # Layers only, one call per round: the fused rows against the previous second derivative,
+    # the plain-op rows left out.
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "batch_norm_second_order.py"),
+         "--before=plain_second", "--steps=none", "--rounds=1", "--layer_calls=1"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| layer:")]
+    assert "before: plain-op second derivative" in done.stdout
+    assert len(rows) == 3 and all("fused" in row for row in rows), done.stdout

@@ -62,7 +62,8 @@ INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"
 # 3: the fused batch norm's second derivative is a closed form (`layers/fused_batch_norm.py`).
 # 4: under mixed_bfloat16 the fused batch norm takes bfloat16 activations without casts.
 # 5: each candidate is timed as its concrete function returning two scalars (`timed_step`).
-CACHE_VERSION = 5
+# 6: the fused batch norm's float32 second derivative runs on the fused kernels.
+CACHE_VERSION = 6
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.

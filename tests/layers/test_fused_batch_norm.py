@@ -102,8 +102,49 @@ def test_fused_batch_norm_runs_tensorflows_fused_kernels_forward_and_backward():
         return outer.gradient(value, x)
 
     graph = second.get_concrete_function(v["x"], v["scale"], v["c"], v["dy"]).graph
-    types = {op.type for op in graph.get_operations()}
+    ops = [op for op in graph.get_operations()]
+    types = {op.type for op in ops}
     assert {"FusedBatchNormV3", "FusedBatchNormGradV3"} <= types, types
+    # The second derivative runs on the kernels too: the backward pass again for its
+    # upstream gradient (besides the inner tape's and the outer tape's through the forward
+    # pass), and the affine maps of xhat in inference mode; the plain-op form (which takes
+    # the mean and variance again with `Mean` ops) is not in the float32 graph.
+    assert sum(op.type == "FusedBatchNormGradV3" for op in ops) == 3
+    modes = sorted(op.get_attr("is_training") for op in ops if op.type == "FusedBatchNormV3")
+    assert modes == [False, False, True], modes
+    assert "Mean" not in types, types
+
+
+def _third_order(norm, v):
+    """Gradient for (x, scale) of a function of `_second_order`'s gradient for x."""
+    x, scale, offset, r = v["x"], v["scale"], v["c"], v["dy"]
+    with tf.GradientTape() as third:
+        third.watch([x, scale])
+        with tf.GradientTape() as outer:
+            outer.watch([x, scale])
+            with tf.GradientTape() as inner:
+                inner.watch([x, scale, offset])
+                loss = tf.reduce_sum(tf.sin(norm(x, scale, offset, EPSILON)) * r)
+            dx, dscale, doffset = inner.gradient(loss, [x, scale, offset])
+            value = (tf.reduce_sum(tf.sin(dx) * v["a"]) + tf.reduce_sum(dscale * v["b"])
+                     + tf.reduce_sum(doffset * v["c"]))
+        second_x = outer.gradient(value, x)
+        top = tf.reduce_sum(tf.tanh(second_x) * r)
+    return [g.numpy().astype(np.float64) for g in third.gradient(top, [x, scale])]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_fused_third_order_is_float32_rounding_from_float64(seed):
+    # The float32 second derivative takes the batch's statistics as inputs to the kernels;
+    # the third goes through the plain-op form, whose dependence on x is complete. A tape
+    # through the kernels instead would drop d(mean)/dx and d(variance)/dx here.
+    shape = (6, 5, 5, 8)
+    exact = _third_order(_plain_batch_norm, _inputs(seed, tf.float64, shape))
+    v32 = _inputs(seed, tf.float32, shape)
+    floor = _errors(_third_order(_plain_batch_norm, v32), exact).max()
+    assert 1e-9 < floor < 1e-3, floor
+    ours = _errors(_third_order(fused_batch_norm, v32), exact)
+    assert ours.max() <= 5 * floor, (ours, floor)
 
 
 def test_inputs_the_fused_kernel_cannot_take_are_refused_with_what_was_received():

@@ -185,7 +185,10 @@ def test_a_short_run_traces_only_what_its_budget_allows_and_a_longer_one_measure
     assert not report["cached"] and report["over_budget"] == []
     assert any("left out loop, batched, chunks of 4 for a run of 1 iterations" in m
                for m in messages)
-    assert all(isinstance(t, float) for t in report["timings"].values())
+    # (Chunks may still be left out by the timing rules, `left_out`, on a loaded machine.)
+    assert not any(str(t).startswith("not timed: tracing it would take")
+                   for t in report["timings"].values()), report["timings"]
+    assert isinstance(report["timings"]["loop"], float), report["timings"]
     assert "over_budget" not in json.load(open(path))[report["key"]]
     # A complete measurement serves any run.
     assert measure(1)[1]["cached"] and measure(10**9)[1]["cached"]
