@@ -78,8 +78,9 @@ def _backward(dy, x, scale, saved, epsilon):
 
     @tf.custom_gradient
     def backward(dy, x, scale):
-        # The saved statistics only speed up the kernel; the derivative below recomputes
-        # what it needs from `x`, so that no tape misses a dependence on it.
+        # The saved statistics only speed up the kernels, here and in the second derivative,
+        # which hands any further derivative to the plain-op form: that recomputes them
+        # from `x`, so that no tape misses a dependence on it.
         dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
             y_backprop=dy, x=x, scale=scale, reserve_space_1=saved[0],
             reserve_space_2=saved[1], reserve_space_3=saved[2], epsilon=epsilon,
@@ -148,7 +149,9 @@ def _fused_second_derivative(dy, x, scale, a, b, c, epsilon, saved, sum_dy_xhat,
             with tf.GradientTape() as tape:
                 tape.watch(inputs)
                 plain = second_derivative(dy, x, scale, a, b, c, epsilon)
-            return tape.gradient(plain, inputs, output_gradients=list(upstream),
+            # A tape takes no None among its output gradients; a missing one means zero.
+            upstream = [tf.zeros_like(p) if u is None else u for u, p in zip(upstream, plain)]
+            return tape.gradient(plain, inputs, output_gradients=upstream,
                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         return (d_dy, d_x, d_scale), third
