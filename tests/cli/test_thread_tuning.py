@@ -279,3 +279,10 @@ def test_the_trainer_times_both_settings_once_then_reuses_the_timings(tmp_path):
                .splitlines()]
     (start,) = [r for r in records if r.get("event") == "start"]
     assert start["onednn"] is True and start["intra_op_threads"] == 0, start
+
+
+def test_a_negative_budget_is_refused_by_the_parser_and_zero_means_no_limit():
+    with pytest.raises(flags.IllegalFlagValueError, match="tune_threads_budget"):
+        _flags("--tune_threads_budget=-0.5")
+    assert _flags("--tune_threads_budget=0").tune_threads_budget == 0.0
+    assert _flags().tune_threads_budget == thread_tuning.BUDGET
