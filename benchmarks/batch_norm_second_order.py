@@ -89,37 +89,9 @@ def _taped(x, scale, offset, epsilon, axes):
 def _plain_second(x, scale, offset, epsilon):
     """The fused kernels forward and backward, with the plain-op closed-form second
     derivative (keras-meta's fused batch norm before its second derivative ran on them)."""
-    import tensorflow as tf
+    from keras_meta.layers.fused_batch_norm import _fused
 
-    from keras_meta.layers.closed_form_batch_norm import second_derivative
-
-    @tf.custom_gradient
-    def normalize(x, scale, offset):
-        empty = tf.constant([], scale.dtype)
-        y, _, _, mean, variance, reserve = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=epsilon,
-            is_training=True)
-
-        def grad(dy):
-            @tf.custom_gradient
-            def backward(dy, x, scale):
-                result = tf.raw_ops.FusedBatchNormGradV3(
-                    y_backprop=dy, x=x, scale=scale, reserve_space_1=mean,
-                    reserve_space_2=variance, reserve_space_3=reserve, epsilon=epsilon,
-                    is_training=True)[:3]
-
-                def second(a, b, c):
-                    d_dy, d_x, d_scale = second_derivative(
-                        dy, tf.cast(x, scale.dtype), scale, a, b, c, epsilon)
-                    return tf.cast(d_dy, dy.dtype), tf.cast(d_x, x.dtype), d_scale
-
-                return result, second
-
-            return backward(dy, x, scale)
-
-        return y, grad
-
-    return normalize(x, scale, offset)
+    return _fused(x, scale, offset, epsilon, second_on_kernels=False)
 
 
 def _layer_function(norm, axes=None):

@@ -57,6 +57,13 @@ def fused_batch_norm(x, scale, offset, epsilon):
         raise ValueError(
             f"fused_batch_norm needs epsilon >= 1.001e-5 (TensorFlow's fused kernel); got "
             f"{epsilon!r}. Use closed_form_batch_norm for smaller values.")
+    return _fused(x, scale, offset, epsilon, second_on_kernels=True)
+
+
+def _fused(x, scale, offset, epsilon, second_on_kernels):
+    """`fused_batch_norm` without its checks; `second_on_kernels=False` keeps the plain-op
+    second derivative for float32 too (what `benchmarks/batch_norm_second_order.py` sets the
+    kernels' form against)."""
 
     @tf.custom_gradient
     def normalize(x, scale, offset):
@@ -66,14 +73,15 @@ def fused_batch_norm(x, scale, offset, epsilon):
             is_training=True)
 
         def grad(dy):
-            return _backward(dy, x, scale, (mean, variance, reserve), epsilon)
+            return _backward(dy, x, scale, (mean, variance, reserve), epsilon,
+                             second_on_kernels)
 
         return y, grad
 
     return normalize(x, scale, offset)
 
 
-def _backward(dy, x, scale, saved, epsilon):
+def _backward(dy, x, scale, saved, epsilon, second_on_kernels):
     """`(dx, dscale, doffset)` from the fused kernel, with the closed-form derivative."""
 
     @tf.custom_gradient
@@ -87,7 +95,7 @@ def _backward(dy, x, scale, saved, epsilon):
             is_training=True)
 
         def grad(a, b, c):
-            if x.dtype == scale.dtype:
+            if second_on_kernels and x.dtype == scale.dtype:
                 return _fused_second_derivative(dy, x, scale, a, b, c, epsilon, saved,
                                                 sum_dy_xhat=dscale, sum_dy=doffset)
             # Mixed precision: in the statistics' dtype (float32), as the kernels compute
