@@ -230,3 +230,38 @@ def test_the_batch_norm_benchmark_sets_the_fused_form_against_its_plain_op_secon
     rows = [line for line in done.stdout.splitlines() if line.startswith("| layer:")]
     assert "before: plain-op second derivative" in done.stdout
     assert len(rows) == 3 and all("fused" in row for row in rows), done.stdout
+
+
+def test_the_thunk_profile_reads_opcodes_and_shapes_from_optimized_hlo():
+    hlo = "\n".join([
+        "ENTRY %main (p: f32[25,10,40]) -> f32[25,40,40] {",
+        "  %MatMul_6.7 = f32[25,40,40]{2,1,0} dot(%a, %b), lhs_batch_dims={0}",
+        "  %bitcast_dot_fusion = f32[40]{0} fusion(%c, %d), kind=kLoop, calls=%f",
+        "  ROOT %tuple.3 = (f32[], s32[4]{0}) tuple(%x, %y)",
+        "  %copy.31 = f32[40,40]{0,1} copy(%e)",
+        "}"])
+    [found] = _in_child("xla_thunks.py", "hlo_instructions", [hlo])
+    assert found == {"MatMul_6.7": ["dot", "f32[25,40,40]"],
+                     "bitcast_dot_fusion": ["fusion", "f32[40]"],
+                     "tuple.3": ["tuple", "(f32[], s32[4])"],
+                     "copy.31": ["copy", "f32[40,40]"]}
+
+
+def test_the_thunk_profile_accounts_for_the_compiled_steps_time(tmp_path):
+    # Two profiled calls of two meta-iterations: every thunk event is named after an
+    # instruction of the optimized module, and the thunks fit inside the executor's time.
+    output = tmp_path / "thunks.json"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT, KERAS_BACKEND="tensorflow")
+    env.pop("XLA_FLAGS", None)
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "xla_thunks.py"), "--steps_per_call=2",
+         "--calls=2", "--warmup=1", "--top=3", f"--output={output}"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(output.read_text())
+    assert "| dot |" in done.stdout and len(figures["top"]) == 3, done.stdout
+    assert figures["thunks"] > 10 and figures["by_opcode"]["dot"]["thunks"] >= 1
+    assert sum(v["us"] for v in figures["by_opcode"].values()) == pytest.approx(
+        figures["thunks_us"])
+    assert 0 < figures["thunks_us"] <= figures["executor_us"] * 1.001
+    assert figures["executor_us"] < figures["wall_us"]
