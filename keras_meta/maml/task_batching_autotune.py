@@ -63,7 +63,9 @@ INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"
 # 4: under mixed_bfloat16 the fused batch norm takes bfloat16 activations without casts.
 # 5: each candidate is timed as its concrete function returning two scalars (`timed_step`).
 # 6: the fused batch norm's float32 second derivative runs on the fused kernels.
-CACHE_VERSION = 6
+# 7: a shared first step's dense layer of width 1 takes its input gradient as a broadcast
+#    multiply (`shared_start.shared_matmul`), not a matmul.
+CACHE_VERSION = 7
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.

@@ -145,6 +145,40 @@ def test_shared_matmul_is_one_matmul_with_per_task_kernel_gradients():
     assert shapes == [[15, 2]], shapes  # all tasks' rows at once, no batched matmul
 
 
+def test_shared_matmul_of_width_one_matches_the_batched_one_to_second_order():
+    # A width of 1 makes the input gradient an outer product, computed as a broadcast multiply
+    # instead of a matmul: the same derivatives, to second order, in float64.
+    rng = np.random.default_rng(1)
+    x = tf.constant(rng.normal(size=(3, 5, 4)))
+    theta = tf.constant(rng.normal(size=(4, 1)))
+    weights = tf.constant(rng.normal(size=(3, 5, 1)))
+
+    def derivatives(matmul):
+        with tf.GradientTape() as outer:
+            outer.watch([x, theta])
+            kernels = tf.broadcast_to(theta, [3, 4, 1])
+            with tf.GradientTape() as inner:
+                inner.watch([x, kernels])
+                value = tf.reduce_sum(tf.sin(matmul(x, kernels)) * weights)
+            dx, dk = inner.gradient(value, [x, kernels])
+            norm = tf.reduce_sum(tf.square(dx)) + tf.reduce_sum(dk * dk * dk)
+        return [dx, dk] + outer.gradient(norm, [x, theta])
+
+    for a, b in zip(derivatives(shared_matmul), derivatives(tf.matmul)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-12, atol=1e-14)
+
+    def input_gradient(x, kernels):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = shared_matmul(x, kernels)
+        return tape.gradient(y, x, output_gradients=weights)
+
+    kernels = tf.broadcast_to(theta, [3, 4, 1])
+    graph = tf.function(input_gradient).get_concrete_function(x, kernels).graph
+    assert [op.outputs[0].shape.as_list() for op in graph.get_operations()
+            if op.type == "MatMul"] == [[15, 1]]  # the forward pass only
+
+
 def conv_kernel_shapes(maml, episode):
     graph = tf.function(lambda e: maml.meta_gradients(e)[1]).get_concrete_function(
         episode).graph
