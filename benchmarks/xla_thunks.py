@@ -9,7 +9,8 @@ per fusion, dot, copy or loop of the optimized HLO. With `--xla_cpu_enable_xprof
 (added to `XLA_FLAGS` here, before TensorFlow starts) each thunk leaves one event in the TF
 profiler. This script compiles `MAML.meta_train_steps` (or `meta_train_step` for one per
 call) on the sinusoid MLP's meta-batch of 25 tasks, as `meta_step.py`'s sinusoid XLA rows,
-profiles `--calls` calls and prints, per meta-iteration:
+profiles `--calls` calls and prints, per meta-iteration (`--inner_steps`: 1 by default, as
+`meta_step.py`'s rows; the `sinusoid` preset trains with 5):
 
 * the wall time, the thunk executor's time and the number of thunks;
 * the time by HLO opcode (dot, fusion, copy, ...), from the optimized HLO
@@ -34,6 +35,8 @@ from absl import app, flags
 flags.DEFINE_integer("steps_per_call", 10, "Meta-iterations per compiled call.", lower_bound=1)
 flags.DEFINE_integer("calls", 20, "Profiled calls.", lower_bound=1)
 flags.DEFINE_integer("warmup", 50, "Untimed calls after compiling.", lower_bound=0)
+flags.DEFINE_integer("inner_steps", 1, "Inner steps (the sinusoid preset trains with 5).",
+                     lower_bound=1)
 flags.DEFINE_integer("top", 25, "Thunks to list, slowest first.", lower_bound=0)
 flags.DEFINE_enum("task_batching", "batched", ["batched", "loop"],
                   "How the 25 tasks run (MAML's task_batching).")
@@ -97,7 +100,8 @@ def main(argv):
                                          "XLA_FLAGS") if k in os.environ))
     keras.utils.set_random_seed(0)
     episode = next(iter(sinusoid_episodes(10, 10, 25, seed=0)))
-    maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", task_batching=FLAGS.task_batching)
+    maml = km.MAML(mlp(), inner_lr=0.01, loss="mse", task_batching=FLAGS.task_batching,
+                   inner_steps=FLAGS.inner_steps)
     maml.compile(keras.optimizers.Adam(1e-3))
     if steps > 1:
         # Distinct meta-batches stacked on a leading axis, as meta_step.py's 10-per-call rows.
@@ -138,7 +142,7 @@ def main(argv):
         by_opcode[instructions[name][0]] += us
         thunks_by_opcode[instructions[name][0]] += counts[name] / iterations
     figures = {
-        "steps_per_call": steps, "calls": FLAGS.calls,
+        "steps_per_call": steps, "calls": FLAGS.calls, "inner_steps": FLAGS.inner_steps,
         "wall_us": wall / iterations * 1e6, "executor_us": executor / iterations * 1e6,
         "thunks_us": total, "thunks": sum(counts.values()) / iterations,
         "by_opcode": {k: {"us": v, "thunks": thunks_by_opcode[k]}
@@ -146,7 +150,8 @@ def main(argv):
         "top": [{"thunk": n, "opcode": instructions[n][0], "shape": instructions[n][1],
                  "us": us} for n, us in sorted(per.items(), key=lambda kv: -kv[1])[:FLAGS.top]],
     }
-    print(f"per meta-iteration ({steps} per call, {FLAGS.calls} profiled calls): wall "
+    print(f"per meta-iteration ({FLAGS.inner_steps} inner steps, {steps} per call, "
+          f"{FLAGS.calls} profiled calls): wall "
           f"{figures['wall_us']:.1f} us, thunk executor {figures['executor_us']:.1f} us, "
           f"{figures['thunks']:.0f} thunks taking {total:.1f} us")
     print("\n| opcode | thunks per iteration | us per iteration | share of thunk time |")
