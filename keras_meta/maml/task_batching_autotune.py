@@ -65,7 +65,9 @@ INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"
 # 6: the fused batch norm's float32 second derivative runs on the fused kernels.
 # 7: a shared first step's dense layer of width 1 takes its input gradient as a broadcast
 #    multiply (`shared_start.shared_matmul`), not a matmul.
-CACHE_VERSION = 7
+# 8: under XLA on a CPU, dense layers' per-task contractions over rows run on materialized
+#    transposes (`batching/batched_matmul.py`).
+CACHE_VERSION = 8
 CHUNK_SIZES = (4, 8, 16)
 # A batch-norm form whose full batched pass is slower than the other's by more than this
 # factor (beyond run-to-run noise) is not timed in chunks.

@@ -10,9 +10,8 @@ import functools
 
 import keras
 import tensorflow as tf
-from tensorflow.python.framework import ops
-from tensorflow.python.ops import control_flow_util
 
+from keras_meta.core.batching.batched_matmul import batched_matmul, xla_on_cpu
 from keras_meta.core.batching.layouts import (GROUPED, TASK_MAJOR, per_task, to_grouped,
                                                to_task_major)
 from keras_meta.core.batching.shared_start import SHARED_OPTION, shared_conv2d, shared_matmul
@@ -27,7 +26,7 @@ def _dense(layer, params, x, layout, num_tasks, conv=None, options=None):
         y = shared_matmul(tf.reshape(x, [num_tasks, -1, x.shape[-1]]), kernel)
         y = tf.reshape(y, [num_tasks] + rows.as_list() + [kernel.shape[-1]])
     elif x.shape.rank == 3:
-        y = tf.matmul(x, kernel)
+        y = batched_matmul(x, kernel)
     else:
         y = tf.einsum("tn...i,tio->tn...o", x, kernel)
     if layer.use_bias:
@@ -39,11 +38,6 @@ def _dense(layer, params, x, layout, num_tasks, conv=None, options=None):
 
 def _accelerator():
     return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
-def _xla_on_cpu():
-    return (not _accelerator()
-            and control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 
 def grouped_convolution_available(dtype):
@@ -59,7 +53,7 @@ def grouped_convolution_available(dtype):
         return True
     # XLA's CPU backend lowers a grouped convolution to a slow generic loop (about 50x slower
     # than oneDNN on the Omniglot network), so compiled CPU code takes the patch form.
-    if _xla_on_cpu():
+    if xla_on_cpu():
         return False
     dtype = tf.as_dtype(dtype)
     return dtype in (tf.float32, tf.bfloat16) and cpu_grouped_gradients(dtype.name)
@@ -73,7 +67,7 @@ def convolutions_fall_back_to_patches(model):
     loop on Omniglot 5w1s (4.36 against 0.92 s per meta-iteration, an AVX2 AMD EPYC), so
     `task_batching="auto"` without measuring takes the loop.
     """
-    if _accelerator() or _xla_on_cpu():
+    if _accelerator() or xla_on_cpu():
         return False
     convolutions = [layer for layer in model._flatten_layers(include_self=False)
                     if isinstance(layer, keras.layers.Conv2D)]
@@ -118,7 +112,7 @@ def _conv2d(layer, params, x, layout, num_tasks, conv="auto", options=None):
     # Not in XLA on a CPU: its float32 convolution there was no faster than the patch form on
     # conv4 (5w1s, second order) and lost precision in second-order MAML (relative error 1.4e-4
     # against float64, where every other form gave 1e-5 to 2e-5).
-    if (options or {}).get(SHARED_OPTION) and not _xla_on_cpu():
+    if (options or {}).get(SHARED_OPTION) and not xla_on_cpu():
         y, layout = _shared_conv2d(layer, kernel, x, layout, num_tasks, conv)
     elif conv == "grouped":
         y, layout = _grouped_conv2d(layer, kernel, x, layout, num_tasks)

@@ -25,6 +25,8 @@ the patch form (`kernels.py` says why); dense layers are shared everywhere.
 
 import tensorflow as tf
 
+from keras_meta.core.batching.batched_matmul import batched_matmul, xla_on_cpu
+
 # The kernel option that says: every task's parameters in this call are the same tensor.
 SHARED_OPTION = "shared_params"
 
@@ -46,10 +48,15 @@ def shared_matmul(x, kernels):
                 # meta-iteration (benchmarks/xla_thunks.py). A broadcast multiply's is one
                 # reduction (0.94 of the step's time; graph mode unchanged).
                 dx = tf.reshape(dy, [-1, 1]) * tf.reshape(kernels[0], [1, depth])
+            elif xla_on_cpu():
+                # Its derivative for the kernel contracts over all tasks' rows: the
+                # materialized-transpose form (batched_matmul.py), as one batch of one.
+                dx = batched_matmul(tf.reshape(dy, [1, -1, width]), kernels[:1],
+                                    transpose_b=True)
             else:
                 dx = tf.matmul(tf.reshape(dy, [-1, width]), kernels[0], transpose_b=True)
             # Each task's own kernel gradient: what its inner update needs.
-            dk = tf.matmul(x, dy, transpose_a=True)
+            dk = batched_matmul(x, dy, transpose_a=True)
             return tf.reshape(dx, [num_tasks, rows, depth]), dk
 
         return tf.reshape(y, [num_tasks, rows, width]), grad
