@@ -6,7 +6,7 @@ one small product per task, and with a transposed first operand those products w
 slowest thunks of the compiled sinusoid step (51-53 us each against 16-24 us for the
 forward-shaped ones; `benchmarks/xla_thunks.py`). On a transpose materialized first (a copy,
 kept from being folded back into the dot by an optimization barrier) the same products take
-less than half as long, and the step 0.85-0.89 of its time (`benchmarks/README.md`).
+less than half as long, and the step 0.83-0.87 of its time (`benchmarks/README.md`).
 
 `batched_matmul` is `tf.matmul` for `[T, ., .]` operands whose gradient, at every order, is
 `batched_matmul` again, so every contraction over the rows of every derivative takes that
@@ -20,10 +20,14 @@ from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 
 
+def accelerator_present():
+    """Whether this process sees a GPU or a TPU."""
+    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+
+
 def xla_on_cpu():
     """Whether the op being built is compiled by XLA for a CPU (no GPU or TPU here)."""
-    accelerator = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
-    return (not accelerator
+    return (not accelerator_present()
             and control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 

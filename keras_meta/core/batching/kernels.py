@@ -11,7 +11,8 @@ import functools
 import keras
 import tensorflow as tf
 
-from keras_meta.core.batching.batched_matmul import batched_matmul, xla_on_cpu
+from keras_meta.core.batching.batched_matmul import (accelerator_present, batched_matmul,
+                                                      xla_on_cpu)
 from keras_meta.core.batching.layouts import (GROUPED, TASK_MAJOR, per_task, to_grouped,
                                                to_task_major)
 from keras_meta.core.batching.shared_start import SHARED_OPTION, shared_conv2d, shared_matmul
@@ -36,10 +37,6 @@ def _dense(layer, params, x, layout, num_tasks, conv=None, options=None):
     return y, TASK_MAJOR
 
 
-def _accelerator():
-    return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
-
-
 def grouped_convolution_available(dtype):
     """Whether TensorFlow can differentiate a grouped convolution of `dtype` here.
 
@@ -48,7 +45,7 @@ def grouped_convolution_available(dtype):
     (im2col) form is used, which is slower but made of ops that differentiate to any order on
     any device.
     """
-    if _accelerator():
+    if accelerator_present():
         # cuDNN and the TPU compiler both have native grouped convolutions.
         return True
     # XLA's CPU backend lowers a grouped convolution to a slow generic loop (about 50x slower
@@ -67,7 +64,7 @@ def convolutions_fall_back_to_patches(model):
     loop on Omniglot 5w1s (4.36 against 0.92 s per meta-iteration, an AVX2 AMD EPYC), so
     `task_batching="auto"` without measuring takes the loop.
     """
-    if _accelerator() or xla_on_cpu():
+    if accelerator_present() or xla_on_cpu():
         return False
     convolutions = [layer for layer in model._flatten_layers(include_self=False)
                     if isinstance(layer, keras.layers.Conv2D)]
