@@ -2,6 +2,8 @@ r"""keras-meta's compiled sinusoid meta-step against JAX's, taking turns between
 
     python benchmarks/sinusoid_vs_jax.py --jax_python=PYTHON_WITH_JAX [--rounds=15 --calls=300]
     python benchmarks/sinusoid_vs_jax.py --jax_python=PYTHON_WITH_JAX --steps_per_call=10 --calls=30
+    python benchmarks/sinusoid_vs_jax.py --jax_python=PYTHON_WITH_JAX --steps_per_call=10 \
+        --jax_steps_per_call=1 --calls=30
 
 Issue 17's bar for small models is JAX with vmap and one jit (`benchmarks/jax_sinusoid.py`).
 `meta_step.py` times the two in separate processes, one after the other, and this machine's
@@ -14,6 +16,12 @@ order; a turn starts with `--settle` untimed calls. While one side runs, the oth
 pipe. The ratio is taken within each round, so a drift between rounds cancels; the summary
 gives its median over rounds with a 90% bootstrap interval. Ratios above 1 mean keras-meta is
 faster. JAX is not a keras-meta dependency; its Python is given by `--jax_python`.
+
+`--jax_steps_per_call` gives JAX's side its own number of meta-iterations per call (by default
+keras-meta's). Issue 17's second bar is keras-meta at ten per call in 0.55 of JAX's time at one
+per call; with `--steps_per_call=10 --jax_steps_per_call=1` the summary gives keras-meta's time
+as a share of JAX's, per round. Each block covers the same number of meta-iterations on both
+sides: JAX's side makes `calls * steps_per_call / jax_steps_per_call` calls.
 
 `--swap_graphs` separates the graph from the runtime. It adds keras-meta's XLA module (the
 HloModuleProto that TensorFlow builds for the step) compiled by JAX's XLA and run through JAX's
@@ -40,6 +48,8 @@ flags.DEFINE_integer("settle", 20, "Untimed calls at the start of each turn.", l
 flags.DEFINE_integer("warmup", 50, "Untimed calls after compiling, on each side.", lower_bound=0)
 flags.DEFINE_integer("steps_per_call", 1, "Meta-iterations per call on both sides "
                      "(keras-meta's steps_per_execution, a lax.scan in JAX).", lower_bound=1)
+flags.DEFINE_integer("jax_steps_per_call", None, "Meta-iterations per call on JAX's side "
+                     "alone; by default --steps_per_call.", lower_bound=1)
 flags.DEFINE_enum("task_batching", "batched", ["batched", "loop"],
                   "keras-meta's way to run the 25 tasks.")
 flags.DEFINE_boolean("swap_graphs", False,
@@ -237,14 +247,19 @@ def main(argv):
         raise app.UsageError(f"--jax_python={FLAGS.jax_python!r} is not an executable file.")
     os.environ.setdefault("KERAS_META_AUTOTUNE", "0")
     calls, settle, steps = FLAGS.calls, FLAGS.settle, FLAGS.steps_per_call
-    if FLAGS.swap_graphs and steps != 1:
+    jax_steps = FLAGS.jax_steps_per_call or steps
+    if FLAGS.swap_graphs and (steps, jax_steps) != (1, 1):
         raise app.UsageError(
-            f"--swap_graphs runs one step per call; got --steps_per_call={steps}.")
-    with JaxChild(FLAGS.jax_python, steps, FLAGS.warmup) as jax_side, \
+            f"--swap_graphs runs one step per call; got --steps_per_call={steps} and "
+            f"--jax_steps_per_call={jax_steps}.")
+    # The same meta-iterations per block on both sides, so that a turn lasts about as long.
+    jax_calls = max(1, round(calls * steps / jax_steps))
+    jax_settle = round(settle * steps / jax_steps)
+    with JaxChild(FLAGS.jax_python, jax_steps, FLAGS.warmup) as jax_side, \
             tempfile.TemporaryDirectory() as directory:
         ours, function, episodes = _keras_meta_step(steps, FLAGS.task_batching)
         sides = {"keras-meta": _timed(ours, steps, FLAGS.warmup),
-                 "JAX": lambda c, s: jax_side.turn(c, s)}
+                 "JAX": lambda c, s: jax_side.turn(jax_calls, jax_settle)}
         if FLAGS.swap_graphs:
             # keras-meta's compiled module, handed to JAX's XLA as TensorFlow built it.
             proto, text = (os.path.join(directory, name) for name in ("tf_step.pb", "tf_step.hlo"))
@@ -272,6 +287,14 @@ def main(argv):
     line, ratios = _ratio_line("JAX / keras-meta", "JAX", "keras-meta", times)
     print(line + "; above 1: keras-meta faster")
     summary = {"JAX / keras-meta": float(np.median(ratios))}
+    if jax_steps != steps:
+        # Issue 17's bar for keras-meta at ten per call is a share of JAX's one-call time.
+        line, ratios = _ratio_line(
+            f"keras-meta at {steps} per call / JAX at {jax_steps} per call", "keras-meta",
+            "JAX", times)
+        print(line.replace("x (", " (", 1) + "; keras-meta's time as a share of JAX's")
+        summary[f"keras-meta {steps} per call / JAX {jax_steps} per call"] = float(
+            np.median(ratios))
     if FLAGS.swap_graphs:
         # Each comparison holds one thing fixed: the runtime (and its call path), or the graph.
         for label, slower, faster in [
@@ -290,7 +313,8 @@ def main(argv):
         with open(FLAGS.output, "w") as f:
             json.dump({"command": "python " + " ".join(sys.argv), "environment": environment,
                        "times_ms": times,
-                       "medians": summary, "steps_per_call": steps, "calls": calls,
+                       "medians": summary, "steps_per_call": steps,
+                       "jax_steps_per_call": jax_steps, "calls": calls, "jax_calls": jax_calls,
                        "settle": settle}, f, indent=1)
 
 

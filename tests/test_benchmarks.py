@@ -158,7 +158,36 @@ def test_sinusoid_vs_jax_needs_a_python_with_jax_before_any_work():
                            "--swap_graphs", "--steps_per_call=10"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "--swap_graphs runs one step per call; got --steps_per_call=10." in done.stderr
+    assert ("--swap_graphs runs one step per call; got --steps_per_call=10 and "
+            "--jax_steps_per_call=10.") in done.stderr
+    done = subprocess.run([sys.executable, script, f"--jax_python={sys.executable}",
+                           "--swap_graphs", "--jax_steps_per_call=10"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert ("--swap_graphs runs one step per call; got --steps_per_call=1 and "
+            "--jax_steps_per_call=10.") in done.stderr
+
+
+@pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
+                    reason="set KERAS_META_JAX_PYTHON to a Python with JAX (not a dependency)")
+def test_sinusoid_vs_jax_compares_several_steps_per_call_with_jax_at_one(tmp_path):
+    # Issue 17's bar: keras-meta at several meta-iterations per call as a share of JAX's time
+    # at one; JAX's blocks cover as many meta-iterations as keras-meta's.
+    output = tmp_path / "share.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py"),
+         f"--jax_python={os.environ['KERAS_META_JAX_PYTHON']}", "--steps_per_call=3",
+         "--jax_steps_per_call=1", "--rounds=2", "--calls=2", "--settle=1", "--warmup=0",
+         f"--output={output}"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "keras-meta at 3 per call / JAX at 1 per call, per round: median" in done.stdout
+    result = json.loads(output.read_text())
+    assert (result["steps_per_call"], result["jax_steps_per_call"]) == (3, 1)
+    assert (result["calls"], result["jax_calls"]) == (2, 6)
+    times = result["times_ms"]
+    share = result["medians"]["keras-meta 3 per call / JAX 1 per call"]
+    ratios = sorted(k / j for k, j in zip(times["keras-meta"], times["JAX"]))
+    assert share == pytest.approx(sum(ratios) / 2)
 
 
 @pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
