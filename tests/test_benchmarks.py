@@ -146,26 +146,35 @@ def test_sinusoid_vs_jax_takes_turns_in_both_orders_and_names_a_python_without_j
 
 def test_sinusoid_vs_jax_needs_a_python_with_jax_before_any_work():
     script = os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py")
-    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "--jax_python is required: the Python that has JAX." in done.stderr
-    done = subprocess.run([sys.executable, script, "--jax_python=/nonexistent/python"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
-    assert "--jax_python='/nonexistent/python' is not an executable file." in done.stderr
+
+    def refusal(*arguments):
+        done = subprocess.run([sys.executable, script, *arguments], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode != 0
+        return done.stderr
+
+    assert "--jax_python is required: the Python that has JAX." in refusal()
+    assert "--jax_python='/nonexistent/python' is not an executable file." in refusal(
+        "--jax_python=/nonexistent/python")
     # Swapping graphs runs one step per call; asking for more is refused before any work.
-    done = subprocess.run([sys.executable, script, f"--jax_python={sys.executable}",
-                           "--swap_graphs", "--steps_per_call=10"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+    jax_python = f"--jax_python={sys.executable}"
     assert ("--swap_graphs runs one step per call; got --steps_per_call=10 and "
-            "--jax_steps_per_call=10.") in done.stderr
-    done = subprocess.run([sys.executable, script, f"--jax_python={sys.executable}",
-                           "--swap_graphs", "--jax_steps_per_call=10"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode != 0
+            "--jax_steps_per_call=10.") in refusal(jax_python, "--swap_graphs",
+                                                   "--steps_per_call=10")
     assert ("--swap_graphs runs one step per call; got --steps_per_call=1 and "
-            "--jax_steps_per_call=10.") in done.stderr
+            "--jax_steps_per_call=10.") in refusal(jax_python, "--swap_graphs",
+                                                   "--jax_steps_per_call=10")
+
+
+def _run_vs_jax(tmp_path, *arguments):
+    """`sinusoid_vs_jax.py` with a JAX Python, two rounds: `(stdout, the --output JSON)`."""
+    output = tmp_path / "vs_jax.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py"),
+         f"--jax_python={os.environ['KERAS_META_JAX_PYTHON']}", "--rounds=2", "--warmup=0",
+         f"--output={output}", *arguments], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads(output.read_text())
 
 
 @pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
@@ -173,15 +182,9 @@ def test_sinusoid_vs_jax_needs_a_python_with_jax_before_any_work():
 def test_sinusoid_vs_jax_compares_several_steps_per_call_with_jax_at_one(tmp_path):
     # Issue 17's bar: keras-meta at several meta-iterations per call as a share of JAX's time
     # at one; JAX's blocks cover as many meta-iterations as keras-meta's.
-    output = tmp_path / "share.json"
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py"),
-         f"--jax_python={os.environ['KERAS_META_JAX_PYTHON']}", "--steps_per_call=3",
-         "--jax_steps_per_call=1", "--rounds=2", "--calls=2", "--settle=1", "--warmup=0",
-         f"--output={output}"], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "keras-meta at 3 per call / JAX at 1 per call, per round: median" in done.stdout
-    result = json.loads(output.read_text())
+    stdout, result = _run_vs_jax(tmp_path, "--steps_per_call=3", "--jax_steps_per_call=1",
+                                 "--calls=2", "--settle=1")
+    assert "keras-meta at 3 per call / JAX at 1 per call, per round: median" in stdout
     assert (result["steps_per_call"], result["jax_steps_per_call"]) == (3, 1)
     assert (result["calls"], result["jax_calls"]) == (2, 6)
     times = result["times_ms"]
@@ -193,14 +196,7 @@ def test_sinusoid_vs_jax_compares_several_steps_per_call_with_jax_at_one(tmp_pat
 @pytest.mark.skipif(not os.environ.get("KERAS_META_JAX_PYTHON"),
                     reason="set KERAS_META_JAX_PYTHON to a Python with JAX (not a dependency)")
 def test_sinusoid_vs_jax_runs_each_graph_in_both_runtimes(tmp_path):
-    output = tmp_path / "swap.json"
-    done = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "sinusoid_vs_jax.py"),
-         f"--jax_python={os.environ['KERAS_META_JAX_PYTHON']}", "--swap_graphs", "--rounds=2",
-         "--calls=3", "--settle=0", "--warmup=0", f"--output={output}"],
-        capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(output.read_text())
+    _, result = _run_vs_jax(tmp_path, "--swap_graphs", "--calls=3", "--settle=0")
     assert sorted(result["times_ms"]) == sorted([
         "keras-meta", "JAX", "keras-meta's graph, JAX's runtime", "JAX's graph, JAX's runtime",
         "JAX's graph, TensorFlow's runtime"])
