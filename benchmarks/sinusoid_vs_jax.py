@@ -227,15 +227,16 @@ def _timed(call, steps, warmup):
     return turn
 
 
-def _ratio_line(label, slower, faster, times):
-    """One summary line: the per-round ratio `times[slower] / times[faster]`."""
+def _ratio_line(label, slower, faster, times, unit="x"):
+    """One summary line: the per-round ratio `times[slower] / times[faster]`, each figure
+    followed by `unit`."""
     import numpy as np
 
     from interleaved import median_interval  # beside this script
 
     ratios = np.asarray(times[slower]) / np.asarray(times[faster])
     low, high = median_interval(ratios)
-    return (f"{label}, per round: median {np.median(ratios):.3f}x (90% interval "
+    return (f"{label}, per round: median {np.median(ratios):.3f}{unit} (90% interval "
             f"{low:.3f}-{high:.3f}; rounds {ratios.min():.3f}-{ratios.max():.3f})"), ratios
 
 
@@ -253,13 +254,15 @@ def main(argv):
             f"--swap_graphs runs one step per call; got --steps_per_call={steps} and "
             f"--jax_steps_per_call={jax_steps}.")
     # The same meta-iterations per block on both sides, so that a turn lasts about as long.
-    jax_calls = max(1, round(calls * steps / jax_steps))
-    jax_settle = round(settle * steps / jax_steps)
+    def jax_count(count):
+        return round(count * steps / jax_steps)
+
+    jax_calls = max(1, jax_count(calls))
     with JaxChild(FLAGS.jax_python, jax_steps, FLAGS.warmup) as jax_side, \
             tempfile.TemporaryDirectory() as directory:
         ours, function, episodes = _keras_meta_step(steps, FLAGS.task_batching)
         sides = {"keras-meta": _timed(ours, steps, FLAGS.warmup),
-                 "JAX": lambda c, s: jax_side.turn(jax_calls, jax_settle)}
+                 "JAX": lambda c, s: jax_side.turn(max(1, jax_count(c)), jax_count(s))}
         if FLAGS.swap_graphs:
             # keras-meta's compiled module, handed to JAX's XLA as TensorFlow built it.
             proto, text = (os.path.join(directory, name) for name in ("tf_step.pb", "tf_step.hlo"))
@@ -289,12 +292,10 @@ def main(argv):
     summary = {"JAX / keras-meta": float(np.median(ratios))}
     if jax_steps != steps:
         # Issue 17's bar for keras-meta at ten per call is a share of JAX's one-call time.
-        line, ratios = _ratio_line(
-            f"keras-meta at {steps} per call / JAX at {jax_steps} per call", "keras-meta",
-            "JAX", times)
-        print(line.replace("x (", " (", 1) + "; keras-meta's time as a share of JAX's")
-        summary[f"keras-meta {steps} per call / JAX {jax_steps} per call"] = float(
-            np.median(ratios))
+        label = f"keras-meta at {steps} per call / JAX at {jax_steps} per call"
+        line, ratios = _ratio_line(label, "keras-meta", "JAX", times, unit="")
+        print(line + "; keras-meta's time as a share of JAX's")
+        summary[label] = float(np.median(ratios))
     if FLAGS.swap_graphs:
         # Each comparison holds one thing fixed: the runtime (and its call path), or the graph.
         for label, slower, faster in [

@@ -188,7 +188,7 @@ def test_sinusoid_vs_jax_compares_several_steps_per_call_with_jax_at_one(tmp_pat
     assert (result["steps_per_call"], result["jax_steps_per_call"]) == (3, 1)
     assert (result["calls"], result["jax_calls"]) == (2, 6)
     times = result["times_ms"]
-    share = result["medians"]["keras-meta 3 per call / JAX 1 per call"]
+    share = result["medians"]["keras-meta at 3 per call / JAX at 1 per call"]
     ratios = sorted(k / j for k, j in zip(times["keras-meta"], times["JAX"]))
     assert share == pytest.approx(sum(ratios) / 2)
 
